@@ -1,0 +1,217 @@
+"""``autobatch``: thin commands. Each parses, makes one library call, renders the result.
+
+A user error (``AutobatchError``) prints one line on stderr and exits 2; Ctrl-C exits 130
+with finished trials kept; anything else is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import AutobatchError
+
+# The profiler the memory probe uses logs start/stop lines unless told before torch loads.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+PRIORITIES = ("balanced", "accuracy", "speed")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
+    p.add_argument("--storage", help="storage URL (default: $AUTOBATCH_STORAGE, else an embedded SQLite file)")
+    if study:
+        p.add_argument("--study-name", help="study name (default: MODEL-DATASET)")
+
+
+def _workload_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="torchvision model name, small_cnn, mlp, or pkg.module:function")
+    p.add_argument("--dataset", help="digits | synthetic[:NxCxHxW] | cifar10 | imagefolder:PATH | pkg.module:function")
+    p.add_argument("--data-dir", type=Path, help="where cifar10 lives")
+    p.add_argument("--max-memory", help="memory cap to tune for, e.g. 512MiB, 8GiB")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autobatch", description=(
+        "Find the batch size, learning rate and accumulation steps to train with, on this hardware."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tune", help="probe, search, recommend")
+    _workload_options(p)
+    _common(p)
+    p.add_argument("--budget", help="wall-clock budget for the whole run: 90s, 10m, 4h, 1h30m")
+    p.add_argument("--n-trials", type=int, help="number of trials (study-wide, all workers)")
+    p.add_argument("--config", type=Path, help="study file (TOML), e.g. studies/resnet18-digits.toml")
+    p.add_argument("--pruner", help="median (default) | halving | hyperband | none")
+    p.add_argument("--epochs", type=float, help="training length per trial (default: planned from the budget)")
+    p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+    p.add_argument("--batch-size-min", type=int)
+    p.add_argument("--batch-size-max", type=int)
+    p.add_argument("--no-baselines", action="store_true", help="do not enqueue the reference configurations")
+    p.add_argument("--create-only", action="store_true", help="create the study and exit (for workers to join)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("worker", help="join an existing study and run its trials")
+    _common(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--seed", type=int, help="sampler seed (default: derived per process)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
+    _workload_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
+    return parser
+
+
+def _tune_settings(args: argparse.Namespace):
+    from .budget import parse_bytes, parse_duration
+    from .settings import build_settings
+
+    space = {k: v for k, v in (("batch_size_min", args.batch_size_min),
+                               ("batch_size_max", args.batch_size_max)) if v is not None}
+    overrides = {
+        "model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
+        "budget_s": parse_duration(args.budget) if args.budget is not None else None,
+        "n_trials": args.n_trials,
+        "max_memory_bytes": parse_bytes(args.max_memory) if args.max_memory is not None else None,
+        "storage": args.storage, "study_name": args.study_name, "seed": args.seed,
+        "device": args.device, "pruner": args.pruner, "epochs": args.epochs,
+        "workers": args.workers, "baselines": False if args.no_baselines else None,
+        "create_only": args.create_only or None, "space": space,
+    }
+    return build_settings(args.config, overrides)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    settings = _tune_settings(args)
+    outcome = tune(settings, _say)
+    if args.json:
+        _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
+                     "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
+        return 0
+    print(render_answer(outcome.answer))
+    c = outcome.counts
+    print(f"trials: {c['complete']} completed, {c['pruned']} pruned, {c['fail']} failed, "
+          f"{c['waiting']} queued; {outcome.wall_time_s:.0f}s")
+    print(f"storage: {outcome.storage}  (study {outcome.study_name!r})")
+    print(f"dashboard: autobatch dashboard --storage '{outcome.storage}'")
+    return 0
+
+
+def render_answer(answer: dict) -> str:
+    from .budget import format_bytes
+
+    if not answer:
+        return "no completed trial yet: give the study more budget or trials"
+
+    def interval(key: str, fmt) -> str:
+        lo_hi = answer.get(key)
+        return f"  [{fmt(lo_hi[0])} .. {fmt(lo_hi[1])}]" if lo_hi else ""
+
+    acc = answer.get("predicted_accuracy")
+    epoch = answer.get("predicted_epoch_time_s")
+    peak = answer.get("predicted_peak_bytes")
+    lines = [
+        f"recommended for {answer.get('study_name')}:",
+        f"  batch size          {answer['batch_size']}",
+        f"  accumulation steps  {answer['accumulation_steps']}  (effective batch {answer['effective_batch_size']})",
+        f"  learning rate       {answer['learning_rate']:.4g}",
+    ]
+    if acc is not None:
+        lines.append(f"  val accuracy        {acc:.4f}{interval('accuracy_interval', lambda v: f'{v:.4f}')}")
+    if epoch is not None:
+        lines.append(f"  epoch time          {epoch:.2f}s{interval('epoch_time_interval', lambda v: f'{v:.2f}s')}")
+    if peak is not None:
+        lines.append(f"  peak memory         {format_bytes(peak)}{interval('peak_bytes_interval', format_bytes)}")
+    lines.append(f"  why: {answer.get('rationale', '')}")
+    return "\n".join(lines)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .tuning import run_worker
+
+    if not args.study_name:
+        raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
+    seed = args.seed if args.seed is not None else os.getpid()
+    n = run_worker(args.study_name, args.storage, device_name=args.device, data_dir=args.data_dir,
+                   worker_seed=seed, say=_say)
+    _say(f"worker done: {n} trials run")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from . import memory
+    from .budget import format_bytes, parse_bytes
+    from .trainer import make_optimizer
+    from .tuning import resolve_device
+    from .workloads import build_model, check_model_name, load_workload
+
+    model_name, dataset = args.model or "resnet18", args.dataset or "digits"
+    check_model_name(model_name)
+    cap = parse_bytes(args.max_memory) if args.max_memory else None
+    device = resolve_device(args.device or "auto")
+    workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
+    model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape)
+    result = memory.probe(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
+                          make_optimizer=make_optimizer, device=device,
+                          cap_bytes=cap or memory.default_cap(device))
+    if args.json:
+        _print_json({"model": model_name, "dataset": dataset, **result.to_dict()})
+        return 0
+    mm = result.model
+    print(f"{model_name} on {dataset} ({result.device}):")
+    print(f"  fixed            {format_bytes(mm.fixed_bytes)}")
+    print(f"  per sample       {format_bytes(mm.per_sample_bytes)}")
+    print(f"  probe sizes      {', '.join(str(p.batch_size) for p in result.points)}"
+          + (f"; checked at {result.check.batch_size}: {100 * result.check_error:.1f}% error"
+             if result.check is not None and result.check_error is not None else ""))
+    if result.cap_bytes:
+        print(f"  cap              {format_bytes(result.cap_bytes)}")
+        print(f"  largest micro-batch under the cap: {result.max_batch_size}")
+    else:
+        print("  cap              none (CPU without --max-memory)")
+    print(f"  probe time       {result.seconds:.1f}s")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return args.func(args)
+    except AutobatchError as exc:
+        print(f"autobatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autobatch: interrupted; finished trials are kept: run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Settings of a tuning run, built once at the edge: defaults < ``--config`` TOML < flags.
+
+An unknown key in a study file is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .budget import parse_bytes, parse_duration
+from .errors import AutobatchError
+from .spec import SearchSpace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_BUDGET_S = 600.0  # when neither --budget nor --n-trials is given
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneSettings:
+    model: str = "resnet18"
+    dataset: str = "digits"
+    data_dir: Optional[Path] = None
+    budget_s: Optional[float] = None
+    n_trials: Optional[int] = None
+    max_memory_bytes: Optional[int] = None
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    space: SearchSpace = field(default_factory=SearchSpace)
+    pruner: str = "median"
+    n_evals: int = 4
+    epochs: Optional[float] = None
+    workers: int = 1
+    baselines: bool = True
+    create_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and self.n_trials < 1:
+            raise AutobatchError(f"--n-trials must be at least 1, got {self.n_trials}")
+        if self.workers < 1:
+            raise AutobatchError(f"--workers must be at least 1, got {self.workers}")
+        if self.n_evals < 1:
+            raise AutobatchError("n_evals must be at least 1")
+        if self.epochs is not None and self.epochs <= 0:
+            raise AutobatchError("--epochs must be positive")
+        from .search import PRUNERS
+
+        if self.pruner not in PRUNERS:
+            raise AutobatchError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise AutobatchError(f"unknown device {self.device!r}; use auto, cpu or cuda")
+
+
+# Keys a study file may hold at its top level, and how each becomes a setting.
+_TOP_LEVEL = {
+    "model": ("model", str),
+    "dataset": ("dataset", str),
+    "data_dir": ("data_dir", Path),
+    "budget": ("budget_s", parse_duration),
+    "n_trials": ("n_trials", int),
+    "max_memory": ("max_memory_bytes", parse_bytes),
+    "storage": ("storage", str),
+    "study_name": ("study_name", str),
+    "seed": ("seed", int),
+    "device": ("device", str),
+    "pruner": ("pruner", str),
+    "n_evals": ("n_evals", int),
+    "epochs": ("epochs", float),
+    "workers": ("workers", int),
+    "baselines": ("baselines", bool),
+}
+_SPACE_KEYS = {f.name for f in dataclasses.fields(SearchSpace)}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """A study file as settings keyword arguments (``space`` as a dict of bounds)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AutobatchError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AutobatchError(f"config file {path}: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "space":
+            if not isinstance(value, dict):
+                raise AutobatchError(f"config file {path}: [space] must be a table")
+            unknown = sorted(set(value) - _SPACE_KEYS)
+            if unknown:
+                raise AutobatchError(
+                    f"config file {path}: unknown key(s) in [space]: {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(_SPACE_KEYS))})")
+            values["space"] = dict(value)
+        elif key in _TOP_LEVEL:
+            name, convert = _TOP_LEVEL[key]
+            try:
+                values[name] = convert(value)
+            except (TypeError, ValueError):
+                raise AutobatchError(f"config file {path}: bad value for {key}: {value!r}") from None
+        else:
+            raise AutobatchError(
+                f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(_TOP_LEVEL))}, space)")
+    return values
+
+
+def build_settings(config: Optional[Path], overrides: dict[str, Any]) -> TuneSettings:
+    """Defaults, then the study file, then the command-line ``overrides`` (None = not given)."""
+    values = load_config(config) if config else {}
+    space = dict(values.pop("space", {}))
+    space.update(overrides.pop("space", {}) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "accumulation_steps" in space:
+        space["accumulation_steps"] = tuple(space["accumulation_steps"])
+    if values.get("budget_s") is None and values.get("n_trials") is None:
+        values["budget_s"] = DEFAULT_BUDGET_S
+    return TuneSettings(space=SearchSpace(**space), **values)

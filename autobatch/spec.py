@@ -1,0 +1,127 @@
+"""What a study searches: the search space, the lr scaling rule and the trial length.
+
+A ``StudySpec`` is built once at the edge (CLI flags over a TOML file over defaults), stored
+with the study as a user attribute, and compared on resume: a study is only resumed with the
+same model, dataset and search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import AutobatchError
+
+SCALING_RULES = ("linear", "sqrt", "none")
+
+
+def scaled_lr(*, base_lr: float, multiplier: float, effective_batch_size: int,
+              reference_batch_size: int, rule: str) -> float:
+    """Absolute learning rate: ``multiplier * base_lr * scale(effective / reference)``.
+
+    Searching the multiplier instead of the absolute lr keeps the search well conditioned: the
+    good region of the multiplier moves little with batch size (Goyal et al., 2017).
+    """
+    ratio = effective_batch_size / reference_batch_size
+    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
+    return multiplier * base_lr * scale
+
+
+def powers_of_two(low: int, high: int) -> list[int]:
+    return [2**k for k in range(int(math.log2(low)), int(math.log2(high)) + 1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    batch_size_min: int = 8
+    batch_size_max: int = 256
+    lr_multiplier_min: float = 0.1
+    lr_multiplier_max: float = 10.0
+    accumulation_steps: tuple[int, ...] = (1, 2, 4, 8)
+    base_lr: float = 0.1
+    reference_batch_size: int = 256
+    scaling_rule: str = "linear"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size_min", "batch_size_max", "reference_batch_size"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise AutobatchError(f"{name} must be a power of two, got {value}")
+        if self.batch_size_min > self.batch_size_max:
+            raise AutobatchError("batch_size_min is larger than batch_size_max")
+        if not 0 < self.lr_multiplier_min <= self.lr_multiplier_max:
+            raise AutobatchError("lr multiplier bounds must satisfy 0 < min <= max")
+        if not self.accumulation_steps or any(
+            a < 1 or a & (a - 1) for a in self.accumulation_steps
+        ):
+            raise AutobatchError("accumulation_steps must be powers of two, e.g. [1, 2, 4, 8]")
+        if self.scaling_rule not in SCALING_RULES:
+            raise AutobatchError(
+                f"unknown scaling_rule {self.scaling_rule!r}; choose one of {', '.join(SCALING_RULES)}"
+            )
+        if self.base_lr <= 0:
+            raise AutobatchError("base_lr must be positive")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return powers_of_two(self.batch_size_min, self.batch_size_max)
+
+    def learning_rate(self, multiplier: float, effective_batch_size: int) -> float:
+        return scaled_lr(base_lr=self.base_lr, multiplier=multiplier,
+                         effective_batch_size=effective_batch_size,
+                         reference_batch_size=self.reference_batch_size, rule=self.scaling_rule)
+
+    def multiplier_for(self, learning_rate: float, effective_batch_size: int) -> float:
+        """Inverse of ``learning_rate``."""
+        return learning_rate / self.learning_rate(1.0, effective_batch_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    """The identity of a study plus what every worker needs to run its trials."""
+
+    model: str
+    dataset: str
+    space: SearchSpace = field(default_factory=SearchSpace)
+    train_samples: int = 0            # training samples per trial (planned from the budget)
+    eval_points: tuple[int, ...] = ()  # samples-seen checkpoints, identical for every trial
+    train_size: int = 0               # samples in the training split
+    val_size: int = 0
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+    max_memory_bytes: Optional[int] = None
+    pruner: str = "median"
+    seed: int = 0
+
+    # Fields that must match for a study to be resumed.
+    IDENTITY = ("model", "dataset", "space")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["space"]["accumulation_steps"] = list(self.space.accumulation_steps)
+        data["eval_points"] = list(self.eval_points)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
+        data = dict(data)
+        space = dict(data.pop("space"))
+        space["accumulation_steps"] = tuple(space["accumulation_steps"])
+        data["eval_points"] = tuple(data.get("eval_points", ()))
+        data["input_shape"] = tuple(data.get("input_shape", ()))
+        return cls(space=SearchSpace(**space), **data)
+
+    def identity_difference(self, other: "StudySpec") -> Optional[str]:
+        """A sentence naming the first identity field that differs, or None."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for key in self.IDENTITY:
+            if key == "space":
+                for sub, value in mine["space"].items():
+                    if theirs["space"].get(sub) != value:
+                        return f"search space {sub} is {theirs['space'].get(sub)!r} there, {value!r} here"
+            elif mine[key] != theirs[key]:
+                return f"{key} is {theirs[key]!r} there, {mine[key]!r} here"
+        return None

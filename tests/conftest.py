@@ -1,0 +1,56 @@
+"""Shared fixtures. PostgreSQL tests read AUTOBATCH_TEST_POSTGRES; with AUTOBATCH_REQUIRE_ALL=1
+(as .ci/run sets) an unreachable PostgreSQL fails them instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_URL = os.environ.get("AUTOBATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_ALL = os.environ.get("AUTOBATCH_REQUIRE_ALL") == "1"
+
+torch.set_num_threads(1)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, as a user runs it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    full_env.pop("AUTOBATCH_STORAGE", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "autobatch", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL; skipped when unreachable, failed instead under AUTOBATCH_REQUIRE_ALL."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any connection failure
+        message = f"PostgreSQL at {POSTGRES_URL} unreachable: {exc}"
+        if REQUIRE_ALL:
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,40 @@
+import pytest
+
+from autobatch.budget import format_bytes, format_duration, parse_bytes, parse_duration
+from autobatch.errors import AutobatchError
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("90s", 90), ("10m", 600), ("4h", 14400), ("1h30m", 5400), ("1h30m15s", 5415),
+    ("120", 120), ("1.5h", 5400), (" 5m ", 300),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5x", "m5", "1h1h", "-5m", "0s", "0", "5 m"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(AutobatchError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text,n", [
+    ("512MiB", 512 * 2**20), ("8GiB", 8 * 2**30), ("1.5GB", 1_500_000_000), ("2000", 2000),
+    ("4g", 4 * 2**30), (1024, 1024), ("10 MiB", 10 * 2**20),
+])
+def test_parse_bytes(text, n):
+    assert parse_bytes(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "5XB", "-1GiB", "0", "0MiB"])
+def test_parse_bytes_rejects(text):
+    with pytest.raises(AutobatchError):
+        parse_bytes(text)
+
+
+def test_formatting():
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(None) == "-"
+    assert format_duration(5415) == "1h30m"
+    assert format_duration(75) == "1m15s"

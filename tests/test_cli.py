@@ -1,0 +1,146 @@
+"""The real CLI, in subprocesses, as a user runs it."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autobatch import records as R
+from tests.conftest import REPO, run_cli
+
+FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("autobatch: error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_tune_end_to_end_and_resume(tmp_path, sqlite_url):
+    proc = run_cli("tune", *FAST, "--n-trials", "4", "--storage", sqlite_url, "--study-name", "e2e",
+                   "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for field in ("batch_size", "learning_rate", "accumulation_steps", "effective_batch_size"):
+        assert field in out
+    assert "trial 3:" in proc.stderr and "memory:" in proc.stderr  # progress was shown
+
+    study = optuna.load_study(study_name="e2e", storage=sqlite_url)  # vanilla Optuna reads it
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(study.trials) == 4 and len(finished) == 4
+    labels = {t.user_attrs.get(R.BASELINE) for t in study.trials}
+    assert {"folk-default-32", "largest-fit-linear-lr"} <= labels
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE:
+            a = t.user_attrs
+            for key in (R.BATCH_SIZE, R.LEARNING_RATE, R.ACCUMULATION_STEPS, R.THROUGHPUT,
+                        R.EPOCH_TIME_S, R.VAL_ACCURACY, R.CURVE, R.PREDICTED_PEAK_BYTES, R.STOP_REASON):
+                assert a.get(key) is not None, key
+            assert t.value == a[R.VAL_ACCURACY]
+            assert sorted(t.intermediate_values) == study.user_attrs[R.STUDY_SPEC]["eval_points"]
+    df = study.trials_dataframe()
+    assert "user_attrs_throughput" in df.columns
+
+    again = run_cli("tune", *FAST, "--n-trials", "2", "--storage", sqlite_url, "--study-name", "e2e", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming study 'e2e'" in again.stderr
+    assert "recommended for e2e" in again.stdout
+    assert len(optuna.load_study(study_name="e2e", storage=sqlite_url).trials) == 6
+
+
+def test_default_storage_is_embedded_sqlite_and_printed(tmp_path):
+    proc = run_cli("tune", *FAST, "--n-trials", "2", "--no-baselines", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    db = tmp_path / "autobatch-studies" / "autobatch.db"
+    assert db.exists() and str(db) in proc.stdout
+    assert "autobatch dashboard" in proc.stdout
+    assert optuna.load_study(study_name="small_cnn-digits", storage=f"sqlite:///{db}").trials
+
+
+def test_ctrl_c_exits_130_and_study_resumes(tmp_path, sqlite_url):
+    cmd = [sys.executable, "-m", "autobatch", "tune", *FAST, "--epochs", "3", "--n-trials", "50",
+           "--storage", sqlite_url, "--study-name", "intr"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("trial 1:"):  # two trials finished
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "Traceback" not in rest and "resume" in rest
+    study = optuna.load_study(study_name="intr", storage=sqlite_url)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) >= 2
+    assert TrialState.RUNNING not in states
+    interrupted = [t for t in study.trials if t.user_attrs.get(R.STOP_REASON) == "interrupted"]
+    for t in interrupted:  # its configuration was queued again: nothing asked for is lost
+        assert any(w.state == TrialState.WAITING and w.system_attrs.get("failed_trial") == t.number
+                   for w in study.trials)
+    resumed = run_cli("tune", *FAST, "--n-trials", "1", "--storage", sqlite_url, "--study-name", "intr",
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--model", "resnet81"), ("unknown model", "resnet18")),
+    (("--dataset", "digts"), ("unknown dataset", "digits")),
+    (("--budget", "5 minutes"), ("malformed duration",)),
+    (("--budget", "0s"), ("must be positive",)),
+    (("--n-trials", "0"), ("--n-trials",)),
+    (("--model", "nosuchpkg.models:make"), ("cannot import",)),
+    (("--model", "json:dumps"), ("model factory", "failed")),
+    (("--model", "tests.test_workloads:_factory_wrong"), ("not a torch.nn.Module",)),
+    (("--dataset", "json:dumps"), ("dataset",)),
+    (("--dataset", "cifar10", "--data-dir", "."), ("cifar-10-batches-py",)),
+    (("--storage", "sqlite:////proc/autobatch/x.db"), ("/proc/autobatch",)),
+    (("--config", "no-such.toml"), ("not found",)),
+    (("--pruner", "best"), ("unknown pruner",)),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
+    proc = run_cli("tune", "--model", "small_cnn", "--n-trials", "1", "--epochs", "0.1",
+                   "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", *args, cwd=tmp_path)
+    _one_error_line(proc, *words)
+
+
+def test_unreachable_database_names_host_not_password(tmp_path):
+    proc = run_cli("tune", "--model", "small_cnn", "--n-trials", "1",
+                   "--storage", "postgresql://alice:s3cret@127.0.0.1:1/db", cwd=tmp_path)
+    line = _one_error_line(proc, "127.0.0.1:1")
+    assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_study_reused_with_another_setup_names_the_difference(tmp_path, sqlite_url):
+    first = run_cli("tune", *FAST, "--n-trials", "1", "--no-baselines", "--storage", sqlite_url,
+                    "--study-name", "same", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    other_model = run_cli("tune", *FAST[:1], "mlp", *FAST[2:], "--n-trials", "1", "--storage", sqlite_url,
+                          "--study-name", "same", cwd=tmp_path)
+    _one_error_line(other_model, "model", "small_cnn", "mlp", "--study-name")
+    other_space = run_cli("tune", *FAST, "--n-trials", "1", "--batch-size-max", "64", "--storage",
+                          sqlite_url, "--study-name", "same", cwd=tmp_path)
+    _one_error_line(other_space, "batch_size_max")
+
+
+def test_worker_on_missing_study(tmp_path, sqlite_url):
+    proc = run_cli("worker", "--study-name", "ghost", "--storage", sqlite_url, cwd=tmp_path)
+    _one_error_line(proc, "ghost")
+
+
+def test_probe_prints_the_memory_model(tmp_path):
+    proc = run_cli("probe", "--model", "small_cnn", "--max-memory", "64MiB", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["per_sample_bytes"] > 0 and out["max_batch_size"] > 0 and out["cap_bytes"] == 64 * 2**20
+    human = run_cli("probe", "--model", "small_cnn", cwd=tmp_path)
+    assert "per sample" in human.stdout and "largest micro-batch" not in human.stdout
