@@ -78,6 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("recommend", help="the recommended setting from stored trials (no training)")
+    _common(p)
+    p.add_argument("--max-memory", help="only settings whose predicted peak fits, e.g. 4GiB")
+    p.add_argument("--max-epoch-time", help="only settings whose predicted epoch time is under this, e.g. 30s")
+    p.add_argument("--min-accuracy", type=float, help="only settings predicted at least this accurate (0..1)")
+    p.add_argument("--priority", choices=PRIORITIES, default="balanced")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("report", help="plots, a CSV and a summary of a study's trials")
+    _common(p)
+    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default ./report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on the study storage")
+    _common(p, study=False)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; the dashboard has no authentication)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 
@@ -191,6 +212,42 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         print("  cap              none (CPU without --max-memory)")
     print(f"  probe time       {result.seconds:.1f}s")
+    return 0
+
+
+def _study_name(args: argparse.Namespace) -> str:
+    if not args.study_name:
+        raise AutobatchError(f"{args.command} needs --study-name")
+    return args.study_name
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .budget import parse_duration
+    from .recommend import recommend
+
+    rec = recommend(_study_name(args), args.storage, max_memory=args.max_memory,
+                    max_epoch_time=parse_duration(args.max_epoch_time) if args.max_epoch_time else None,
+                    min_accuracy=args.min_accuracy, priority=args.priority)
+    if args.json:
+        _print_json(rec.to_dict())
+    else:
+        print(render_answer(rec.to_dict()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    files = write_report(_study_name(args), args.storage, args.out, say=_say)
+    for path in files:
+        print(path)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import serve
+
+    serve(args.storage, host=args.host, port=args.port, say=_say)
     return 0
 
 
