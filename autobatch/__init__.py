@@ -5,8 +5,14 @@
 """
 
 import importlib
+import os
 import sys
 import types
+
+# The memory accounting uses torch's profiler, whose C++ side logs a start/stop line per
+# window unless told otherwise before torch loads. A default only: the user's setting wins.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
 __all__ = ["Recommendation", "__version__", "recommend"]

@@ -16,10 +16,6 @@ from typing import Any, Optional, Sequence
 
 from .errors import AutobatchError
 
-# The profiler the memory probe uses logs start/stop lines unless told before torch loads.
-os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-
 PRIORITIES = ("balanced", "accuracy", "speed")
 
 

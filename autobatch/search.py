@@ -221,9 +221,20 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
         thread.join()
 
 
+def _beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    try:
+        storage.record_heartbeat(trial_id)
+    except Exception:  # a database restart: the heartbeat thread beats again shortly
+        pass
+
+
 def _pop_waiting(study: optuna.Study) -> Optional[int]:
+    """Take a queued slot. Its heartbeat is recorded *before* it turns RUNNING: Optuna never
+    fails a RUNNING trial that has no heartbeat at all, so a worker killed between the two
+    would otherwise leave a trial RUNNING for ever (and every other worker waiting on it)."""
     storage = study._storage
     for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        _beat(storage, trial._trial_id)
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return trial._trial_id
@@ -234,17 +245,23 @@ def _pop_waiting(study: optuna.Study) -> Optional[int]:
 
 def next_trial_id(study: optuna.Study, *, counted: bool, deadline: Optional[float]) -> Optional[int]:
     """The next trial to run: a queued slot; a new trial when the study has no count; None
-    when the study is done. Waits while other workers' trials may still die and come back."""
-    while deadline is None or time.time() < deadline:
-        optuna.storages.fail_stale_trials(study)  # re-queues dead workers' configurations
-        trial_id = _pop_waiting(study)
-        if trial_id is not None:
-            return trial_id
-        if not counted:
-            return study._storage.create_new_trial(study._study_id)
-        running = study._storage.get_all_trials(study._study_id, deepcopy=False,
-                                                states=(TrialState.RUNNING,))
+    when the study is done. Waits while other workers' trials may still die and come back,
+    past the deadline too (so no dead worker's trial is left RUNNING): live trials stop at
+    the deadline by themselves, a dead one goes stale within the heartbeat's grace period."""
+    from .storage import fail_stale_trials
+
+    storage = study._storage
+    while True:
+        fail_stale_trials(study)  # re-queues dead workers' configurations
+        if deadline is None or time.time() < deadline:
+            trial_id = _pop_waiting(study)
+            if trial_id is not None:
+                return trial_id
+            if not counted:
+                trial_id = storage.create_new_trial(study._study_id)
+                _beat(storage, trial_id)
+                return trial_id
+        running = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
         if not running:
             return None
         time.sleep(POLL_SECONDS)
-    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,19 +15,19 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import optuna
-import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
 from . import records as R
 from .budget import format_bytes, format_duration
-from .errors import AutobatchError, NoStudiesError
+from .errors import AutobatchError
 from .planning import fit_reserve, plan_train_samples, seconds_per_sample
 from .search import (TrialContext, heartbeat, make_pruner, make_sampler, next_trial_id,
                      params_for, requeue, run_trial)
 from .settings import TuneSettings
 from .spec import StudySpec
-from .storage import ENV_STORAGE, mask_url, open_storage, resolve_url
+from .storage import (ENV_STORAGE, StorageLostError, fail_stale_trials, load_existing_study, mask_url,
+                      open_storage, resolve_url)
 from .trainer import eval_points, measure_throughput, train_trial
 from .workloads import build_model, check_model_name, load_workload
 
@@ -51,25 +52,6 @@ def find_study(storage: optuna.storages.BaseStorage, name: str) -> Optional[optu
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
-
-
-def load_existing_study(storage_url: Optional[str], name: str, **kwargs) -> optuna.Study:
-    """The study ``name``, or an ``AutobatchError`` naming what exists."""
-    try:
-        storage = open_storage(storage_url, **kwargs)
-    except NoStudiesError:
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(storage_url))}: "
-                             "no study was created there yet; create it with autobatch tune") from None
-    try:
-        study = find_study(storage, name)
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):  # no tables: nothing was ever created there
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(storage_url))}; "
-                             "create it with autobatch tune") from None
-    if study is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        known = f"; studies there: {', '.join(names[:10])}" if names else "; it has no studies"
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(storage_url))}{known}")
-    return study
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -204,29 +186,47 @@ def run_worker(study_name: str, storage_url: Optional[str], *, device_name: str 
                        cap_bytes=spec.max_memory_bytes, deadline=deadline, device=str(device))
     done = 0
     while (trial_id := next_trial_id(study, counted=counted, deadline=deadline)) is not None:
-        trial = optuna.Trial(study, trial_id)
         try:
             with heartbeat(study._storage, trial_id):
-                frozen = run_trial(study, trial, ctx)
+                frozen = run_trial(study, optuna.Trial(study, trial_id), ctx)
         except KeyboardInterrupt:
-            _abandon(study, trial, "interrupted (Ctrl-C)")
+            _abandon(study, trial_id, "interrupted (Ctrl-C)")
             raise
-        except optuna.exceptions.UpdateFinishedTrialError:
-            say(f"trial {trial.number} was failed by another worker (stale heartbeat); carrying on")
-            continue
+        except StorageLostError:
+            raise  # the database is gone: once it is back, the heartbeat fails and re-queues the trial
+        except Exception as exc:
+            # Another worker failed this trial (its heartbeat looked stale, e.g. after a long
+            # database outage) and queued its configuration again: Optuna then refuses every
+            # write to it. Not this worker's error: carry on with the next trial.
+            number = _finished_elsewhere(study, trial_id)
+            if number is not None:
+                say(f"trial {number} was failed and re-queued by another worker (stale heartbeat); carrying on")
+                continue
+            _abandon(study, trial_id, f"worker error: {type(exc).__name__}: {exc}")
+            raise
         done += 1
         say(progress_line(study, frozen, deadline))
     return done
 
 
-def _abandon(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
-    """Mark an unfinished trial FAIL and queue its configuration again: nothing asked is lost."""
+def _finished_elsewhere(study: optuna.Study, trial_id: int) -> Optional[int]:
+    """The trial's number if it is already finished in the storage, else None."""
     try:
-        trial.set_user_attr(R.STOP_REASON, "interrupted")
-        trial.set_user_attr(R.STOP_DETAIL, why)
-        frozen = study.tell(trial, state=TrialState.FAIL)
-        requeue(study, frozen)
-    except Exception:  # the database may be gone too: the heartbeat will fail it later
+        frozen = study._storage.get_trial(trial_id)
+    except Exception:
+        return None
+    return frozen.number if frozen.state.is_finished() else None
+
+
+def _abandon(study: optuna.Study, trial_id: int, why: str) -> None:
+    """Mark an unfinished trial FAIL and queue its configuration again: nothing asked is lost."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, R.STOP_REASON, "interrupted")
+        storage.set_trial_user_attr(trial_id, R.STOP_DETAIL, why[:500])
+        if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            requeue(study, storage.get_trial(trial_id))
+    except Exception:  # the database may be gone too, or another worker failed it: the heartbeat copes
         pass
 
 
@@ -269,29 +269,55 @@ def tune(settings: TuneSettings, say: Say) -> TuneOutcome:
     try:
         run_worker(study.study_name, settings.storage, device_name=settings.device,
                    data_dir=settings.data_dir, worker_seed=settings.seed, say=say)
-    finally:
+    except BaseException:
+        # Ctrl-C (or an error) here stops the local helpers too: a SIGINT lets each of them
+        # fail and re-queue its trial in flight, as this process did.
         for proc in helpers:
-            try:
-                proc.wait()
-            except KeyboardInterrupt:
-                proc.terminate()
-    optuna.storages.fail_stale_trials(study)
-    answer = final_answer(study)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        raise
+    finally:
+        _wait_for_helpers(helpers, say)
+    fail_stale_trials(study)
+    answer = final_answer(study, say)
     return TuneOutcome(study.study_name, mask_url(url), counts(study), time.time() - started, answer)
+
+
+def _wait_for_helpers(helpers: list[subprocess.Popen], say: Say) -> None:
+    for index, proc in enumerate(helpers, start=1):
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; heartbeats fail what is left
+            for other in helpers:
+                other.terminate()
+            raise
+        if code not in (0, 130, -signal.SIGINT):
+            say(f"worker {index} (pid {proc.pid}) exited with code {code}")
 
 
 def _spawn_worker(study_name: str, url: str, settings: TuneSettings, index: int) -> subprocess.Popen:
     """A local worker process; the storage URL goes by environment, not argv (no password
-    in the process list)."""
+    in the process list). In its own session: a terminal's Ctrl-C reaches only ``tune``,
+    which passes exactly one SIGINT on (a second one would cut a worker's clean-up short)."""
     cmd = [sys.executable, "-m", "autobatch", "worker", "--study-name", study_name,
            "--device", settings.device, "--seed", str(settings.seed + 1000 * index)]
     if settings.data_dir:
         cmd += ["--data-dir", str(settings.data_dir)]
-    return subprocess.Popen(cmd, env={**os.environ, ENV_STORAGE: url})
+    return subprocess.Popen(cmd, env={**os.environ, ENV_STORAGE: url}, start_new_session=True)
 
 
-def final_answer(study: optuna.Study) -> dict:
-    """The best completed trial, as a Recommendation-shaped dict."""
+def final_answer(study: optuna.Study, say: Say = lambda s: None) -> dict:
+    """The trade-off model's recommendation, stored with the study (user attribute and
+    dashboard note); the best completed trial while there are too few trials to fit."""
+    from .recommend import publish, recommend_study
+
+    try:
+        rec = recommend_study(study)
+    except AutobatchError as exc:
+        say(f"trade-off model not fitted: {exc}")
+    else:
+        publish(study, rec)
+        return rec.to_dict()
     try:
         best = study.best_trial
     except ValueError:
@@ -303,5 +329,6 @@ def final_answer(study: optuna.Study) -> dict:
         "effective_batch_size": a[R.EFFECTIVE_BATCH_SIZE], "predicted_accuracy": best.value,
         "predicted_epoch_time_s": a.get(R.EPOCH_TIME_S), "predicted_peak_bytes": a.get(R.PREDICTED_PEAK_BYTES),
         "best_trial": best.number, "trials": [best.number],
-        "rationale": f"best completed trial (#{best.number}) by final validation accuracy",
+        "rationale": f"best completed trial (#{best.number}) by measured validation accuracy; "
+                     "too few trials for the trade-off model",
     }
