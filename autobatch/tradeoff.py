@@ -248,6 +248,8 @@ class MemoryFit:
     n: int                      # measured peaks compared or fitted
     residual_mean: float = 0.0  # measured - model, bytes
     residual_sd: float = 0.0
+    residual_min: float = 0.0
+    residual_max: float = 0.0
     max_abs_relative_error: float = 0.0
     batch_mean: float = 0.0     # for the fitted line's leverage
     batch_sxx: float = 0.0
@@ -266,7 +268,12 @@ class MemoryFit:
                 return pred + min(0.0, self.residual_mean), pred + max(0.0, self.residual_mean)
             half = _t(self.coverage, self.n - 1) * self.residual_sd * math.sqrt(1 + 1 / self.n)
             centre = pred + self.residual_mean
-            return np.minimum(centre - half, pred), np.maximum(centre + half, pred)
+            # The residual is not pure noise: the probe keeps gradients allocated between steps
+            # (a bound for accumulation), so trials without accumulation measure a fixed amount
+            # less. The observed residual range is therefore always inside the interval.
+            low = np.minimum(np.minimum(centre - half, pred), pred + self.residual_min)
+            high = np.maximum(np.maximum(centre + half, pred), pred + self.residual_max)
+            return low, high
         if self.n <= 2:
             return pred, pred
         leverage = 1 + 1 / self.n + (b - self.batch_mean) ** 2 / self.batch_sxx
@@ -299,6 +306,7 @@ def fit_memory(batch_sizes: Any, peaks: Any, stored: Optional[dict[str, Any]] = 
         residual = peaks - (fixed + per_sample * b)
         return MemoryFit(**common, residual_mean=float(residual.mean()),
                          residual_sd=float(residual.std(ddof=1)) if len(b) > 1 else 0.0,
+                         residual_min=float(residual.min()), residual_max=float(residual.max()),
                          max_abs_relative_error=float(np.max(np.abs(residual) / peaks)))
     if len(np.unique(b)) < 2:
         return None

@@ -38,8 +38,10 @@ def postgres_url() -> str:
     """The test PostgreSQL; skipped when unreachable, failed instead under AUTOBATCH_REQUIRE_ALL."""
     import sqlalchemy
 
+    from autobatch.storage import resolve_url
+
     try:
-        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        engine = sqlalchemy.create_engine(resolve_url(POSTGRES_URL))
         with engine.connect():
             pass
         engine.dispose()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import uuid
@@ -22,12 +21,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import optuna
 import pytest
-from sqlalchemy.engine import make_url
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.recommend import (MIN_TRIALS, PRIORITIES, SPEED_TOLERANCE, Recommendation,
                                  publish, recommend, recommend_from_frame, trials_frame)
+from autobatch.storage import open_storage
 from autobatch.spec import StudySpec
 from autobatch.tradeoff import AccuracyModel, divergence_blocked
 
@@ -336,14 +335,10 @@ def test_missing_study_too_few_trials_and_bad_priority(sqlite_url):
         recommend("tiny", storage=sqlite_url, priority="fast")
 
 
-def test_postgresql_study():
-    url = os.environ.get("AUTOBATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the project ships psycopg2.
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+def test_postgresql_study(postgres_url):
+    url = postgres_url
     name = f"autobatch-test-{uuid.uuid4().hex[:12]}"
-    storage = optuna.storages.RDBStorage(url)
+    storage = open_storage(url)
     make_study(storage=storage, name=name, n=20)
     try:
         rec = recommend(name, storage=url, priority="speed")
