@@ -228,7 +228,9 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
             f"at least {MIN_TRIALS}: run more trials (autobatch worker --study-name {study_name})")
     fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
-    grid = candidates(fit, spec)
+    # Candidates stay inside the lr range the completed trials tested: the accuracy model is
+    # not trusted to extrapolate (an edge of the space it never saw can look best by chance).
+    grid = candidates(fit, spec, lr_range=(completed["lr_multiplier"].min(), completed["lr_multiplier"].max()))
     feasible, constraints = _apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
     picks = _picks(feasible, front)
@@ -254,11 +256,13 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         diagnostics=fit.diagnostics())
 
 
-def candidates(fit: TradeoffFit, spec: StudySpec) -> pd.DataFrame:
+def candidates(fit: TradeoffFit, spec: StudySpec,
+               lr_range: Optional[tuple[float, float]] = None) -> pd.DataFrame:
     """Predictions for the search grid: every micro-batch size and accumulation step of the
-    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers."""
+    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers (within ``lr_range`` if given)."""
     space = spec.space
-    multipliers = np.geomspace(space.lr_multiplier_min, space.lr_multiplier_max, N_LR_MULTIPLIERS)
+    low, high = lr_range or (space.lr_multiplier_min, space.lr_multiplier_max)
+    multipliers = np.geomspace(low, max(high, low), N_LR_MULTIPLIERS)
     b, a, m = (g.ravel() for g in np.meshgrid(space.batch_sizes, space.accumulation_steps,
                                                np.unique(multipliers), indexing="ij"))
     grid = fit.predict(b, a, m)

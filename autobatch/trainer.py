@@ -59,23 +59,32 @@ def index_stream(n: int, seed: int) -> Iterator[int]:
 
 
 class _Batches:
-    """Micro-batches from a stream: in-memory tensors are indexed directly (fast path),
-    other datasets go through a DataLoader."""
+    """Micro-batches from a stream of reshuffled epochs: in-memory tensors are sliced directly
+    (fast path: one permutation tensor per epoch, no per-sample Python), other datasets go
+    through a DataLoader over ``index_stream`` (the same order)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int):
         self.batch_size, self.device = batch_size, device
-        stream = index_stream(len(dataset), seed)
         if isinstance(dataset, TensorDataset):
             self.x, self.y = (t.to(device) for t in dataset.tensors)
-            self._next = lambda: self._tensor_batch(stream)
+            self.n, self.gen = len(dataset), torch.Generator().manual_seed(seed)
+            self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+            self._next = self._tensor_batch
         else:
-            loader = DataLoader(dataset, batch_size=batch_size, sampler=stream, num_workers=2,
-                                pin_memory=device.type == "cuda", persistent_workers=True)
+            loader = DataLoader(dataset, batch_size=batch_size, sampler=index_stream(len(dataset), seed),
+                                num_workers=2, pin_memory=device.type == "cuda", persistent_workers=True)
             iterator = iter(loader)
-            self._next = lambda: tuple(t.to(device, non_blocking=True) for t in next(iterator))
+            self._next = lambda: tuple(t.to(self.device, non_blocking=True) for t in next(iterator))
 
-    def _tensor_batch(self, stream: Iterator[int]):
-        idx = torch.tensor([next(stream) for _ in range(self.batch_size)], device=self.device)
+    def _tensor_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        parts, need = [], self.batch_size
+        while need:
+            if self.pos == len(self.order):  # next epoch: as index_stream does
+                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = min(need, len(self.order) - self.pos)
+            parts.append(self.order[self.pos:self.pos + take])
+            self.pos, need = self.pos + take, need - take
+        idx = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.device)
         return self.x[idx], self.y[idx]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,7 +55,10 @@ def test_tune_end_to_end_and_resume(tmp_path, sqlite_url):
     assert again.returncode == 0, again.stderr
     assert "resuming study 'e2e'" in again.stderr
     assert "recommended for e2e" in again.stdout
-    assert len(optuna.load_study(study_name="e2e", storage=sqlite_url).trials) == 6
+    trials = optuna.load_study(study_name="e2e", storage=sqlite_url).trials
+    assert len(trials) == 6
+    # a resumed study moves on: its sampler does not replay the first run's proposals
+    assert [t.params for t in trials[4:]] != [t.params for t in trials[2:4]]
 
 
 def test_default_storage_is_embedded_sqlite_and_printed(tmp_path):

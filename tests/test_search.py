@@ -67,6 +67,8 @@ def test_pruning_prunes_bad_learning_rates_early(tmp_path, sqlite_url):
     for t in pruned:
         assert t.user_attrs[R.STOP_REASON] in (R.STOP_PRUNED, R.STOP_DIVERGED)
         assert t.user_attrs[R.STOP_DETAIL]
+        # a trial that reached its last checkpoint is a result, never pruned
+        assert len(t.intermediate_values) < len(study.user_attrs[R.STUDY_SPEC]["eval_points"])
     eval_points = study.user_attrs[R.STUDY_SPEC]["eval_points"]
     for t in complete + pruned:  # every report sits on the shared samples-seen grid
         assert set(t.intermediate_values) <= set(eval_points)
