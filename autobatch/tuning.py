@@ -171,7 +171,10 @@ def run_worker(study_name: str, storage_url: Optional[str], *, device_name: str 
     workload = load_workload(spec.dataset, data_dir=data_dir, seed=spec.seed)
     memory = study.user_attrs.get(R.STUDY_MEMORY_MODEL) or {}
     mm = MemoryModel.from_dict(memory) if memory else None
-    seed = spec.seed if worker_seed is None else worker_seed
+    # The sampler's seed moves on with the study: a resumed study must not replay the
+    # configurations of its first start-up trials.
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    seed = (spec.seed if worker_seed is None else worker_seed) + finished
     study = optuna.load_study(study_name=study_name, storage=study._storage,
                               sampler=make_sampler(seed), pruner=make_pruner(spec.pruner, spec.eval_points))
 
