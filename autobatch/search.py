@@ -126,17 +126,15 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
     if len(history) > MAX_RETRIES:
         return
-    system = {k: v for k, v in trial.system_attrs.items()
-              if not k.startswith(LEGACY_CONSTRAINTS) and k != "fixed_params"}
+    # What it was asked to run: its parameters, or, if it died before suggesting any, its
+    # slot with the enqueued ``fixed_params`` (a baseline's). The retry history goes along
+    # either way, so a configuration that keeps killing workers stops coming back.
+    system = {k: v for k, v in trial.system_attrs.items() if not k.startswith(LEGACY_CONSTRAINTS)}
     system.update(failed_trial=history[0], retry_history=history)
     user = {k: v for k, v in trial.user_attrs.items() if k == R.BASELINE}
-    if trial.params:
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs=user, system_attrs=system))
-    else:  # died before suggesting anything: give the slot back
-        study.enqueue_trial(trial.system_attrs.get("fixed_params", {}), user_attrs=user,
-                            skip_if_exists=False)
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs=user, system_attrs=system))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,9 +172,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Fr
     attrs[R.MEMORY_ACTION] = "none"
     _set_attrs(trial, attrs)
 
+    final = ctx.spec.eval_points[-1]
+
     def on_eval(point) -> bool:
         trial.report(point.accuracy, step=point.samples_seen)
-        return trial.should_prune()
+        # At the last checkpoint the trial is done: a result, never a pruning decision.
+        return point.samples_seen < final and trial.should_prune()
 
     result = ctx.train(config, trial, on_eval)
     _set_attrs(trial, result_attrs(result, train_size=ctx.spec.train_size))

@@ -88,7 +88,7 @@ def open_storage(url: Optional[str], *, create_tables: bool = True) -> optuna.st
     engine_kwargs: dict = {"pool_pre_ping": True}
     if not parsed.drivername.startswith("sqlite"):
         engine_kwargs["pool_recycle"] = 300
-    if parsed.drivername.startswith("postgresql+psycopg2"):
+    if parsed.drivername.startswith("postgresql+psycopg2") and "connect_timeout" not in parsed.query:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     elif parsed.drivername.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 30}  # workers queue for SQLite's one writer
@@ -148,7 +148,7 @@ def _connection_lost(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
+            return "no such " not in str(exc.orig)  # SQLite's "no such table" is no outage
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
         exc, seen = exc.__cause__, seen + 1
