@@ -228,9 +228,11 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
             f"at least {MIN_TRIALS}: run more trials (autobatch worker --study-name {study_name})")
     fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
-    # Candidates stay inside the lr range the completed trials tested: the accuracy model is
-    # not trusted to extrapolate (an edge of the space it never saw can look best by chance).
-    grid = candidates(fit, spec, lr_range=(completed["lr_multiplier"].min(), completed["lr_multiplier"].max()))
+    # Candidates need local support: the accuracy model is not trusted to extrapolate into a
+    # corner no completed trial has seen (there it once predicted 110%, and an untested lr
+    # edge re-trained 22.8 points worse than predicted).
+    grid = candidates(fit, spec)
+    grid = grid[supported(grid, completed)].reset_index(drop=True)
     feasible, constraints = _apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
     picks = _picks(feasible, front)
@@ -256,13 +258,28 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         diagnostics=fit.diagnostics())
 
 
-def candidates(fit: TradeoffFit, spec: StudySpec,
-               lr_range: Optional[tuple[float, float]] = None) -> pd.DataFrame:
+SUPPORT_DOUBLINGS = 1.0    # a completed trial within one doubling of effective batch and accumulation
+SUPPORT_LR_FACTOR = 2.0    # ... and within this factor of the lr multiplier
+
+
+def supported(grid: pd.DataFrame, completed: pd.DataFrame) -> np.ndarray:
+    """Which candidates have a completed trial nearby (see the two constants above)."""
+    def logs(df: pd.DataFrame) -> np.ndarray:
+        return np.column_stack([np.log2(df["effective_batch_size"].to_numpy(dtype=float)),
+                                np.log2(df["accumulation_steps"].to_numpy(dtype=float)),
+                                np.log(df["lr_multiplier"].to_numpy(dtype=float))])
+
+    g, c = logs(grid), logs(completed)
+    limit = np.array([SUPPORT_DOUBLINGS, SUPPORT_DOUBLINGS, math.log(SUPPORT_LR_FACTOR)]) + 1e-9
+    near = np.abs(g[:, None, :] - c[None, :, :]) <= limit
+    return near.all(axis=2).any(axis=1)
+
+
+def candidates(fit: TradeoffFit, spec: StudySpec) -> pd.DataFrame:
     """Predictions for the search grid: every micro-batch size and accumulation step of the
-    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers (within ``lr_range`` if given)."""
+    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers."""
     space = spec.space
-    low, high = lr_range or (space.lr_multiplier_min, space.lr_multiplier_max)
-    multipliers = np.geomspace(low, max(high, low), N_LR_MULTIPLIERS)
+    multipliers = np.geomspace(space.lr_multiplier_min, space.lr_multiplier_max, N_LR_MULTIPLIERS)
     b, a, m = (g.ravel() for g in np.meshgrid(space.batch_sizes, space.accumulation_steps,
                                                np.unique(multipliers), indexing="ij"))
     grid = fit.predict(b, a, m)
@@ -309,13 +326,19 @@ def _apply_constraints(grid: pd.DataFrame, fit: TradeoffFit, cap: Optional[int],
 _USER = ("max_memory_bytes", "max_epoch_time_s", "min_accuracy")
 
 
+# Settings are ranked by the lower end of their accuracy interval, not the mean: the mean of
+# the best-looking candidate is its luckiest estimate (winner's curse), and a wide interval in a
+# corner few trials saw must not win on optimism. The mean is still what is reported.
+RANK_BY = "accuracy_lo"
+
+
 def pareto_front(cands: pd.DataFrame) -> list[int]:
     """Index labels of the accuracy/epoch-time front, fastest first: a candidate is on it when
-    every faster one is less accurate (by more than ``TIE``)."""
-    order = np.lexsort((-cands["accuracy"].to_numpy(), cands["epoch_time_s"].to_numpy()))
+    every faster one ranks lower (by more than ``TIE``) on ``RANK_BY``."""
+    order = np.lexsort((-cands[RANK_BY].to_numpy(), cands["epoch_time_s"].to_numpy()))
     front, best = [], -np.inf
     for i in order:
-        accuracy = cands["accuracy"].iat[i]
+        accuracy = cands[RANK_BY].iat[i]
         if accuracy > best + TIE:
             front.append(cands.index[i])
             best = accuracy
@@ -324,7 +347,7 @@ def pareto_front(cands: pd.DataFrame) -> list[int]:
 
 def _picks(cands: pd.DataFrame, front: list[int]) -> dict[str, int]:
     """Index labels chosen by each priority; all three lie on the front, in time order."""
-    acc = cands.loc[front, "accuracy"].to_numpy()
+    acc = cands.loc[front, RANK_BY].to_numpy()
     time = cands.loc[front, "epoch_time_s"].to_numpy()
     last = len(front) - 1                                            # the most accurate
     first = int(np.flatnonzero(acc >= acc[last] - SPEED_TOLERANCE)[0])  # fastest near it

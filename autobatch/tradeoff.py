@@ -411,7 +411,7 @@ class TradeoffFit:
         out = pd.DataFrame({
             "batch_size": b.astype(int), "accumulation_steps": a.astype(int),
             "effective_batch_size": (b * a).astype(int), "lr_multiplier": m,
-            "accuracy": accuracy, "accuracy_lo": np.clip(acc_lo, 0, 1),
+            "accuracy": np.clip(accuracy, 0, 1), "accuracy_lo": np.clip(acc_lo, 0, 1),
             "accuracy_hi": np.clip(acc_hi, 0, 1), "throughput": throughput,
             "epoch_time_s": self.train_size / throughput,
             "epoch_time_lo": self.train_size / thr_hi, "epoch_time_hi": self.train_size / thr_lo,
