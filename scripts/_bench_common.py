@@ -113,3 +113,15 @@ def compare_throughput(model_name: str, workload: Workload, *, batch_size: int,
         for name in order:
             measured[name].append(loops[name](fresh(), workload, samples=samples, **kwargs))
     return measured
+
+
+def bench_main(run, doc: str) -> None:
+    """The command line every ``scripts/bench_<name>.py`` shares: ``[--quick] [--out DIR]``."""
+    import argparse
+    import pathlib
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/bench"))
+    args = parser.parse_args()
+    print(run(args.quick, args.out))

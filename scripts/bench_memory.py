@@ -11,7 +11,6 @@ Returns a Markdown section for BENCHMARKS.md; raw numbers go to ``DIR/bench_memo
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
@@ -178,8 +177,6 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/bench"))
-    args = parser.parse_args()
-    print(run(args.quick, args.out))
+    from _bench_common import bench_main
+
+    bench_main(run, __doc__)

@@ -10,7 +10,6 @@ training samples all trials consumed. Returns a Markdown section for BENCHMARKS.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import statistics
@@ -96,8 +95,6 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/bench"))
-    args = parser.parse_args()
-    print(run(args.quick, args.out))
+    from _bench_common import bench_main
+
+    bench_main(run, __doc__)

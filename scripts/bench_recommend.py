@@ -17,7 +17,6 @@ Re-training the recommended setting with fresh seeds on real workloads is ``retr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -356,8 +355,6 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/bench"))
-    args = parser.parse_args()
-    print(run(args.quick, args.out))
+    from _bench_common import bench_main
+
+    bench_main(run, __doc__)

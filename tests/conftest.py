@@ -56,3 +56,15 @@ def postgres_url() -> str:
 @pytest.fixture
 def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def capped_study(where: Path, name: str) -> str:
+    """A real study made by the CLI: 10 trials of small_cnn on digits under a 3 MiB cap. Seed 5
+    samples batch sizes 128 and 256 early, so some trials are pruned as over the cap before
+    training. Returns its storage URL."""
+    url = f"sqlite:///{where / 'studies.db'}"
+    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5",
+                   "--n-trials", "10", "--max-memory", "3MiB", "--seed", "5",
+                   "--storage", url, "--study-name", name, cwd=where)
+    assert done.returncode == 0, done.stderr
+    return url

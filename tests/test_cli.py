@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
 
@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, words):
 def test_unreachable_database_names_host_not_password(tmp_path):
     proc = run_cli("tune", "--model", "small_cnn", "--n-trials", "1",
                    "--storage", "postgresql://alice:s3cret@127.0.0.1:1/db", cwd=tmp_path)
-    line = _one_error_line(proc, "127.0.0.1:1")
+    _one_error_line(proc, "127.0.0.1:1")
     assert "s3cret" not in proc.stderr + proc.stdout
 
 

@@ -22,7 +22,7 @@ from autobatch import dashboard
 from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.recommend import Recommendation
-from tests.conftest import REPO, REQUIRE_ALL, run_cli
+from tests.conftest import REPO, REQUIRE_ALL, capped_study, run_cli
 
 STUDY = "dash-demo"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,14 +42,8 @@ def get_json(url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory) -> tuple[str, Path]:
-    """A real study with over-memory trials (seed 5 samples batch 128 and 256 under 3 MiB)."""
     where = tmp_path_factory.mktemp("dashboard")
-    url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5",
-                   "--n-trials", "10", "--max-memory", "3MiB", "--seed", "5",
-                   "--storage", url, "--study-name", STUDY, cwd=where)
-    assert done.returncode == 0, done.stderr
-    return url, where
+    return capped_study(where, STUDY), where
 
 
 @pytest.fixture(scope="module")

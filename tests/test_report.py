@@ -14,7 +14,7 @@ from autobatch.recommend import recommend, trials_frame
 from autobatch.report import (MiB, pareto_mask, plot_accuracy_map, plot_curves, plot_memory,
                               plot_tradeoff, write_report)
 from autobatch.spec import StudySpec
-from tests.conftest import run_cli
+from tests.conftest import capped_study, run_cli
 
 STUDY = "report-demo"
 FILES = ("tradeoff.png", "memory.png", "accuracy_heatmap.png", "curves.png", "trials.csv", "summary.md")
@@ -22,15 +22,8 @@ FILES = ("tradeoff.png", "memory.png", "accuracy_heatmap.png", "curves.png", "tr
 
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory) -> tuple[str, Path]:
-    """A real study: 10 trials of small_cnn on digits under a 3 MiB cap. Seed 5 samples batch
-    sizes 128 and 256 early, so some trials are pruned as over the cap before training."""
     where = tmp_path_factory.mktemp("report")
-    url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5",
-                   "--n-trials", "10", "--max-memory", "3MiB", "--seed", "5",
-                   "--storage", url, "--study-name", STUDY, cwd=where)
-    assert done.returncode == 0, done.stderr
-    return url, where
+    return capped_study(where, STUDY), where
 
 
 @pytest.fixture(scope="module")
