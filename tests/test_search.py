@@ -76,7 +76,9 @@ def test_pruning_prunes_bad_learning_rates_early(tmp_path, sqlite_url):
 
 def test_budget_ends_the_run_within_margin_and_records_the_cut_off(tmp_path, sqlite_url):
     started = time.time()
-    proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--budget", "60s", "--epochs", "20",
+    # Trials far longer than the budget: the deadline certainly falls inside one (with short
+    # trials it can fall in the gap between two, and then nothing needs cutting off).
+    proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--budget", "60s", "--epochs", "1000",
                    "--storage", sqlite_url, "--study-name", "budget", cwd=tmp_path)
     elapsed = time.time() - started
     assert proc.returncode == 0, proc.stderr
