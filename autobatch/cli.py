@@ -98,9 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_event(run, event) -> None:  # type: ignore[no-untyped-def]
+    """Progress: each event's line on stderr."""
+    from .tuning import event_line
+
+    line = event_line(event)
+    if line is not None:
+        _say(line)
+
+
 def _tune_settings(args: argparse.Namespace):
-    from .budget import parse_bytes, parse_duration
-    from .settings import build_settings
+    from .search import build_settings
+    from .units import parse_bytes, parse_duration
 
     space = {k: v for k, v in (("batch_size_min", args.batch_size_min),
                                ("batch_size_max", args.batch_size_max)) if v is not None}
@@ -121,7 +130,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
 
     settings = _tune_settings(args)
-    outcome = tune(settings, _say)
+    outcome = tune(settings, callbacks=[_print_event])
     if args.json:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
@@ -136,7 +145,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def render_answer(answer: dict) -> str:
-    from .budget import format_bytes
+    from .units import format_bytes
 
     if not answer:
         return "no completed trial yet: give the study more budget or trials"
@@ -165,22 +174,23 @@ def render_answer(answer: dict) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .tuning import run_worker
+    from .storage import open_study
+    from .tuning import TuneRun, run_worker
 
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
     seed = args.seed if args.seed is not None else os.getpid()
-    n = run_worker(args.study_name, args.storage, device_name=args.device, data_dir=args.data_dir,
-                   worker_seed=seed, say=_say)
+    study = open_study(args.storage, args.study_name)  # workers never create the schema
+    n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=seed,
+                   run=TuneRun([_print_event]))
     _say(f"worker done: {n} trials run")
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import memory
-    from .budget import format_bytes, parse_bytes
-    from .trainer import make_optimizer
-    from .tuning import resolve_device
+    from .train import resolve_device, step_runner
+    from .units import format_bytes, parse_bytes
     from .workloads import build_model, check_model_name, load_workload
 
     model_name, dataset = args.model or "resnet18", args.dataset or "digits"
@@ -189,9 +199,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or "auto")
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape)
-    result = memory.probe(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
-                          make_optimizer=make_optimizer, device=device,
-                          cap_bytes=cap or memory.default_cap(device))
+    runner = step_runner(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
+                         device=device)
+    result = memory.probe(runner, device=device, cap_bytes=cap or memory.default_cap(device))
     if args.json:
         _print_json({"model": model_name, "dataset": dataset, **result.to_dict()})
         return 0
@@ -218,8 +228,8 @@ def _study_name(args: argparse.Namespace) -> str:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from .budget import parse_duration
-    from .recommend import recommend
+    from .recommender import recommend
+    from .units import parse_duration
 
     rec = recommend(_study_name(args), args.storage, max_memory=args.max_memory,
                     max_epoch_time=parse_duration(args.max_epoch_time) if args.max_epoch_time else None,

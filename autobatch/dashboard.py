@@ -22,7 +22,8 @@ from sqlalchemy.engine import make_url
 
 from . import records as R
 from .errors import AutobatchError, NoStudiesError
-from .storage import mask_url, open_storage, resolve_url
+from .recommender import publish, recommend_study
+from .storage import mask_url, open_storage, open_study, resolve_url
 
 Say = Callable[[str], None]
 
@@ -36,7 +37,7 @@ def serve(storage: Optional[str], *, host: str = "127.0.0.1", port: int = 8080,
     backend = open_existing(url)
     server = bind(host, port, optuna_dashboard.wsgi(backend))
     try:
-        refresh_notes(backend, storage, say)
+        refresh_notes(backend, say)
         say(f"optuna-dashboard on {address(host, port)} for {mask_url(url)} — Ctrl-C to stop")
         if not is_loopback(host):
             say(f"warning: optuna-dashboard has no authentication and exposes write endpoints "
@@ -77,23 +78,22 @@ def bind(host: str, port: int, app) -> WSGIServer:  # type: ignore[no-untyped-de
         raise AutobatchError(f"cannot listen on {host}:{port}: {reason}; pass --host or --port") from None
 
 
-def refresh_notes(backend: optuna.storages.BaseStorage, storage: Optional[str], say: Say) -> list[str]:
+def refresh_notes(backend: optuna.storages.BaseStorage, say: Say) -> list[str]:
     """Recompute and publish the recommendation (study attribute and dashboard note) of every
-    autobatch study; a study that cannot have one yet is skipped with a line. Returns the
-    names of the studies refreshed."""
-    from .recommend import publish, recommend
-
+    autobatch study in the open ``backend``; a study that cannot have one yet is skipped with a
+    line. Returns the names of the studies refreshed."""
     refreshed = []
     for summary in backend.get_all_studies():
         if R.STUDY_SPEC not in summary.user_attrs:
             continue  # not an autobatch study: leave it alone
         name = summary.study_name
+        study = open_study(backend, name)
         try:
-            rec = recommend(name, storage)
+            rec = recommend_study(study)
         except AutobatchError as exc:
             say(f"{name}: no recommendation note ({exc})")
             continue
-        publish(optuna.load_study(study_name=name, storage=backend), rec)
+        publish(study, rec)
         refreshed.append(name)
     if refreshed:
         say(f"recommendation notes refreshed: {', '.join(refreshed)}")

@@ -1,14 +1,24 @@
-"""Names and records that cross module boundaries.
+"""A trial's record: the names, the immutable records, the writing and the reading.
 
 Optuna stores what autobatch measures as trial and study *user attributes*, so that vanilla
-``optuna.load_study``, pandas and optuna-dashboard read the same facts autobatch does. The
-attribute names live here, once; every writer and reader imports them.
+``optuna.load_study``, pandas and optuna-dashboard read the same facts autobatch does. This
+module is the one owner of that layout: the attribute names, the records that cross module
+boundaries (``TrialConfig``, ``EvalPoint``, ``TrialResult``), how a result is written to a trial
+(``configuration_attrs``, ``result_attrs``, ``write_attrs``, ``set_memory_constraint``) and how
+trials are read back (``trial_row``, ``read_trials``). Torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import optuna
+
+from ._optuna_internals import trial_id
+
+if TYPE_CHECKING:  # pandas is imported when a table is made, not with this module
+    import pandas as pd
 
 # --- Optuna parameter names (the search space) -------------------------------------------
 PARAM_BATCH_LOG2 = "batch_size_log2"          # int, micro-batch = 2 ** value
@@ -102,3 +112,125 @@ class TrialResult:
     @property
     def best_accuracy(self) -> float:
         return max((p.accuracy for p in self.curve), default=0.0)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+LEGACY_CONSTRAINTS = "constraints"      # the system attribute list optuna-dashboard 0.21 reads
+OOM_CONSTRAINT = "constraints:oom"      # system attribute: the trial ran out of memory
+MILESTONE_TARGETS = (0.5, 0.8, 0.9, 0.95)
+
+
+def configuration_attrs(config: TrialConfig, *, device: str,
+                        predicted_peak_bytes: Optional[float]) -> dict[str, Any]:
+    """The attributes a trial gets before it trains: what it runs, where, and the memory the
+    model predicts for it."""
+    return {BATCH_SIZE: config.batch_size, ACCUMULATION_STEPS: config.accumulation_steps,
+            EFFECTIVE_BATCH_SIZE: config.effective_batch_size,
+            LEARNING_RATE: config.learning_rate, DEVICE: device,
+            PREDICTED_PEAK_BYTES: None if predicted_peak_bytes is None else int(predicted_peak_bytes)}
+
+
+def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
+    """The trial user attributes for a measured result."""
+    milestones = {}
+    for target in MILESTONE_TARGETS:
+        hit = next((p for p in result.curve if p.accuracy >= target), None)
+        if hit is not None:
+            milestones[f"{target:.2f}"] = [hit.samples_seen, round(hit.train_time_s, 3)]
+    throughput = result.throughput
+    return {
+        THROUGHPUT: throughput,
+        TRAIN_TIME_S: result.train_time_s,
+        EVAL_TIME_S: result.eval_time_s,
+        WALL_TIME_S: result.wall_time_s,
+        EPOCH_TIME_S: train_size / throughput if throughput > 0 else None,
+        SAMPLES_SEEN: result.samples_seen,
+        MEASURED_PEAK_BYTES: result.measured_peak_bytes,
+        VAL_ACCURACY: result.final_accuracy if result.curve else None,
+        BEST_VAL_ACCURACY: result.best_accuracy if result.curve else None,
+        VAL_LOSS: result.curve[-1].loss if result.curve else None,
+        CURVE: [[p.samples_seen, p.accuracy, p.loss] for p in result.curve],
+        MILESTONES: milestones,
+        STOP_REASON: result.stop_reason,
+        STOP_DETAIL: result.stop_detail,
+    }
+
+
+def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Store ``attrs`` as the trial's user attributes."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def set_memory_constraint(trial: optuna.Trial, value: float) -> None:
+    """Feasibility for the sampler (<= 0 fits). Written in Optuna 5's per-key form, which
+    the samplers read, and in the legacy list form, which optuna-dashboard 0.21 reads."""
+    trial.set_constraint("memory", value)
+    trial.storage.set_trial_system_attr(trial_id(trial), LEGACY_CONSTRAINTS, [value])
+
+
+def mark_out_of_memory(trial: optuna.Trial) -> None:
+    """Record that the trial ran out of memory (a violated constraint for the sampler)."""
+    trial.storage.set_trial_system_attr(trial_id(trial), OOM_CONSTRAINT, 1.0)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+COLUMNS = ("number", "state", "value", "batch_size", "accumulation_steps", "effective_batch_size",
+           "learning_rate", "lr_multiplier", "throughput", "epoch_time_s", "measured_peak_bytes",
+           "predicted_peak_bytes", "val_accuracy", "best_val_accuracy", "stop_reason", "baseline",
+           "samples_seen", "curve")
+_INTS = ("batch_size", "accumulation_steps", "effective_batch_size", "samples_seen")
+_FLOATS = ("value", "learning_rate", "lr_multiplier", "throughput", "epoch_time_s",
+           "measured_peak_bytes", "predicted_peak_bytes", "val_accuracy", "best_val_accuracy")
+
+MultiplierFor = Callable[[float, int], float]  # (learning rate, effective batch) -> multiplier
+
+
+def trial_row(trial: optuna.trial.FrozenTrial,
+              multiplier_for: Optional[MultiplierFor] = None) -> dict[str, Any]:
+    """One trial as a flat row of ``COLUMNS``. Missing attributes are derived from the
+    parameters where they can be (``multiplier_for`` inverts the study's lr scaling rule)."""
+    attrs, params = trial.user_attrs, trial.params
+    batch = attrs.get(BATCH_SIZE)
+    if batch is None and PARAM_BATCH_LOG2 in params:
+        batch = 2 ** int(params[PARAM_BATCH_LOG2])
+    accumulation = attrs.get(ACCUMULATION_STEPS)
+    if accumulation is None:
+        accumulation = 2 ** int(params.get(PARAM_ACCUM_LOG2, 0))
+    effective = attrs.get(EFFECTIVE_BATCH_SIZE)
+    if effective is None and batch is not None:
+        effective = batch * accumulation
+    lr, multiplier = attrs.get(LEARNING_RATE), params.get(PARAM_LR_MULTIPLIER)
+    if multiplier is None and lr is not None and multiplier_for is not None and effective:
+        multiplier = multiplier_for(lr, effective)
+    curve = attrs.get(CURVE) or []
+    samples = attrs.get(SAMPLES_SEEN, curve[-1][0] if curve else None)
+    state = trial.state.name
+    value = trial.value if trial.values else None
+    reason = attrs.get(STOP_REASON) or (STOP_COMPLETED if state == "COMPLETE" else STOP_PRUNED)
+    return {"number": trial.number, "state": state, "value": value, "batch_size": batch,
+            "accumulation_steps": accumulation, "effective_batch_size": effective,
+            "learning_rate": lr, "lr_multiplier": multiplier,
+            "throughput": attrs.get(THROUGHPUT), "epoch_time_s": attrs.get(EPOCH_TIME_S),
+            "measured_peak_bytes": attrs.get(MEASURED_PEAK_BYTES),
+            "predicted_peak_bytes": attrs.get(PREDICTED_PEAK_BYTES),
+            "val_accuracy": attrs.get(VAL_ACCURACY, value),
+            "best_val_accuracy": attrs.get(BEST_VAL_ACCURACY), "stop_reason": reason,
+            "baseline": attrs.get(BASELINE), "samples_seen": samples, "curve": curve}
+
+
+def read_trials(study: optuna.Study, multiplier_for: Optional[MultiplierFor] = None) -> "pd.DataFrame":
+    """One row per finished (COMPLETE or PRUNED) trial, the autobatch attributes as columns
+    (``COLUMNS``). ``multiplier_for`` fills in lr multipliers a trial did not record."""
+    import pandas as pd
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    rows = [trial_row(t, multiplier_for) for t in study.get_trials(deepcopy=False, states=states)]
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    for name in _INTS:
+        df[name] = df[name].astype("Int64")
+    for name in _FLOATS:
+        df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
+    return df.sort_values("number", ignore_index=True)

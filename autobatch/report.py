@@ -1,6 +1,6 @@
 """``autobatch report``: plots, a CSV and a markdown summary of a study, from stored trials alone.
 
-Each plot is a function of the trials table (``recommend.trials_frame``) and a few extras that
+Each plot is a function of the trials table (``recommender.trials_frame``) and a few extras that
 returns the figure and the arrays drawn, so tests check the data rather than pixels. Figures
 are ``matplotlib.figure.Figure`` objects rendered by Agg, never pyplot: no GUI backend, no
 global figure registry, nothing left open in the caller's process.
@@ -24,28 +24,31 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter, PercentFormatter, ScalarFormatter
 
 from . import records as R
-from .budget import format_bytes
 from .errors import AutobatchError
-from .recommend import Recommendation, recommend, trials_frame
-from .spec import StudySpec
-from .storage import load_existing_study, mask_url, resolve_url
+from .recommender import Recommendation, recommend_study, trials_frame
+from .search import StudySpec
+from .storage import StudyLike, describe, open_study
+from .units import format_bytes
 
 Say = Callable[[str], None]
 MiB = 2**20
 
 
-def write_report(study_name: str, storage: Optional[str], out_dir: Path, say: Say = print) -> list[Path]:
-    """Write the report files of a stored study into ``out_dir``; returns their paths."""
-    study = load_existing_study(storage, study_name, create_tables=False)
+def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
+                 say: Say = print) -> list[Path]:
+    """Write the report files of a stored study into ``out_dir``; returns their paths.
+    ``storage`` is what ``storage.open_study`` takes (a URL, an open storage or the study)."""
+    study = open_study(storage, study_name)
+    study_name = study.study_name
+    spec_data = study.user_attrs.get(R.STUDY_SPEC)
+    spec = StudySpec.from_dict(spec_data) if spec_data else None
     df = trials_frame(study)
     if completed_rows(df).empty:
         raise AutobatchError(f"study {study_name!r} has no completed trial yet; run some first: "
                              f"autobatch worker --study-name {study_name}")
-    spec_data = study.user_attrs.get(R.STUDY_SPEC)
-    spec = StudySpec.from_dict(spec_data) if spec_data else None
     memory_model = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
     try:
-        rec, no_rec = recommend(study_name, storage), None
+        rec, no_rec = recommend_study(study), None
     except AutobatchError as exc:
         rec, no_rec = None, str(exc)
         say(f"report without a recommendation: {exc}")
@@ -64,7 +67,7 @@ def write_report(study_name: str, storage: Optional[str], out_dir: Path, say: Sa
     df.assign(curve=df["curve"].map(json.dumps)).to_csv(paths[-1], index=False)
     paths.append(out_dir / "summary.md")
     state_counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    paths[-1].write_text(summary_markdown(study_name, storage, df, state_counts, spec, rec, no_rec))
+    paths[-1].write_text(summary_markdown(study_name, describe(storage), df, state_counts, spec, rec, no_rec))
     say(f"report of {study_name!r}: {len(paths)} files in {out_dir}")
     return paths
 
@@ -324,11 +327,11 @@ def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None) -> tu
 
 # --- summary ----------------------------------------------------------------------------------
 
-def summary_markdown(study_name: str, storage: Optional[str], df: pd.DataFrame, state_counts: dict,
+def summary_markdown(study_name: str, where: str, df: pd.DataFrame, state_counts: dict,
                      spec: Optional[StudySpec], rec: Optional[Recommendation],
                      no_rec: Optional[str]) -> str:
     """The report's front page: what was studied, the counts, the answer, the evidence."""
-    lines = [f"# autobatch report: {study_name}", "", f"Storage: `{mask_url(resolve_url(storage))}`."]
+    lines = [f"# autobatch report: {study_name}", "", f"Storage: `{where}`."]
     if spec is not None:
         cap = f"; memory cap {format_bytes(spec.max_memory_bytes)}" if spec.max_memory_bytes else ""
         lines.append(f"Model `{spec.model}` on `{spec.dataset}`: {spec.train_samples} training samples "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autobatch.records import TrialConfig
-from autobatch.trainer import make_optimizer, train_trial
+from autobatch.train import make_optimizer, train_trial
 from autobatch.workloads import Workload, build_model
 
 

@@ -22,8 +22,8 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 
 from autobatch import records as R  # noqa: E402
-from autobatch.settings import TuneSettings  # noqa: E402
-from autobatch.spec import SearchSpace  # noqa: E402
+from autobatch.search import TuneSettings  # noqa: E402
+from autobatch.search import SearchSpace  # noqa: E402
 from autobatch.tuning import tune  # noqa: E402
 
 PRUNERS = ("none", "median", "halving", "hyperband")

@@ -31,9 +31,9 @@ import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from autobatch import records as R  # noqa: E402
-from autobatch.recommend import Recommendation, recommend_from_frame  # noqa: E402
-from autobatch.spec import StudySpec  # noqa: E402
-from autobatch.tradeoff import (COVERAGE, AccuracyModel, ThroughputModel,  # noqa: E402
+from autobatch.recommender import Recommendation, recommend_from_frame  # noqa: E402
+from autobatch.search import StudySpec  # noqa: E402
+from autobatch.recommender import (COVERAGE, AccuracyModel, ThroughputModel,  # noqa: E402
                                 accuracy_features, fit_tradeoff)
 
 MIB = 2**20
@@ -72,10 +72,10 @@ def real_study_coverage(quick: bool, out_dir: pathlib.Path) -> dict[str, Any]:
 
     import torch
 
-    from autobatch.recommend import recommend_study
+    from autobatch.recommender import recommend_study
     from autobatch.records import TrialConfig
-    from autobatch.settings import TuneSettings
-    from autobatch.trainer import train_trial
+    from autobatch.search import TuneSettings
+    from autobatch.train import train_trial
     from autobatch.tuning import tune
     from autobatch.workloads import build_model, load_workload
 

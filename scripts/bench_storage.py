@@ -90,8 +90,8 @@ def _instrumented_worker(name: str, url: str, stats_path: str) -> int:
 # --- the benchmark -----------------------------------------------------------------------------
 
 def _create(url: str, name: str, n_trials: int, epochs: float) -> None:
-    from autobatch.settings import TuneSettings
-    from autobatch.spec import SearchSpace
+    from autobatch.search import TuneSettings
+    from autobatch.search import SearchSpace
     from autobatch.tuning import tune
 
     # A tame lr range: no trial diverges, so every trial does the same amount of work.

@@ -44,13 +44,14 @@ import torch  # noqa: E402
 from _bench_common import Spread, compare_throughput, load_average, show  # noqa: E402
 from autobatch import records as R  # noqa: E402
 from autobatch.errors import AutobatchError  # noqa: E402
-from autobatch.recommend import recommend_study  # noqa: E402
+from autobatch.recommender import recommend_study  # noqa: E402
 from autobatch.records import TrialConfig  # noqa: E402
 from autobatch.search import distributions  # noqa: E402
-from autobatch.settings import TuneSettings  # noqa: E402
-from autobatch.spec import SearchSpace  # noqa: E402
-from autobatch.trainer import EVAL_BATCH_FACTOR, evaluate, train_trial  # noqa: E402
-from autobatch.tuning import FOLK_BATCH, tune  # noqa: E402
+from autobatch.search import TuneSettings  # noqa: E402
+from autobatch.search import SearchSpace  # noqa: E402
+from autobatch.train import EVAL_BATCH_FACTOR, evaluate, train_trial  # noqa: E402
+from autobatch.search import FOLK_BATCH
+from autobatch.tuning import tune  # noqa: E402
 from autobatch.workloads import Workload, build_model, load_workload  # noqa: E402
 
 CPU = torch.device("cpu")

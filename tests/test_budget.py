@@ -1,6 +1,6 @@
 import pytest
 
-from autobatch.budget import format_bytes, format_duration, parse_bytes, parse_duration
+from autobatch.units import format_bytes, format_duration, parse_bytes, parse_duration
 from autobatch.errors import AutobatchError
 
 

@@ -21,7 +21,7 @@ from optuna_dashboard._note import get_note_from_system_attrs
 from autobatch import dashboard
 from autobatch import records as R
 from autobatch.errors import AutobatchError
-from autobatch.recommend import Recommendation
+from autobatch.recommender import Recommendation
 from tests.conftest import REPO, REQUIRE_ALL, capped_study, run_cli
 
 STUDY = "dash-demo"
@@ -184,7 +184,7 @@ def test_non_loopback_warns(stored, monkeypatch):
 
     server = Server()
     monkeypatch.setattr(dashboard, "bind", lambda host, port, app: server)
-    monkeypatch.setattr(dashboard, "refresh_notes", lambda backend, storage, say: [])
+    monkeypatch.setattr(dashboard, "refresh_notes", lambda backend, say: [])
     lines: list[str] = []
     dashboard.serve(stored[0], host="0.0.0.0", port=9, say=lines.append)
     assert lines[0].startswith("optuna-dashboard on http://0.0.0.0:9/ for sqlite:")

@@ -9,6 +9,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from autobatch import memory
 from autobatch.errors import AutobatchError
+from autobatch.memory._measure import _cpu_allocations
+from autobatch.memory._probe import _fit_points
+from autobatch.recipe import TrainRecipe
+from autobatch.train import step_runner
 from autobatch.memory import (
     MemoryModel,
     ProbePoint,
@@ -42,13 +46,16 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
     )
 
 
-def sgd(params):
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+RECIPE = TrainRecipe(optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+
+
+def runner(model, shape=SHAPE, device=CPU, **kwargs):
+    """Complete SGD training steps on a copy of ``model``: what the probe measures."""
+    return step_runner(model, input_shape=shape, num_classes=10, device=device, recipe=RECIPE, **kwargs)
 
 
 def measure(model, batch_size, **kwargs):
-    return measure_step_peak(model, batch_size=batch_size, input_shape=SHAPE, num_classes=10,
-                             make_optimizer=sgd, device=CPU, **kwargs)
+    return measure_step_peak(runner(model, **kwargs), batch_size=batch_size, device=CPU)
 
 
 def param_bytes(model):
@@ -152,7 +159,7 @@ def test_running_peak_ignores_frees_from_before_the_window():
 def window_peak(body):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         body()
-    return running_peak(memory._cpu_allocations(prof))
+    return running_peak(_cpu_allocations(prof))
 
 
 def test_profiler_accounting_of_a_known_allocation():
@@ -211,8 +218,7 @@ def test_probe_leaves_weights_optimizer_and_rng_untouched():
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()
 
-    probe(model, input_shape=SHAPE, num_classes=10, make_optimizer=sgd, device=CPU,
-          sizes=(2, 4), check_size=8)
+    probe(runner(model), device=CPU, sizes=(2, 4), check_size=8)
 
     assert not model.training
     assert torch.equal(torch.get_rng_state(), rng)
@@ -229,8 +235,7 @@ def test_probe_leaves_weights_optimizer_and_rng_untouched():
 
 def test_probe_fits_checks_and_inverts():
     model = small_cnn()
-    result = probe(model, input_shape=SHAPE, num_classes=10, make_optimizer=sgd, device=CPU,
-                   cap_bytes=64 * MiB, sizes=(2, 8), check_size=32)
+    result = probe(runner(model), device=CPU, cap_bytes=64 * MiB, sizes=(2, 8), check_size=32)
     assert [p.batch_size for p in result.points] == [2, 8]
     assert result.check is not None and result.check.batch_size == 32
     assert abs(result.check_error) < 0.05
@@ -243,8 +248,7 @@ def test_probe_fits_checks_and_inverts():
 def test_cap_below_micro_batch_one_is_a_user_error():
     model = small_cnn()
     with pytest.raises(AutobatchError, match=r"micro-batch 1 needs \(measured .*\)"):
-        probe(model, input_shape=SHAPE, num_classes=10, make_optimizer=sgd, device=CPU,
-              cap_bytes=1000, check_size=None)
+        probe(runner(model), device=CPU, cap_bytes=1000, check_size=None)
 
 
 def fake_measure(limit, calls):
@@ -259,14 +263,14 @@ def fake_measure(limit, calls):
 
 def test_sizes_that_do_not_fit_are_replaced_by_smaller_ones():
     calls = []
-    points = memory._fit_points(fake_measure(5, calls), (2, 8), CPU)
+    points = _fit_points(fake_measure(5, calls), (2, 8), CPU)
     assert [p.batch_size for p in points] == [2, 4]
     assert calls == [2, 8, 4]
 
 
 def test_nothing_fits_is_a_user_error():
     with pytest.raises(AutobatchError, match="does not fit"):
-        memory._fit_points(fake_measure(1, []), (2, 8), CPU)
+        _fit_points(fake_measure(1, []), (2, 8), CPU)
 
 
 def test_default_cap_is_none_on_cpu():
@@ -277,13 +281,11 @@ def test_default_cap_is_none_on_cpu():
 def test_cuda_probe_and_out_of_memory():
     cuda = torch.device("cuda")
     model = small_cnn()
-    kwargs = dict(input_shape=SHAPE, num_classes=10, make_optimizer=sgd, device=cuda)
-    small, large = (measure_step_peak(model, batch_size=b, **kwargs) for b in (2, 64))
+    small, large = (measure_step_peak(runner(model, device=cuda), batch_size=b, device=cuda) for b in (2, 64))
     assert small.fits and large.fits and small.peak_bytes < large.peak_bytes
     assert large.reserved_bytes >= 0
     before = torch.cuda.memory_allocated(cuda)
-    huge = measure_step_peak(model, batch_size=2**22, input_shape=(3, 64, 64), num_classes=10,
-                             make_optimizer=sgd, device=cuda)
+    huge = measure_step_peak(runner(model, shape=(3, 64, 64), device=cuda), batch_size=2**22, device=cuda)
     assert not huge.fits and huge.peak_bytes is None
     assert torch.cuda.memory_allocated(cuda) == before
     assert torch.cuda.max_memory_allocated(cuda) == before

@@ -26,11 +26,11 @@ import pytest
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
-from autobatch.recommend import (supported, MIN_TRIALS, PRIORITIES, SPEED_TOLERANCE, Recommendation,
+from autobatch.recommender import (supported, MIN_TRIALS, PRIORITIES, SPEED_TOLERANCE, Recommendation,
                                  publish, recommend, recommend_from_frame, trials_frame)
 from autobatch.storage import open_storage
-from autobatch.spec import StudySpec
-from autobatch.tradeoff import AccuracyModel, divergence_blocked
+from autobatch.search import StudySpec
+from autobatch.recommender import AccuracyModel, divergence_blocked
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MIB = 2**20
@@ -371,7 +371,7 @@ def test_accuracy_model_is_a_scikit_learn_estimator():
 def test_package_import_is_lazy_and_recommend_is_the_function():
     code = ("import sys, autobatch; assert autobatch.__version__ == '0.1.0'; "
             "assert not {'torch', 'sklearn', 'optuna'} & set(sys.modules), sorted(sys.modules); "
-            "import autobatch.recommend; from autobatch import recommend, Recommendation; "
+            "import autobatch.recommender; from autobatch import recommend, Recommendation; "
             "assert callable(recommend) and recommend.__name__ == 'recommend', recommend; "
             "assert Recommendation.__name__ == 'Recommendation'")
     subprocess.run([sys.executable, "-c", code], check=True)

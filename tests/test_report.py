@@ -10,10 +10,10 @@ import pytest
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
-from autobatch.recommend import recommend, trials_frame
+from autobatch.recommender import recommend, trials_frame
 from autobatch.report import (MiB, pareto_mask, plot_accuracy_map, plot_curves, plot_memory,
                               plot_tradeoff, write_report)
-from autobatch.spec import StudySpec
+from autobatch.search import StudySpec
 from tests.conftest import capped_study, run_cli
 
 STUDY = "report-demo"

@@ -3,9 +3,9 @@ import math
 import pytest
 
 from autobatch.errors import AutobatchError
-from autobatch.planning import MAX_EPOCHS, fit_reserve, plan_train_samples, seconds_per_sample
-from autobatch.settings import build_settings, load_config
-from autobatch.spec import SearchSpace, StudySpec, scaled_lr
+from autobatch.search import MAX_EPOCHS, fit_reserve, plan_train_samples, seconds_per_sample
+from autobatch.search import build_settings, load_config
+from autobatch.search import SearchSpace, StudySpec, scaled_lr
 
 
 def test_scaled_lr_rules():

@@ -17,8 +17,11 @@ from optuna.trial import TrialState
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
-from autobatch.search import MAX_RETRIES, _pop_waiting, next_trial_id, requeue
-from autobatch.storage import ENV_HEARTBEAT, _encode_password, fail_stale_trials, mask_url, open_storage, resolve_url
+from autobatch.storage import MAX_RETRIES, requeue
+from autobatch.tuning import next_trial_id
+from autobatch.tuning._worker import _pop_waiting
+from autobatch.storage import ENV_HEARTBEAT, fail_stale_trials, mask_url, open_storage, resolve_url
+from autobatch.storage._urls import _encode_password
 from tests.conftest import REPO, run_cli
 
 FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
@@ -117,7 +120,7 @@ def test_every_field_round_trips_exactly(url, study_name):
 _CONTENDER = """
 import sys, optuna
 from autobatch.storage import open_storage
-from autobatch.search import _pop_waiting
+from autobatch.tuning._worker import _pop_waiting
 url, name, mode = sys.argv[1:4]
 study = optuna.load_study(study_name=name, storage=open_storage(url, create_tables=False))
 got = []
@@ -265,13 +268,13 @@ def test_password_never_printed_nor_stored(postgres_url, unique_name, tmp_path):
 
 
 def test_local_workers_get_the_url_by_environment_not_argv(monkeypatch):
-    from autobatch import tuning
-    from autobatch.settings import TuneSettings
+    from autobatch.search import TuneSettings
+    from autobatch.tuning import _tune
 
     seen = {}
-    monkeypatch.setattr(tuning.subprocess, "Popen", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
+    monkeypatch.setattr(_tune.subprocess, "Popen", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
     url = f"postgresql+psycopg2://u:{PASSWORD}@h:5432/db"
-    tuning._spawn_worker("s", url, TuneSettings(storage=url, seed=7), 2)
+    _tune._spawn_worker("s", url, TuneSettings(storage=url, seed=7), 2)
     assert PASSWORD not in " ".join(seen["cmd"]) and seen["env"]["AUTOBATCH_STORAGE"] == url
     assert seen["cmd"][seen["cmd"].index("--seed") + 1] == "2007"  # a seed of its own
 

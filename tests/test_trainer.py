@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autobatch.records import STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_PRUNED, TrialConfig
-from autobatch.trainer import eval_points, lr_factor, train_trial
+from autobatch.train import eval_points, lr_factor, train_trial
 from autobatch.workloads import build_model, load_workload
 
 CPU = torch.device("cpu")

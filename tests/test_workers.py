@@ -20,7 +20,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from autobatch.settings import TuneSettings
+from autobatch.search import TuneSettings
 from autobatch.storage import resolve_url
 from autobatch.tuning import tune
 from tests.conftest import REPO, REQUIRE_ALL, run_cli
@@ -63,7 +63,7 @@ class Workers:
         settings = TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=epochs,
                                 n_trials=n_trials, storage=self.url, study_name=self.name,
                                 baselines=baselines, create_only=True)
-        tune(settings, say=lambda line: None)
+        tune(settings)
 
     def start(self, *args: str, **env: str) -> subprocess.Popen:
         log = self.tmp_path / f"worker{len(self.procs)}.log"
@@ -211,7 +211,7 @@ def test_live_trial_failed_by_another_worker_does_not_kill_its_worker(workers):
     """What a too-short grace period or a long database outage does: another worker judges a
     live trial stale, fails it and queues its configuration again. Optuna then refuses every
     write to the trial; its own worker must carry on, not crash."""
-    from autobatch.search import requeue
+    from autobatch.storage import requeue
     from autobatch.storage import open_storage
 
     workers.create(n_trials=3, epochs=6, baselines=False)

@@ -1,18 +1,12 @@
-"""What a study searches: the search space, the lr scaling rule and the trial length.
-
-A ``StudySpec`` is built once at the edge (CLI flags over a TOML file over defaults), stored
-with the study as a user attribute, and compared on resume: a study is only resumed with the
-same model, dataset and search space.
-"""
+"""The search space: micro-batch sizes, accumulation steps, the lr multiplier range and the
+lr scaling rule the multiplier is relative to."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
 
-from .errors import AutobatchError
+from ..errors import AutobatchError
 
 SCALING_RULES = ("linear", "sqrt", "none")
 
@@ -76,52 +70,3 @@ class SearchSpace:
     def multiplier_for(self, learning_rate: float, effective_batch_size: int) -> float:
         """Inverse of ``learning_rate``."""
         return learning_rate / self.learning_rate(1.0, effective_batch_size)
-
-
-@dataclass(frozen=True, kw_only=True)
-class StudySpec:
-    """The identity of a study plus what every worker needs to run its trials."""
-
-    model: str
-    dataset: str
-    space: SearchSpace = field(default_factory=SearchSpace)
-    train_samples: int = 0            # training samples per trial (planned from the budget)
-    eval_points: tuple[int, ...] = ()  # samples-seen checkpoints, identical for every trial
-    train_size: int = 0               # samples in the training split
-    val_size: int = 0
-    num_classes: int = 0
-    input_shape: tuple[int, ...] = ()
-    max_memory_bytes: Optional[int] = None
-    pruner: str = "median"
-    seed: int = 0
-
-    # Fields that must match for a study to be resumed.
-    IDENTITY = ("model", "dataset", "space")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["space"]["accumulation_steps"] = list(self.space.accumulation_steps)
-        data["eval_points"] = list(self.eval_points)
-        data["input_shape"] = list(self.input_shape)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
-        data = dict(data)
-        space = dict(data.pop("space"))
-        space["accumulation_steps"] = tuple(space["accumulation_steps"])
-        data["eval_points"] = tuple(data.get("eval_points", ()))
-        data["input_shape"] = tuple(data.get("input_shape", ()))
-        return cls(space=SearchSpace(**space), **data)
-
-    def identity_difference(self, other: "StudySpec") -> Optional[str]:
-        """A sentence naming the first identity field that differs, or None."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        for key in self.IDENTITY:
-            if key == "space":
-                for sub, value in mine["space"].items():
-                    if theirs["space"].get(sub) != value:
-                        return f"search space {sub} is {theirs['space'].get(sub)!r} there, {value!r} here"
-            elif mine[key] != theirs[key]:
-                return f"{key} is {theirs[key]!r} there, {mine[key]!r} here"
-        return None

@@ -1,8 +1,5 @@
-"""Storage URLs: where studies live, how they are opened, and how URLs are shown.
-
-``None`` means ``$AUTOBATCH_STORAGE`` if set, else an embedded SQLite file. A password is
-never shown: ``mask_url`` is what every message uses.
-"""
+"""The RDB storage autobatch opens: heartbeats on, user errors as one line, and a database
+restart ridden out by retrying (``open_storage``)."""
 
 from __future__ import annotations
 
@@ -21,10 +18,10 @@ import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
-from .errors import AutobatchError, NoStudiesError
+from ..errors import AutobatchError, NoStudiesError
+from ._stale import requeue
+from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
 
-ENV_STORAGE = "AUTOBATCH_STORAGE"
-DEFAULT_SQLITE = Path("autobatch-studies") / "autobatch.db"
 ENV_HEARTBEAT = "AUTOBATCH_HEARTBEAT_S"
 # A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial without one for
 # GRACE_FACTOR beats is failed and its configuration re-queued.
@@ -39,28 +36,6 @@ _log = logging.getLogger("autobatch.storage")
 
 class StorageLostError(AutobatchError):
     """The database went away during a run and did not come back within the retry time."""
-
-
-def resolve_url(url: Optional[str]) -> str:
-    """``--storage`` or ``$AUTOBATCH_STORAGE`` or the embedded SQLite default.
-
-    ``postgresql://`` means psycopg2 (the driver autobatch installs): SQLAlchemy 2.1 would
-    otherwise pick psycopg 3."""
-    url = url or os.environ.get(ENV_STORAGE)
-    if not url:
-        return f"sqlite:///{DEFAULT_SQLITE.resolve()}"
-    for scheme in ("postgresql://", "postgres://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg2://" + url[len(scheme):]
-    return url
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy understands: show only its scheme
-        return url.split("://", 1)[0] + "://***"
 
 
 def open_storage(url: Optional[str], *, create_tables: bool = True) -> optuna.storages.RDBStorage:
@@ -83,7 +58,6 @@ def open_storage(url: Optional[str], *, create_tables: bool = True) -> optuna.st
             raise AutobatchError(f"cannot create {path.parent}: {exc.strerror}") from None
         if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise AutobatchError(f"SQLite storage {path} is not writable; pass --storage")
-    from .search import requeue
 
     engine_kwargs: dict = {"pool_pre_ping": True}
     if not parsed.drivername.startswith("sqlite"):
@@ -111,18 +85,6 @@ def open_storage(url: Optional[str], *, create_tables: bool = True) -> optuna.st
         raise _unreachable(parsed, url, exc.__cause__ or exc) from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
         raise _unreachable(parsed, url, exc) from None
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail trials whose worker stopped beating; ``requeue`` queues their configurations."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _where(parsed, url: str) -> str:
-    """host:port (or the masked URL): what messages name, never the password."""
-    return f"{parsed.host}:{parsed.port or 5432}" if parsed.host else mask_url(url)
 
 
 def _unreachable(parsed, url: str, exc: BaseException) -> AutobatchError:
@@ -246,41 +208,3 @@ def _retrying(name: str):
 
 for _name in _RETRIED:
     setattr(_RetryingRDBStorage, _name, _retrying(_name))
-
-
-def _encode_password(url: str) -> str:
-    """The URL as Optuna needs it: Optuna formats the URL as a template (``str.format``), so
-    a ``{`` or ``}`` would break it. SQLAlchemy's rendering percent-encodes them in the user
-    name and password (the driver decodes them back); any left elsewhere are doubled, which
-    ``format`` turns back into one."""
-    if not any(c in url for c in "{}"):
-        return url
-    rendered = make_url(url).render_as_string(hide_password=False)
-    return rendered.replace("{", "{{").replace("}", "}}")
-
-
-def _first_line(exc: BaseException, password: Optional[str] = None) -> str:
-    while isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
-        exc = exc.__cause__  # Optuna's wrapper says only "an exception is raised during the commit"
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    line = text[0].strip() if text else type(exc).__name__
-    return line.replace(password, "***") if password else line  # drivers may echo connection info
-
-
-def load_existing_study(url: Optional[str], name: str, **kwargs) -> optuna.Study:
-    """The study ``name``, or an ``AutobatchError`` naming the studies that do exist."""
-    try:
-        storage = open_storage(url, **kwargs)
-    except NoStudiesError:
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(url))}: "
-                             "no study was created there yet; create it with autobatch tune") from None
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        names = sorted(optuna.get_all_study_names(storage))
-        existing = ", ".join(names[:10]) if names else "none"
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(url))}; "
-                             f"existing studies: {existing}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-        raise AutobatchError(f"no study named {name!r} in {mask_url(resolve_url(url))}; "
-                             "create it with autobatch tune") from None

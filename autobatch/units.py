@@ -1,4 +1,4 @@
-"""Parsing and formatting of durations (``90s``, ``1h30m``) and byte sizes (``512MiB``)."""
+"""Units: parsing and formatting of durations (``90s``, ``1h30m``) and byte sizes (``512MiB``)."""
 
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .budget import parse_bytes, parse_duration
-from .errors import AutobatchError
-from .spec import SearchSpace
+from ..errors import AutobatchError
+from ..units import parse_bytes, parse_duration
+from ..recipe import TrainRecipe
+from ._space import SearchSpace
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,6 +37,7 @@ class TuneSettings:
     seed: int = 0
     device: str = "auto"
     space: SearchSpace = field(default_factory=SearchSpace)
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
     pruner: str = "median"
     n_evals: int = 4
     epochs: Optional[float] = None
@@ -52,7 +54,7 @@ class TuneSettings:
             raise AutobatchError("n_evals must be at least 1")
         if self.epochs is not None and self.epochs <= 0:
             raise AutobatchError("--epochs must be positive")
-        from .search import PRUNERS
+        from ._sampling import PRUNERS
 
         if self.pruner not in PRUNERS:
             raise AutobatchError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")

@@ -1,0 +1,128 @@
+"""``recommend``: the recommended setting of a stored study, from its trials alone (no
+training, a few seconds at most); ``publish`` stores it with the study."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from .. import records as R
+from ..errors import AutobatchError
+from ..records import read_trials
+from ..search import StudySpec
+from ..storage import StudyLike, open_study
+from ..units import parse_bytes, parse_duration
+from ._choice import (apply_constraints, candidates, describe, pareto_front, picks, rationale, supported,
+                      time_to_target)
+from ._fit import accuracy_rows, fit_tradeoff
+from ._recommendation import Recommendation
+
+MIN_TRIALS = 4            # completed trials needed: three inputs and one to spare
+PRIORITIES = ("balanced", "accuracy", "speed")
+RANDOM_STATE = 0
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """The study's finished trials as a table (``records.read_trials``), lr multipliers derived
+    with the study's own scaling rule where a trial did not record one."""
+    spec_data = study.user_attrs.get(R.STUDY_SPEC)
+    space = StudySpec.from_dict(spec_data).space if spec_data else None
+    return read_trials(study, space.multiplier_for if space else None)
+
+
+def recommend(study_name: Optional[str] = None, storage: StudyLike = None, *,
+              max_memory: Union[int, str, None] = None,
+              max_epoch_time: Union[float, str, None] = None,
+              min_accuracy: Optional[float] = None, priority: str = "balanced") -> Recommendation:
+    """The recommended setting of a stored study. Reads trials only; never trains.
+
+    ``storage`` is a URL (None: ``$AUTOBATCH_STORAGE``, else the embedded SQLite file), an open
+    Optuna storage, or the ``optuna.Study`` itself (then ``study_name`` may be omitted). Raises
+    ``AutobatchError`` when there is no such study, too few completed trials, or no setting
+    meets the constraints."""
+    _check_priority(priority)
+    return recommend_study(open_study(storage, study_name), max_memory=max_memory,
+                           max_epoch_time=max_epoch_time, min_accuracy=min_accuracy, priority=priority)
+
+
+def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = None,
+                    max_epoch_time: Union[float, str, None] = None,
+                    min_accuracy: Optional[float] = None, priority: str = "balanced") -> Recommendation:
+    """``recommend`` for an open study."""
+    _check_priority(priority)
+    spec_data = study.user_attrs.get(R.STUDY_SPEC)
+    if not spec_data:
+        raise AutobatchError(f"study {study.study_name!r} has no {R.STUDY_SPEC!r} attribute; "
+                             "was it created by autobatch tune?")
+    spec = StudySpec.from_dict(spec_data)
+    return recommend_from_frame(
+        read_trials(study, spec.space.multiplier_for), spec,
+        study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
+        max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
+        priority=priority)
+
+
+def publish(study: optuna.Study, rec: Recommendation) -> None:
+    """Store ``rec`` as the study's ``recommendation`` attribute and its optuna-dashboard note."""
+    from optuna_dashboard import save_note  # only needed here
+
+    study.set_user_attr(R.STUDY_RECOMMENDATION, rec.to_dict())
+    save_note(study, rec.markdown())
+
+
+def _check_priority(priority: str) -> None:
+    if priority not in PRIORITIES:
+        raise AutobatchError(f"priority must be one of {', '.join(PRIORITIES)}; got {priority!r}")
+
+
+def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict], *,
+                         study_name: str, max_memory: Union[int, str, None] = None,
+                         max_epoch_time: Union[float, str, None] = None,
+                         min_accuracy: Optional[float] = None,
+                         priority: str = "balanced") -> Recommendation:
+    """The recommendation for a ``trials_frame`` table: pure, deterministic."""
+    _check_priority(priority)
+    cap = None if max_memory is None else parse_bytes(max_memory)
+    if isinstance(max_epoch_time, str):
+        max_epoch_time = parse_duration(max_epoch_time)
+    if max_epoch_time is not None and not max_epoch_time > 0:
+        raise AutobatchError(f"max_epoch_time must be a positive number of seconds, got {max_epoch_time}")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise AutobatchError(f"min_accuracy is a fraction in [0, 1], got {min_accuracy}")
+    completed = accuracy_rows(df)
+    if len(completed) < MIN_TRIALS:
+        raise AutobatchError(
+            f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
+            f"at least {MIN_TRIALS}: run more trials (autobatch worker --study-name {study_name})")
+    fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
+    # Candidates need local support: the accuracy model is not trusted to extrapolate into a
+    # corner no completed trial has seen (there it once predicted 110%, and an untested lr
+    # edge re-trained 22.8 points worse than predicted).
+    grid = candidates(fit, spec)
+    grid = grid[supported(grid, completed)].reset_index(drop=True)
+    feasible, constraints = apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
+    front = pareto_front(feasible)
+    chosen_by = picks(feasible, front)
+    chosen = feasible.loc[chosen_by[priority]]
+    best = completed.loc[completed["val_accuracy"].idxmax(), "number"]
+    return Recommendation(
+        study_name=study_name, batch_size=int(chosen["batch_size"]),
+        learning_rate=float(chosen["learning_rate"]),
+        accumulation_steps=int(chosen["accumulation_steps"]),
+        effective_batch_size=int(chosen["effective_batch_size"]),
+        lr_multiplier=float(chosen["lr_multiplier"]), priority=priority,
+        predicted_accuracy=float(np.clip(chosen["accuracy"], 0, 1)),
+        accuracy_interval=(float(chosen["accuracy_lo"]), float(chosen["accuracy_hi"])),
+        predicted_epoch_time_s=float(chosen["epoch_time_s"]),
+        epoch_time_interval=(float(chosen["epoch_time_lo"]), float(chosen["epoch_time_hi"])),
+        predicted_peak_bytes=None if fit.memory is None else int(round(chosen["peak_bytes"])),
+        peak_bytes_interval=None if fit.memory is None else (float(chosen["peak_lo"]),
+                                                             float(chosen["peak_hi"])),
+        pareto_front=tuple(describe(feasible.loc[i]) for i in front),
+        trials=fit.trials, best_trial=int(best),
+        rationale=rationale(priority, feasible, chosen_by, constraints),
+        constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
+        diagnostics=fit.diagnostics())

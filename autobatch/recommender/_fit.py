@@ -1,0 +1,160 @@
+"""The trade-off fit: which trials feed which model, and the three models of one study fitted
+together (``fit_tradeoff`` -> ``TradeoffFit``). No Optuna, no storage: a trials table in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from .. import records as R
+from ..errors import AutobatchError
+from ..search import StudySpec
+from ._accuracy import AccuracyModel, accuracy_features
+from ._intervals import COVERAGE
+from ._memory_fit import MemoryFit, fit_memory
+from ._throughput import ThroughputModel
+
+
+def accuracy_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials: their final accuracy is a result at the study's samples seen.
+    Pruned trials stopped early (not comparable); diverged ones feed ``diverged_rows``."""
+    completed = (df["state"] == "COMPLETE") & (df["stop_reason"] == R.STOP_COMPLETED)
+    return df[completed & df["val_accuracy"].notna() & df["batch_size"].notna()
+              & (df["lr_multiplier"] > 0)]
+
+
+def diverged_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[(df["stop_reason"] == R.STOP_DIVERGED) & df["batch_size"].notna()
+              & (df["lr_multiplier"] > 0)]
+
+
+def divergence_blocked(effective_batch: Any, lr_multiplier: Any, diverged: np.ndarray,
+                       completed: np.ndarray) -> np.ndarray:
+    """True where a setting is at least as aggressive as a diverged trial and no completed
+    trial was at least as aggressive as the setting.
+
+    "Aggressive" is the partial order on (effective batch, lr multiplier): under the scaling
+    rule a larger effective batch at the same multiplier is a larger lr, and instability grows
+    with both. Diverged runs are kept out of the accuracy GP (a cliff to chance accuracy would
+    shrink its length scales and spoil the smooth surface everywhere); this monotone staircase
+    keeps the recommendation out of the region they mark instead. ``diverged`` and
+    ``completed`` are ``(n, 2)`` arrays of (effective batch, multiplier).
+    """
+    e = np.asarray(effective_batch, dtype=float)[:, None]
+    m = np.asarray(lr_multiplier, dtype=float)[:, None]
+    if len(diverged) == 0:
+        return np.zeros(e.shape[0], dtype=bool)
+    beyond_diverged = ((e >= diverged[None, :, 0]) & (m >= diverged[None, :, 1] * (1 - 1e-9))).any(axis=1)
+    if len(completed) == 0:
+        return beyond_diverged
+    covered = ((completed[None, :, 0] >= e) & (completed[None, :, 1] >= m * (1 - 1e-9))).any(axis=1)
+    return beyond_diverged & ~covered
+
+
+def throughput_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials that trained and timed: any stop reason but never-trained or out-of-memory."""
+    trained = ~df["stop_reason"].isin([R.STOP_OVER_MEMORY, R.STOP_OUT_OF_MEMORY])
+    return df[trained & df["batch_size"].notna() & (df["throughput"] > 0)]
+
+
+def memory_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["batch_size"].notna() & (df["measured_peak_bytes"] > 0)]
+
+
+def train_size_of(df: pd.DataFrame, spec: StudySpec) -> int:
+    """Training-split size: the spec's, else what ``epoch_time_s * throughput`` implies."""
+    if spec.train_size > 0:
+        return spec.train_size
+    implied = (df["epoch_time_s"] * df["throughput"]).dropna()
+    if implied.empty:
+        raise AutobatchError("the study records no train_size and no epoch times; "
+                             "cannot predict epoch time")
+    return int(round(float(implied.median())))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TradeoffFit:
+    """The fitted models of one study and the predictions they make together."""
+
+    accuracy: AccuracyModel
+    throughput: ThroughputModel
+    memory: Optional[MemoryFit]
+    diverged: np.ndarray          # (n, 2): effective batch, lr multiplier of diverged trials
+    completed: np.ndarray         # the same for completed trials
+    train_size: int
+    trials: tuple[int, ...]       # every trial any model rests on
+    accuracy_trials: int
+    throughput_trials: int
+
+    def predict(self, batch_size: Any, accumulation_steps: Any, lr_multiplier: Any) -> pd.DataFrame:
+        """Predictions (with ``_lo``/``_hi`` interval ends) for each given setting."""
+        b, a, m = np.broadcast_arrays(np.asarray(batch_size, dtype=float),
+                                      np.asarray(accumulation_steps, dtype=float),
+                                      np.asarray(lr_multiplier, dtype=float))
+        b, a, m = b.ravel(), a.ravel(), m.ravel()
+        features = accuracy_features(b, m, a)
+        accuracy = self.accuracy.predict(features)
+        acc_lo, acc_hi = self.accuracy.predict_interval(features)
+        ba = np.column_stack([b, a])
+        throughput = self.throughput.predict(ba)
+        thr_lo, thr_hi = self.throughput.predict_interval(ba)
+        out = pd.DataFrame({
+            "batch_size": b.astype(int), "accumulation_steps": a.astype(int),
+            "effective_batch_size": (b * a).astype(int), "lr_multiplier": m,
+            "accuracy": np.clip(accuracy, 0, 1), "accuracy_lo": np.clip(acc_lo, 0, 1),
+            "accuracy_hi": np.clip(acc_hi, 0, 1), "throughput": throughput,
+            "epoch_time_s": self.train_size / throughput,
+            "epoch_time_lo": self.train_size / thr_hi, "epoch_time_hi": self.train_size / thr_lo,
+            "diverges": divergence_blocked(b * a, m, self.diverged, self.completed)})
+        if self.memory is None:
+            out["peak_bytes"] = out["peak_lo"] = out["peak_hi"] = np.nan
+        else:
+            out["peak_bytes"] = self.memory.predict(b)
+            out["peak_lo"], out["peak_hi"] = self.memory.interval(b)
+        return out
+
+    def diagnostics(self) -> dict[str, Any]:
+        acc = self.accuracy
+        described = (f"{acc.gp_.kernel_}, interval std x {acc.std_scale_:.2f}" if acc.kind == "gp"
+                     else "quantile gradient boosting")
+        return {"coverage": acc.coverage, "train_size": self.train_size,
+                "accuracy": {"model": acc.kind, "fitted": described, "trials": self.accuracy_trials,
+                             "diverged_trials": len(self.diverged)},
+                "throughput": {"law": "s/sample = beta + alpha/b + gamma/(a*b)",
+                               "alpha_s": self.throughput.alpha_, "beta_s": self.throughput.beta_,
+                               "gamma_s": self.throughput.gamma_,
+                               "log_residual_sd": self.throughput.log_sd_,
+                               "dof": self.throughput.dof_, "trials": self.throughput_trials},
+                "memory": self.memory.diagnostics() if self.memory else None}
+
+
+def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[str, Any]], *,
+                 kind: str = "gp", coverage: float = COVERAGE,
+                 random_state: int = 0) -> TradeoffFit:
+    """Fit the three models to a ``trials_frame`` table (at least one timed trial)."""
+    acc_df, div_df = accuracy_rows(df), diverged_rows(df)
+    thr_df, mem_df = throughput_rows(df), memory_rows(df)
+    if thr_df.empty:
+        raise AutobatchError("no trial of this study recorded a throughput")
+    as_float = lambda col: col.to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
+    accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state).fit(
+        accuracy_features(as_float(acc_df["batch_size"]), as_float(acc_df["lr_multiplier"]),
+                          as_float(acc_df["accumulation_steps"])),
+        as_float(acc_df["val_accuracy"]))
+    throughput = ThroughputModel(coverage=coverage).fit(
+        np.column_stack([as_float(thr_df["batch_size"]), as_float(thr_df["accumulation_steps"])]),
+        as_float(thr_df["throughput"]))
+    memory = fit_memory(as_float(mem_df["batch_size"]), as_float(mem_df["measured_peak_bytes"]),
+                        memory_model, coverage)
+    used = set(acc_df["number"]) | set(div_df["number"]) | set(thr_df["number"])
+    points = lambda rows: np.column_stack([as_float(rows["effective_batch_size"]),  # noqa: E731
+                                           as_float(rows["lr_multiplier"])]).reshape(-1, 2)
+    if memory is not None:
+        used |= set(mem_df["number"])
+    return TradeoffFit(accuracy=accuracy, throughput=throughput, memory=memory,
+                       diverged=points(div_df), completed=points(acc_df),
+                       train_size=train_size_of(df, spec), trials=tuple(sorted(int(n) for n in used)),
+                       accuracy_trials=len(acc_df), throughput_trials=len(thr_df))

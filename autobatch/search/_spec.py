@@ -1,0 +1,69 @@
+"""What a study is: its identity (model, dataset, search space, recipe) and what every worker
+needs to run its trials.
+
+A ``StudySpec`` is built once at the edge (CLI flags over a TOML file over defaults), stored
+with the study as a user attribute, and compared on resume: a study is only resumed with the
+same model, dataset, search space and training recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..recipe import TrainRecipe
+from ._space import SearchSpace
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    """The identity of a study plus what every worker needs to run its trials."""
+
+    model: str
+    dataset: str
+    space: SearchSpace = field(default_factory=SearchSpace)
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    train_samples: int = 0            # training samples per trial (planned from the budget)
+    eval_points: tuple[int, ...] = ()  # samples-seen checkpoints, identical for every trial
+    train_size: int = 0               # samples in the training split
+    val_size: int = 0
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+    max_memory_bytes: Optional[int] = None
+    pruner: str = "median"
+    seed: int = 0
+
+    # Fields that must match for a study to be resumed.
+    IDENTITY = ("model", "dataset", "space", "recipe")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["space"]["accumulation_steps"] = list(self.space.accumulation_steps)
+        data["recipe"] = self.recipe.to_dict()
+        data["eval_points"] = list(self.eval_points)
+        data["input_shape"] = list(self.input_shape)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StudySpec":
+        data = dict(data)
+        space = dict(data.pop("space"))
+        space["accumulation_steps"] = tuple(space["accumulation_steps"])
+        data["eval_points"] = tuple(data.get("eval_points", ()))
+        data["input_shape"] = tuple(data.get("input_shape", ()))
+        recipe = TrainRecipe.from_dict(data.pop("recipe", None))  # stored before recipes: 0.1's
+        return cls(space=SearchSpace(**space), recipe=recipe, **data)
+
+    def identity_difference(self, other: "StudySpec") -> Optional[str]:
+        """A sentence naming the first identity field that differs, or None."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        for key in self.IDENTITY:
+            if key in ("space", "recipe"):
+                label = "search space" if key == "space" else "recipe"
+                for sub, value in mine[key].items():
+                    if theirs[key].get(sub) != value:
+                        return f"{label} {sub} is {theirs[key].get(sub)!r} there, {value!r} here"
+            elif mine[key] != theirs[key]:
+                return f"{key} is {theirs[key]!r} there, {mine[key]!r} here"
+        return None

@@ -1,0 +1,148 @@
+"""One trial: train one configuration and measure it.
+
+A single linear loop, nanoGPT-style: lr -> one training step (micro-batches with
+``loss / accumulation_steps``, optimizer step) -> divergence check -> evaluation at fixed
+samples-seen checkpoints -> timing. Evaluation happens at the same numbers of training samples for
+every batch size and accumulation setting, so trials are compared like with like.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..memory import PeakWindow
+from ..recipe import TrainRecipe
+from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_OUT_OF_MEMORY, STOP_PRUNED,
+                       EvalPoint, TrialConfig, TrialResult)
+from ..workloads import Workload
+from ._batches import MicroBatches
+from ._build import lr_factor, make_compute_loss, make_optimizer, make_precision
+from ._evaluate import evaluate
+from ._step import train_step
+
+DIVERGENCE_FACTOR = 4.0  # smoothed loss this many times its start: diverged
+EVAL_BATCH_FACTOR = 4    # evaluation needs no activations for backward: larger batches fit
+
+OnEval = Callable[[EvalPoint], bool]  # returns True to stop the trial (pruned)
+
+
+def eval_points(train_samples: int, n_evals: int) -> tuple[int, ...]:
+    """Evenly spaced samples-seen checkpoints ending at ``train_samples``."""
+    return tuple(sorted({max(1, round(train_samples * i / n_evals)) for i in range(1, n_evals + 1)}))
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_trial(
+    model: nn.Module,
+    workload: Workload,
+    config: TrialConfig,
+    *,
+    train_samples: int,
+    checkpoints: Sequence[int],
+    device: torch.device,
+    recipe: TrainRecipe = TrainRecipe(),
+    seed: int = 0,
+    on_eval: Optional[OnEval] = None,
+    deadline: Optional[float] = None,
+) -> TrialResult:
+    """Train ``model`` with ``config`` for ``train_samples`` samples; evaluate at ``checkpoints``.
+
+    ``on_eval`` sees each evaluation and may stop the trial (a pruner). ``deadline`` (unix
+    time) cuts the trial off as ``budget``. Peak memory: on CUDA the allocator's own peak over
+    the whole trial; on CPU the exact tensor accounting of the first optimizer step (which
+    allocates the optimizer state) plus the parameters and buffers that existed before it.
+    """
+    torch.manual_seed(seed)
+    b, k = config.batch_size, config.accumulation_steps
+    total_steps = max(1, math.ceil(train_samples / config.effective_batch_size))
+    model = model.to(device).train()
+    optimizer = make_optimizer(model.parameters(), config.learning_rate, recipe)
+    compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, device)
+    batches = MicroBatches(workload.train, b, device, seed)
+    eval_batch = b * EVAL_BATCH_FACTOR
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    curve: list[EvalPoint] = []
+    samples, train_time, eval_time = 0, 0.0, 0.0
+    first_loss, smooth_loss, peak_bytes = None, None, None
+    stop, detail = STOP_COMPLETED, ""
+    pending = list(checkpoints)
+    started = segment = time.perf_counter()
+
+    try:
+        for step in range(total_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * lr_factor(step, total_steps, recipe)
+            window = PeakWindow() if (step == 0 and device.type == "cpu") else nullcontext()
+            with window:
+                step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
+                                       compute_loss=compute_loss, precision=precision)
+            if isinstance(window, PeakWindow):
+                peak_bytes = resident_bytes(model) + window.peak_bytes
+            samples += b * k
+
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                stop, detail = STOP_DIVERGED, f"loss became {loss_value} at step {step}"
+                break
+            first_loss = loss_value if first_loss is None else first_loss
+            smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
+            if smooth_loss > DIVERGENCE_FACTOR * first_loss:
+                stop = STOP_DIVERGED
+                detail = f"smoothed loss {smooth_loss:.3g} > {DIVERGENCE_FACTOR:g}x its start {first_loss:.3g}"
+                break
+            if deadline is not None and time.time() > deadline:
+                stop, detail = STOP_BUDGET, f"cut off by the study budget after {samples} samples"
+                break
+
+            if pending and samples >= pending[0]:
+                sync(device)
+                now = time.perf_counter()
+                train_time += now - segment
+                accuracy, val_loss = evaluate(model, workload.val, eval_batch, device)
+                prune = False
+                # One step may pass several checkpoints (an effective batch larger than their
+                # spacing): each is reported, so every trial has every checkpoint.
+                while pending and samples >= pending[0] and not prune:
+                    point = EvalPoint(samples_seen=pending.pop(0), accuracy=accuracy, loss=val_loss,
+                                      train_time_s=train_time)
+                    curve.append(point)
+                    prune = on_eval is not None and on_eval(point)  # reporting counts as evaluation
+                segment = time.perf_counter()
+                eval_time += segment - now
+                if prune:
+                    stop, detail = STOP_PRUNED, f"pruned at {point.samples_seen} samples seen"
+                    break
+    except torch.OutOfMemoryError as exc:  # typed: only a real allocator OOM
+        stop, detail = STOP_OUT_OF_MEMORY, str(exc).splitlines()[0][:200]
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    sync(device)
+    end = time.perf_counter()
+    train_time += end - segment
+    if device.type == "cuda":
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+    return TrialResult(
+        config=config, curve=tuple(curve), samples_seen=samples, train_time_s=train_time,
+        eval_time_s=eval_time, wall_time_s=end - started, measured_peak_bytes=peak_bytes,
+        stop_reason=stop, stop_detail=detail,
+    )

@@ -1,0 +1,104 @@
+"""Typed events out of a tuning run, and the run handle callbacks receive.
+
+``tune`` and the worker loop emit an event at each stage; each callback is called as
+``callback(run, event)`` (as Optuna calls ``callback(study, frozen_trial)``). The CLI's progress
+lines and the benchmark subscribe to them; a callback ends a run early with ``run.stop()``:
+the trial in flight finishes, no new one starts, and the run answers from what it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from optuna.trial import FrozenTrial
+
+from ..memory import ProbeResult
+from ..records import TrialConfig
+from ..search import StudySpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class Note:
+    """A sentence worth showing that no other event carries."""
+
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeStarted:
+    model: str
+    device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeDone:
+    """The memory model and the throughput the plan and the memory-aware search rest on."""
+
+    probe: ProbeResult
+    throughput: tuple[tuple[int, float], ...]   # (micro-batch, training samples/s)
+    seconds: float                              # probe and throughput together
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanMade:
+    spec: StudySpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyResumed:
+    study_name: str
+    completed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyReady:
+    """The study exists with its limits set; workers may start."""
+
+    study_name: str
+    storage: str                 # masked URL
+    deadline: Optional[float]    # unix time
+    n_trials: Optional[int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialStarted:
+    number: int
+    config: TrialConfig
+    baseline: Optional[str] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialFinished:
+    """A trial told to the study, with the study's state right after it."""
+
+    trial: FrozenTrial
+    counts: dict[str, int]            # trials by state name (lower case)
+    best_value: Optional[float]
+    best_number: Optional[int]
+    deadline: Optional[float]
+    seconds: float                    # from taking the trial to telling the study, storage included
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecommendationMade:
+    answer: dict[str, Any]            # Recommendation.to_dict(), or the best trial's when too few
+
+
+Event = Any  # one of the dataclasses above
+Callback = Callable[["TuneRun", Event], None]
+
+
+class TuneRun:
+    """What callbacks receive: ``stop()`` ends the run after the trial in flight."""
+
+    def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
+        self._callbacks = tuple(callbacks)
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def emit(self, event: Event) -> None:
+        for callback in self._callbacks:
+            callback(self, event)

@@ -1,0 +1,57 @@
+"""The package's shape: layer contracts (import-linter), module sizes, the private Optuna
+attributes autobatch relies on, and the torch-free import of the public API."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "autobatch"
+MAX_LINES = 400
+
+
+def test_import_contracts_hold():
+    """Layers (cli -> stages -> optuna/torch), no cycles between siblings, private modules kept
+    private: the contracts in pyproject.toml, checked by import-linter itself."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 kept, 0 broken" in done.stdout
+
+
+def test_modules_stay_small_or_say_why():
+    """A module over MAX_LINES lines names its reason in its docstring ("Over 400 lines: ...")."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if f"Over {MAX_LINES} lines" not in doc:
+                too_long.append(f"{path.relative_to(REPO)}: {text.count(chr(10))} lines")
+    assert not too_long, too_long
+
+
+def test_private_optuna_attributes_are_still_there():
+    """autobatch._optuna_internals reads these; an Optuna upgrade that moves them fails here."""
+    from autobatch._optuna_internals import backend, study_id, trial_id
+
+    study = optuna.create_study()
+    trial = study.ask()
+    assert isinstance(backend(study), optuna.storages.BaseStorage)
+    assert backend(study).get_study_name_from_id(study_id(study)) == study.study_name
+    assert backend(study).get_trial(trial_id(trial)).number == trial.number
+    assert trial_id(study.trials[0]) == trial_id(trial)
+
+
+def test_public_api_imports_no_torch():
+    code = ("import sys; from autobatch import recommend, Recommendation; "
+            "import autobatch.search, autobatch.recommender, autobatch.storage, autobatch.records; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(recommend.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "autobatch.recommender._api"
