@@ -26,6 +26,8 @@ from autobatch.memory import (  # noqa: E402
     measure_step_peak,
     relative_error,
 )
+from autobatch.recipe import TrainRecipe  # noqa: E402
+from autobatch.train import step_runner  # noqa: E402
 
 MiB = 2**20
 FIT_SIZES = (2, 8)
@@ -34,8 +36,7 @@ MODELS = ("resnet18", "mobilenet_v3_small")
 RESOLUTIONS = (32, 64)
 
 
-def sgd(params):
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+SGD = TrainRecipe(optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
 
 
 def build(name: str) -> torch.nn.Module:
@@ -44,9 +45,10 @@ def build(name: str) -> torch.nn.Module:
 
 
 def measure(model, batch_size: int, resolution: int):
-    return measure_step_peak(model, batch_size=batch_size, input_shape=(3, resolution, resolution),
-                             num_classes=10, make_optimizer=sgd, device=torch.device("cpu"),
-                             steps=STEPS)
+    cpu = torch.device("cpu")
+    runner = step_runner(model, input_shape=(3, resolution, resolution), num_classes=10, device=cpu,
+                         recipe=SGD, steps=STEPS)
+    return measure_step_peak(runner, batch_size=batch_size, device=cpu)
 
 
 def rss_bytes() -> int:
@@ -100,7 +102,7 @@ def drift(train_steps: int, repeats: int) -> dict:
 def plain_step_seconds(name: str, batch_size: int, resolution: int) -> float:
     """The same ``STEPS`` training steps without the profiler, for its overhead."""
     model = build(name)
-    optimizer = sgd(model.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     start = time.perf_counter()
     for _ in range(STEPS):
         x = torch.randn(batch_size, 3, resolution, resolution)

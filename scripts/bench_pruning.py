@@ -36,7 +36,7 @@ def one_study(pruner: str, seed: int, n_trials: int, epochs: float, storage: str
                             storage=storage, study_name=name, seed=seed, device="cpu", space=SPACE,
                             pruner=pruner, baselines=False)
     started = time.perf_counter()
-    tune(settings, say=lambda s: None)
+    tune(settings)
     wall = time.perf_counter() - started
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.trials

@@ -84,7 +84,7 @@ def real_study_coverage(quick: bool, out_dir: pathlib.Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         storage = f"sqlite:///{tmp}/coverage.db"
         tune(TuneSettings(model="small_cnn", dataset="digits", n_trials=n_trials, epochs=2.0,
-                          storage=storage, study_name="coverage", device="cpu"), say=lambda s: None)
+                          storage=storage, study_name="coverage", device="cpu"))
         study = optuna.load_study(study_name="coverage", storage=storage)
         rec = recommend_study(study, priority="balanced")
         spec = StudySpec.from_dict(study.user_attrs["autobatch_spec"])

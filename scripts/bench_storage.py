@@ -43,7 +43,8 @@ WORKER_COUNTS = (1, 2, 4)
 
 def _instrumented_worker(name: str, url: str, stats_path: str) -> int:
     """``autobatch worker`` with every storage entry point timed; stats written at exit."""
-    from autobatch import cli, storage, tuning
+    from autobatch import cli, tuning
+    from autobatch.storage import _rdb
 
     main_thread = threading.main_thread()
     local = threading.local()
@@ -71,8 +72,8 @@ def _instrumented_worker(name: str, url: str, stats_path: str) -> int:
                     stats["beat_calls"] += 1
         return call
 
-    cls = storage._RetryingRDBStorage
-    for entry in storage._RETRIED + ("record_heartbeat",):
+    cls = _rdb._RetryingRDBStorage
+    for entry in _rdb._RETRIED + ("record_heartbeat",):
         setattr(cls, entry, timed(entry, getattr(cls, entry)))
     run_worker = tuning.run_worker
 
@@ -98,8 +99,7 @@ def _create(url: str, name: str, n_trials: int, epochs: float) -> None:
     space = SearchSpace(batch_size_min=16, batch_size_max=128, lr_multiplier_min=0.5, lr_multiplier_max=2.0)
     tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=epochs, n_trials=n_trials,
                       storage=url, study_name=name, pruner="none", baselines=False, create_only=True,
-                      space=space),
-         say=lambda line: None)
+                      space=space))
 
 
 def one_run(url: str, workers: int, n_trials: int, epochs: float, tmp: pathlib.Path) -> dict:
