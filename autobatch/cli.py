@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 from .errors import AutobatchError
 
 PRIORITIES = ("balanced", "accuracy", "speed")
+FORMATS = ("json", "toml", "hf", "lightning")  # = recommender.EXPORT_FORMATS (kept here: no import at parse)
 
 
 def _say(message: str) -> None:
@@ -42,6 +43,66 @@ def _workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
+def _betas(text: str) -> Any:
+    """``B1,B2`` as two floats; anything else is passed on as given, for the recipe to refuse in
+    one line."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        return text
+
+
+# Recipe flags: (flag, TrainRecipe field, argparse keywords). Unset flags keep the study file's
+# value, else the default; the recipe checks every value (one line naming the option and the fix).
+_RECIPE_FLAGS = (
+    ("--optimizer", "optimizer", dict(metavar="NAME", help=(
+        "sgd (default: Nesterov momentum 0.9, weight decay 5e-4) | adam | adamw | pkg.module:function "
+        "called as function(params, lr=...)"))),
+    ("--momentum", "momentum", dict(type=float, help="SGD momentum (default 0.9)")),
+    ("--nesterov", "nesterov", dict(action=argparse.BooleanOptionalAction, default=None,
+                                    help="SGD Nesterov momentum (default on)")),
+    ("--weight-decay", "weight_decay", dict(type=float, help=(
+        "weight decay (default: 5e-4 sgd, 0 adam, 0.01 adamw, decoupled for adamw)"))),
+    ("--betas", "betas", dict(type=_betas, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)")),
+    ("--schedule", "schedule", dict(choices=("cosine", "constant", "linear", "onecycle"), help=(
+        "lr schedule per optimizer step after a linear warm-up (default cosine to zero); "
+        "onecycle is torch's OneCycleLR"))),
+    ("--warmup", "warmup_fraction", dict(type=float, metavar="FRACTION", help=(
+        "fraction of the optimizer steps spent warming up (default 0.05; onecycle: its rising phase)"))),
+    ("--precision", "precision", dict(choices=("fp32", "bf16", "fp16"), help=(
+        "fp32 (default) | bf16 autocast (CPU and CUDA) | fp16 autocast + GradScaler (CUDA only); "
+        "the memory probe runs in it too"))),
+    ("--loss", "loss", dict(metavar="NAME", help=(
+        "cross_entropy (default) | bce (multi-label) | mse (regression) | pkg.module:function(outputs, targets)"))),
+    ("--label-smoothing", "label_smoothing", dict(type=float, help="cross-entropy label smoothing (default 0)")),
+    ("--metric", "metric", dict(metavar="NAME", help=(
+        "what the study optimises: accuracy (default with cross_entropy) | top5_accuracy (any topK_accuracy) | "
+        "val_loss | mae | rmse | pkg.module:function(outputs, targets) returning the batch mean"))),
+    ("--metric-direction", "metric_direction", dict(choices=("maximize", "minimize"), help=(
+        "for a pkg.module:function metric (default maximize); built-in metrics know their own"))),
+    ("--grad-clip", "grad_clip_norm", dict(type=float, metavar="MAX_NORM", help=(
+        "clip the gradients' global L2 norm to this (default: no clipping)"))),
+)
+
+
+def _recipe_options(p: argparse.ArgumentParser, *, lr_rule: bool = True) -> None:
+    group = p.add_argument_group("training recipe (also a [recipe] table in the study file)")
+    for flag, _, kwargs in _RECIPE_FLAGS:
+        group.add_argument(flag, **kwargs)
+    if not lr_rule:
+        return
+    group.add_argument("--base-lr", type=float, help=(
+        "lr at effective batch 256 (default: 0.1 sgd, 1e-3 adam/adamw)"))
+    group.add_argument("--scaling-rule", choices=("linear", "sqrt", "none"), help=(
+        "how the lr scales with the effective batch (default: linear for sgd, sqrt for adam/adamw)"))
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe flags given, as ``TrainRecipe`` fields."""
+    return {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _RECIPE_FLAGS
+            if getattr(args, flag[2:].replace("-", "_")) is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autobatch", description=(
         "Find the batch size, learning rate and accumulation steps to train with, on this hardware."))
@@ -61,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the reference configurations")
     p.add_argument("--create-only", action="store_true", help="create the study and exit (for workers to join)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _recipe_options(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("worker", help="join an existing study and run its trials")
@@ -73,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
     _workload_options(p)
     p.add_argument("--json", action="store_true")
+    _recipe_options(p, lr_rule=False)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("recommend", help="the recommended setting from stored trials (no training)")
@@ -81,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epoch-time", help="only settings whose predicted epoch time is under this, e.g. 30s")
     p.add_argument("--min-accuracy", type=float, help="only settings predicted at least this accurate (0..1)")
     p.add_argument("--priority", choices=PRIORITIES, default="balanced")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=FORMATS, help=(
+        "json: the whole recommendation; toml: the setting and its [recipe]; hf: transformers "
+        "TrainingArguments keywords (JSON); lightning: lightning.Trainer keywords, DataLoader batch size, "
+        "optimizer and scheduler (JSON)"))
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("report", help="plots, a CSV and a summary of a study's trials")
@@ -112,7 +179,8 @@ def _tune_settings(args: argparse.Namespace):
     from .units import parse_bytes, parse_duration
 
     space = {k: v for k, v in (("batch_size_min", args.batch_size_min),
-                               ("batch_size_max", args.batch_size_max)) if v is not None}
+                               ("batch_size_max", args.batch_size_max),
+                               ("base_lr", args.base_lr), ("scaling_rule", args.scaling_rule)) if v is not None}
     overrides = {
         "model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
         "budget_s": parse_duration(args.budget) if args.budget is not None else None,
@@ -121,7 +189,7 @@ def _tune_settings(args: argparse.Namespace):
         "storage": args.storage, "study_name": args.study_name, "seed": args.seed,
         "device": args.device, "pruner": args.pruner, "epochs": args.epochs,
         "workers": args.workers, "baselines": False if args.no_baselines else None,
-        "create_only": args.create_only or None, "space": space,
+        "create_only": args.create_only or None, "space": space, "recipe": _recipe_overrides(args),
     }
     return build_settings(args.config, overrides)
 
@@ -154,7 +222,9 @@ def render_answer(answer: dict) -> str:
         lo_hi = answer.get(key)
         return f"  [{fmt(lo_hi[0])} .. {fmt(lo_hi[1])}]" if lo_hi else ""
 
-    acc = answer.get("predicted_accuracy")
+    metric = answer.get("metric", "accuracy")
+    value = answer.get("predicted_metric", answer.get("predicted_accuracy"))
+    fraction = metric == "accuracy" or metric.endswith("_accuracy")
     epoch = answer.get("predicted_epoch_time_s")
     peak = answer.get("predicted_peak_bytes")
     lines = [
@@ -163,14 +233,39 @@ def render_answer(answer: dict) -> str:
         f"  accumulation steps  {answer['accumulation_steps']}  (effective batch {answer['effective_batch_size']})",
         f"  learning rate       {answer['learning_rate']:.4g}",
     ]
-    if acc is not None:
-        lines.append(f"  val accuracy        {acc:.4f}{interval('accuracy_interval', lambda v: f'{v:.4f}')}")
+    if value is not None:
+        label = f"val {answer.get('metric_name', metric)}"
+        key = "metric_interval" if "predicted_metric" in answer else "accuracy_interval"
+        lines.append(f"  {label:<20}{value:.4{'f' if fraction else 'g'}}"
+                     f"{interval(key, lambda v: f'{v:.4f}' if fraction else f'{v:.4g}')}")
     if epoch is not None:
         lines.append(f"  epoch time          {epoch:.2f}s{interval('epoch_time_interval', lambda v: f'{v:.2f}s')}")
     if peak is not None:
         lines.append(f"  peak memory         {format_bytes(peak)}{interval('peak_bytes_interval', format_bytes)}")
+    recipe = answer.get("recipe")
+    if recipe:
+        lines.append(f"  recipe              {recipe_line(recipe)}")
+    if answer.get("optimizer_steps"):
+        lines.append(f"  tuned for           {answer['optimizer_steps']} optimizer steps, "
+                     f"{answer['train_samples']} samples ({answer['epochs']:.3g} epochs)")
     lines.append(f"  why: {answer.get('rationale', '')}")
     return "\n".join(lines)
+
+
+def recipe_line(recipe: dict) -> str:
+    """The recipe in one line: what differs from nothing a user would have to guess."""
+    opt = recipe["optimizer"]
+    if opt == "sgd":
+        opt += f"(momentum {recipe['momentum']:g}{', nesterov' if recipe['nesterov'] else ''}"
+        opt += f", wd {recipe['weight_decay']:g})"
+    elif opt in ("adam", "adamw"):
+        opt += f"(betas {recipe['betas'][0]:g},{recipe['betas'][1]:g}, wd {recipe['weight_decay']:g})"
+    parts = [opt, f"{recipe['schedule']} schedule, {recipe['warmup_fraction']:g} warm-up", recipe["precision"],
+             recipe["loss"] + (f" (smoothing {recipe['label_smoothing']:g})" if recipe["label_smoothing"] else ""),
+             f"metric {recipe['metric']}"]
+    if recipe.get("grad_clip_norm"):
+        parts.append(f"clip {recipe['grad_clip_norm']:g}")
+    return ", ".join(parts)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -189,24 +284,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import memory
-    from .train import resolve_device, step_runner
+    from .recipe import TrainRecipe
+    from .train import check_device, resolve_device, step_runner
     from .units import format_bytes, parse_bytes
     from .workloads import build_model, check_model_name, load_workload
 
     model_name, dataset = args.model or "resnet18", args.dataset or "digits"
     check_model_name(model_name)
     cap = parse_bytes(args.max_memory) if args.max_memory else None
-    device = resolve_device(args.device or "auto")
+    recipe = TrainRecipe.from_dict(_recipe_overrides(args))
+    device = check_device(recipe, resolve_device(args.device or "auto"))
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape)
     runner = step_runner(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
-                         device=device)
+                         device=device, recipe=recipe)
     result = memory.probe(runner, device=device, cap_bytes=cap or memory.default_cap(device))
     if args.json:
-        _print_json({"model": model_name, "dataset": dataset, **result.to_dict()})
+        _print_json({"model": model_name, "dataset": dataset, "recipe": recipe.to_dict(), **result.to_dict()})
         return 0
     mm = result.model
-    print(f"{model_name} on {dataset} ({result.device}):")
+    print(f"{model_name} on {dataset} ({result.device}, {recipe.optimizer}, {recipe.precision}):")
     print(f"  fixed            {format_bytes(mm.fixed_bytes)}")
     print(f"  per sample       {format_bytes(mm.per_sample_bytes)}")
     print(f"  probe sizes      {', '.join(str(p.batch_size) for p in result.points)}"
@@ -234,10 +331,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     rec = recommend(_study_name(args), args.storage, max_memory=args.max_memory,
                     max_epoch_time=parse_duration(args.max_epoch_time) if args.max_epoch_time else None,
                     min_accuracy=args.min_accuracy, priority=args.priority)
-    if args.json:
-        _print_json(rec.to_dict())
-    else:
-        print(render_answer(rec.to_dict()))
+    fmt = args.format or ("json" if args.json else None)
+    print(rec.export(fmt) if fmt else render_answer(rec.to_dict()))
     return 0
 
 

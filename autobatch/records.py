@@ -10,6 +10,7 @@ trials are read back (``trial_row``, ``read_trials``). Torch-free.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -41,11 +42,14 @@ EVAL_TIME_S = "eval_time_s"
 WALL_TIME_S = "wall_time_s"
 EPOCH_TIME_S = "epoch_time_s"                 # train-split size / throughput
 SAMPLES_SEEN = "samples_seen"
-VAL_ACCURACY = "val_accuracy"                 # at the last evaluation
-VAL_LOSS = "val_loss"
-BEST_VAL_ACCURACY = "best_val_accuracy"
-CURVE = "curve"                               # [[samples_seen, accuracy, loss], ...]
-MILESTONES = "milestones"                     # {"0.90": [samples, seconds], ...}
+METRIC = "metric"                             # the recipe's metric name: "accuracy", "val_loss", ...
+VAL_METRIC = "val_metric"                     # the metric at the last evaluation (the trial's value)
+BEST_VAL_METRIC = "best_val_metric"           # its best over the curve, in the metric's direction
+VAL_ACCURACY = "val_accuracy"                 # = val_metric when the metric is "accuracy", else unset
+BEST_VAL_ACCURACY = "best_val_accuracy"       # = best_val_metric when the metric is "accuracy"
+VAL_LOSS = "val_loss"                         # the recipe's loss on the validation split
+CURVE = "curve"                               # [[samples_seen, metric, loss], ...]
+MILESTONES = "milestones"                     # {"0.90": [samples, seconds], ...}; accuracy metrics only
 STOP_REASON = "stop_reason"                   # see STOP_* below
 STOP_DETAIL = "stop_detail"                   # human sentence for the reason
 BASELINE = "baseline"                         # label of an enqueued reference configuration
@@ -82,8 +86,8 @@ class TrialConfig:
 @dataclass(frozen=True, kw_only=True)
 class EvalPoint:
     samples_seen: int
-    accuracy: float
-    loss: float
+    metric: float        # the recipe's validation metric (accuracy by default)
+    loss: float          # the recipe's mean validation loss
     train_time_s: float  # training time so far, evaluation excluded
 
 
@@ -100,18 +104,30 @@ class TrialResult:
     measured_peak_bytes: Optional[int]
     stop_reason: str
     stop_detail: str = ""
+    metric: str = "accuracy"       # the name of what ``EvalPoint.metric`` measures
+    direction: str = "maximize"    # "maximize" | "minimize": which way the metric is better
 
     @property
     def throughput(self) -> float:
         return self.samples_seen / self.train_time_s if self.train_time_s > 0 else 0.0
 
     @property
-    def final_accuracy(self) -> float:
-        return self.curve[-1].accuracy if self.curve else 0.0
+    def final_metric(self) -> Optional[float]:
+        """The metric at the last evaluation (the trial's value); None before any."""
+        return self.curve[-1].metric if self.curve else None
 
     @property
-    def best_accuracy(self) -> float:
-        return max((p.accuracy for p in self.curve), default=0.0)
+    def best_metric(self) -> Optional[float]:
+        """The best metric over the curve in the metric's direction; None before any."""
+        values = [p.metric for p in self.curve]
+        if not values:
+            return None
+        return max(values) if self.direction == "maximize" else min(values)
+
+    @property
+    def metric_is_fraction(self) -> bool:
+        """Accuracy or top-k accuracy: a fraction in [0, 1] (the accuracy milestones apply)."""
+        return _FRACTION_METRIC.fullmatch(self.metric) is not None
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -119,6 +135,7 @@ class TrialResult:
 LEGACY_CONSTRAINTS = "constraints"      # the system attribute list optuna-dashboard 0.21 reads
 OOM_CONSTRAINT = "constraints:oom"      # system attribute: the trial ran out of memory
 MILESTONE_TARGETS = (0.5, 0.8, 0.9, 0.95)
+_FRACTION_METRIC = re.compile(r"accuracy|top[1-9][0-9]*_accuracy")  # as recipe.topk reads them
 
 
 def configuration_attrs(config: TrialConfig, *, device: str,
@@ -132,13 +149,17 @@ def configuration_attrs(config: TrialConfig, *, device: str,
 
 
 def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
-    """The trial user attributes for a measured result."""
+    """The trial user attributes for a measured result: the metric under its neutral names
+    (``metric``, ``val_metric``, ``best_val_metric``) and, when it is top-1 accuracy, under the
+    names autobatch 0.1 used too (``val_accuracy``, ``best_val_accuracy``)."""
     milestones = {}
-    for target in MILESTONE_TARGETS:
-        hit = next((p for p in result.curve if p.accuracy >= target), None)
+    for target in MILESTONE_TARGETS if result.metric_is_fraction else ():
+        hit = next((p for p in result.curve if p.metric >= target), None)
         if hit is not None:
             milestones[f"{target:.2f}"] = [hit.samples_seen, round(hit.train_time_s, 3)]
     throughput = result.throughput
+    accuracy = {VAL_ACCURACY: result.final_metric, BEST_VAL_ACCURACY: result.best_metric} \
+        if result.metric == "accuracy" else {}
     return {
         THROUGHPUT: throughput,
         TRAIN_TIME_S: result.train_time_s,
@@ -147,10 +168,12 @@ def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
         EPOCH_TIME_S: train_size / throughput if throughput > 0 else None,
         SAMPLES_SEEN: result.samples_seen,
         MEASURED_PEAK_BYTES: result.measured_peak_bytes,
-        VAL_ACCURACY: result.final_accuracy if result.curve else None,
-        BEST_VAL_ACCURACY: result.best_accuracy if result.curve else None,
+        METRIC: result.metric,
+        VAL_METRIC: result.final_metric,
+        BEST_VAL_METRIC: result.best_metric,
+        **accuracy,
         VAL_LOSS: result.curve[-1].loss if result.curve else None,
-        CURVE: [[p.samples_seen, p.accuracy, p.loss] for p in result.curve],
+        CURVE: [[p.samples_seen, p.metric, p.loss] for p in result.curve],
         MILESTONES: milestones,
         STOP_REASON: result.stop_reason,
         STOP_DETAIL: result.stop_detail,
@@ -179,11 +202,12 @@ def mark_out_of_memory(trial: optuna.Trial) -> None:
 
 COLUMNS = ("number", "state", "value", "batch_size", "accumulation_steps", "effective_batch_size",
            "learning_rate", "lr_multiplier", "throughput", "epoch_time_s", "measured_peak_bytes",
-           "predicted_peak_bytes", "val_accuracy", "best_val_accuracy", "stop_reason", "baseline",
-           "samples_seen", "curve")
+           "predicted_peak_bytes", "val_metric", "best_val_metric", "val_accuracy", "best_val_accuracy",
+           "stop_reason", "baseline", "samples_seen", "device", "curve")
 _INTS = ("batch_size", "accumulation_steps", "effective_batch_size", "samples_seen")
 _FLOATS = ("value", "learning_rate", "lr_multiplier", "throughput", "epoch_time_s",
-           "measured_peak_bytes", "predicted_peak_bytes", "val_accuracy", "best_val_accuracy")
+           "measured_peak_bytes", "predicted_peak_bytes", "val_metric", "best_val_metric", "val_accuracy",
+           "best_val_accuracy")
 
 MultiplierFor = Callable[[float, int], float]  # (learning rate, effective batch) -> multiplier
 
@@ -191,7 +215,9 @@ MultiplierFor = Callable[[float, int], float]  # (learning rate, effective batch
 def trial_row(trial: optuna.trial.FrozenTrial,
               multiplier_for: Optional[MultiplierFor] = None) -> dict[str, Any]:
     """One trial as a flat row of ``COLUMNS``. Missing attributes are derived from the
-    parameters where they can be (``multiplier_for`` inverts the study's lr scaling rule)."""
+    parameters where they can be (``multiplier_for`` inverts the study's lr scaling rule).
+    ``val_metric`` is the study's metric whatever it is; a trial stored before metrics had
+    names (no ``metric`` attribute) measured accuracy, so its accuracy is its metric."""
     attrs, params = trial.user_attrs, trial.params
     batch = attrs.get(BATCH_SIZE)
     if batch is None and PARAM_BATCH_LOG2 in params:
@@ -216,9 +242,12 @@ def trial_row(trial: optuna.trial.FrozenTrial,
             "throughput": attrs.get(THROUGHPUT), "epoch_time_s": attrs.get(EPOCH_TIME_S),
             "measured_peak_bytes": attrs.get(MEASURED_PEAK_BYTES),
             "predicted_peak_bytes": attrs.get(PREDICTED_PEAK_BYTES),
-            "val_accuracy": attrs.get(VAL_ACCURACY, value),
+            "val_metric": attrs.get(VAL_METRIC, attrs.get(VAL_ACCURACY, value)),
+            "best_val_metric": attrs.get(BEST_VAL_METRIC, attrs.get(BEST_VAL_ACCURACY)),
+            "val_accuracy": attrs.get(VAL_ACCURACY, None if METRIC in attrs else value),
             "best_val_accuracy": attrs.get(BEST_VAL_ACCURACY), "stop_reason": reason,
-            "baseline": attrs.get(BASELINE), "samples_seen": samples, "curve": curve}
+            "baseline": attrs.get(BASELINE), "samples_seen": samples, "device": attrs.get(DEVICE),
+            "curve": curve}
 
 
 def read_trials(study: optuna.Study, multiplier_for: Optional[MultiplierFor] = None) -> "pd.DataFrame":

@@ -3,13 +3,19 @@
 Each plot is a function of the trials table (``recommender.trials_frame``) and a few extras that
 returns the figure and the arrays drawn, so tests check the data rather than pixels. Figures
 are ``matplotlib.figure.Figure`` objects rendered by Agg, never pyplot: no GUI backend, no
-global figure registry, nothing left open in the caller's process.
+global figure registry, nothing left open in the caller's process. The plotted metric is the
+study's (``val_metric``: accuracy unless the recipe names another; ``MetricAxis``); the data
+keys keep the name "accuracy".
+
+Over 400 lines: four plots and the summary of one stored study, each following the study's
+metric; they share the trials table, the metric axis and the helpers, and read best together.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,6 +40,30 @@ Say = Callable[[str], None]
 MiB = 2**20
 
 
+@dataclass(frozen=True)
+class MetricAxis:
+    """The study's metric on a plot: its label, ``sign`` (+1 higher is better, -1 lower) and
+    whether it is a fraction shown in percent (accuracy)."""
+
+    label: str = "validation accuracy"
+    sign: float = 1.0
+    fraction: bool = True
+
+    @classmethod
+    def of(cls, spec: Optional[StudySpec]) -> "MetricAxis":
+        if spec is None:
+            return cls()
+        r = spec.recipe
+        label = r.metric_name if r.metric == "val_loss" else f"validation {r.metric_name}"
+        return cls(label, 1.0 if r.direction == "maximize" else -1.0, r.metric_is_fraction)
+
+    def text(self, value: float) -> str:
+        return f"{100 * value:.1f} %" if self.fraction else f"{value:.4g}"
+
+
+ACCURACY = MetricAxis()
+
+
 def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
                  say: Say = print) -> list[Path]:
     """Write the report files of a stored study into ``out_dir``; returns their paths.
@@ -55,10 +85,11 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_points = list(spec.eval_points) if spec else None
-    figures = {"tradeoff.png": plot_tradeoff(df, rec)[0],
+    metric = MetricAxis.of(spec)
+    figures = {"tradeoff.png": plot_tradeoff(df, rec, metric)[0],
                "memory.png": plot_memory(df, memory_model)[0],
                "accuracy_heatmap.png": plot_accuracy_map(df, spec)[0],
-               "curves.png": plot_curves(df, eval_points)[0]}
+               "curves.png": plot_curves(df, eval_points, metric)[0]}
     paths = []
     for name, fig in figures.items():
         paths.append(out_dir / name)
@@ -67,7 +98,8 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
     df.assign(curve=df["curve"].map(json.dumps)).to_csv(paths[-1], index=False)
     paths.append(out_dir / "summary.md")
     state_counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    paths[-1].write_text(summary_markdown(study_name, describe(storage), df, state_counts, spec, rec, no_rec))
+    paths[-1].write_text(summary_markdown(study_name, describe(storage), df, state_counts, spec, rec, no_rec,
+                                          metric))
     say(f"report of {study_name!r}: {len(paths)} files in {out_dir}")
     return paths
 
@@ -87,8 +119,8 @@ def pareto_mask(epoch_time: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 
 def completed_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials with a validation accuracy."""
-    return df[(df["state"] == "COMPLETE") & df["val_accuracy"].notna()].reset_index(drop=True)
+    """Completed trials with a validation metric."""
+    return df[(df["state"] == "COMPLETE") & df["val_metric"].notna()].reset_index(drop=True)
 
 
 def _spread(values: np.ndarray, width: float = 0.5) -> np.ndarray:
@@ -120,13 +152,14 @@ def _setting(row: pd.Series) -> str:
 
 # --- plots ------------------------------------------------------------------------------------
 
-def plot_tradeoff(df: pd.DataFrame, rec: Optional[Recommendation] = None) -> tuple[Figure, dict]:
-    """Validation accuracy against epoch time of completed trials, peak memory as colour."""
+def plot_tradeoff(df: pd.DataFrame, rec: Optional[Recommendation] = None,
+                  metric: MetricAxis = ACCURACY) -> tuple[Figure, dict]:
+    """Validation metric against epoch time of completed trials, peak memory as colour."""
     rows = completed_rows(df)
     rows = rows[rows["epoch_time_s"] > 0].reset_index(drop=True)
-    t, acc = rows["epoch_time_s"].to_numpy(float), rows["val_accuracy"].to_numpy(float)
+    t, acc = rows["epoch_time_s"].to_numpy(float), rows["val_metric"].to_numpy(float)
     peak = _mib(rows["measured_peak_bytes"].fillna(rows["predicted_peak_bytes"]))
-    front = pareto_mask(t, acc)
+    front = pareto_mask(t, metric.sign * acc)
     order = np.argsort(t[front])
     data: dict[str, Any] = {
         "number": rows["number"].to_numpy(int), "epoch_time_s": t, "accuracy": acc, "peak_mib": peak,
@@ -144,7 +177,7 @@ def plot_tradeoff(df: pd.DataFrame, rec: Optional[Recommendation] = None) -> tup
                         label="completed trial", zorder=3)
     fig.colorbar(points, ax=ax, label="peak memory (MiB, measured)")
     for _, row in rows[rows["baseline"].notna()].iterrows():
-        xy = (row["epoch_time_s"], row["val_accuracy"])
+        xy = (row["epoch_time_s"], row["val_metric"])
         data["baselines"][row["baseline"]] = xy
         ax.scatter(*xy, s=220, marker="s", facecolors="none", edgecolors="tab:orange", linewidths=2,
                    zorder=4, label="baseline" if len(data["baselines"]) == 1 else None)
@@ -154,10 +187,10 @@ def plot_tradeoff(df: pd.DataFrame, rec: Optional[Recommendation] = None) -> tup
                     xytext=(-10 if right else 10, 10 if low else -16),
                     textcoords="offset points", ha="right" if right else "left", fontsize=8,
                     color="tab:orange")
-    if rec is not None:
-        xy = (rec.predicted_epoch_time_s, rec.predicted_accuracy)
+    if rec is not None and rec.predicted_metric is not None:
+        xy = (rec.predicted_epoch_time_s, rec.predicted_metric)
         data["recommendation"] = xy
-        (t_lo, t_hi), (a_lo, a_hi) = rec.epoch_time_interval, rec.accuracy_interval
+        (t_lo, t_hi), (a_lo, a_hi) = rec.epoch_time_interval, rec.metric_interval
         ax.errorbar(*xy, xerr=[[max(xy[0] - t_lo, 0)], [max(t_hi - xy[0], 0)]],
                     yerr=[[max(xy[1] - a_lo, 0)], [max(a_hi - xy[1], 0)]],
                     fmt="none", ecolor="tab:red", alpha=0.35, capsize=3, zorder=4)
@@ -168,10 +201,11 @@ def plot_tradeoff(df: pd.DataFrame, rec: Optional[Recommendation] = None) -> tup
         ax.set_xscale("log")
     elif not len(t):
         _nothing(ax, "no completed trial with a measured epoch time")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    if metric.fraction:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("epoch time (s, measured training throughput; evaluation excluded)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"Accuracy vs training time: {len(rows)} completed trials")
+    ax.set_ylabel(metric.label)
+    ax.set_title(f"{metric.label.capitalize()} vs training time: {len(rows)} completed trials")
     ax.grid(alpha=0.3, which="both")
     fig.legend(loc="outside lower center", ncols=3, fontsize=8)
     return fig, data
@@ -228,28 +262,32 @@ def plot_memory(df: pd.DataFrame, memory_model: Optional[dict]) -> tuple[Figure,
 
 
 def plot_accuracy_map(df: pd.DataFrame, spec: Optional[StudySpec] = None) -> tuple[Figure, dict]:
-    """Accuracy over effective batch size × learning rate (log axes); the scaling rule dashed."""
+    """The metric over effective batch size × learning rate (log axes); the scaling rule dashed."""
+    metric = MetricAxis.of(spec)
     ok = df["effective_batch_size"].notna() & df["learning_rate"].notna()
-    done = df[ok & (df["state"] == "COMPLETE") & df["val_accuracy"].notna()]
+    done = df[ok & (df["state"] == "COMPLETE") & df["val_metric"].notna()]
     stopped = df[ok & (df["state"] != "COMPLETE")]
     data: dict[str, Any] = {
         "number": done["number"].to_numpy(int),
         "effective_batch_size": done["effective_batch_size"].to_numpy(float),
         "learning_rate": done["learning_rate"].to_numpy(float),
-        "accuracy": done["val_accuracy"].to_numpy(float),
+        "accuracy": done["val_metric"].to_numpy(float),
         "stopped_effective_batch_size": stopped["effective_batch_size"].to_numpy(float),
         "stopped_learning_rate": stopped["learning_rate"].to_numpy(float)}
 
     fig = _figure()
     ax = fig.add_subplot()
     x = data["effective_batch_size"] * _spread(data["effective_batch_size"])
-    points = ax.scatter(x, data["learning_rate"], c=data["accuracy"], cmap="plasma", vmin=0,
-                        vmax=max([1e-9, *data["accuracy"]]), s=90,
+    cmap = "plasma" if metric.sign > 0 else "plasma_r"  # bright is good
+    points = ax.scatter(x, data["learning_rate"], c=data["accuracy"], cmap=cmap,
+                        vmin=0 if metric.fraction else None,
+                        vmax=max([1e-9, *data["accuracy"]]) if metric.fraction else None, s=90,
                         edgecolors="black", linewidths=0.5, zorder=3, label="completed trial")
     for xi, yi, a in zip(x, data["learning_rate"], data["accuracy"]) if len(x) <= 20 else ():
-        ax.annotate(f"{100 * a:.0f}", (xi, yi), xytext=(6, 4), textcoords="offset points", fontsize=7)
-    fig.colorbar(points, ax=ax, label="validation accuracy (completed trials)",
-                 format=PercentFormatter(1.0))
+        ax.annotate(f"{100 * a:.0f}" if metric.fraction else f"{a:.3g}", (xi, yi), xytext=(6, 4),
+                    textcoords="offset points", fontsize=7)
+    fig.colorbar(points, ax=ax, label=f"{metric.label} (completed trials)",
+                 format=PercentFormatter(1.0) if metric.fraction else None)
     if len(stopped):
         ax.scatter(data["stopped_effective_batch_size"], data["stopped_learning_rate"], marker="x",
                    color="grey", s=45, zorder=2, label="pruned or stopped early")
@@ -265,15 +303,16 @@ def plot_accuracy_map(df: pd.DataFrame, spec: Optional[StudySpec] = None) -> tup
         _nothing(ax, "no completed trial with a batch size and learning rate")
     ax.set_xlabel("effective batch size (micro-batch × accumulation steps, log scale)")
     ax.set_ylabel("learning rate (log scale)")
-    ax.set_title("Validation accuracy over batch size × learning rate"
-                 + (" (labels: accuracy, %)" if len(x) <= 20 else ""))
+    ax.set_title(f"{metric.label.capitalize()} over batch size × learning rate"
+                 + ((" (labels: %)" if metric.fraction else " (labels)") if len(x) <= 20 else ""))
     ax.grid(alpha=0.3, which="major")
     fig.legend(loc="outside lower center", ncols=3, fontsize=8)
     return fig, data
 
 
-def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None) -> tuple[Figure, dict]:
-    """Validation accuracy on the samples-seen axis, one line per trial; pruned ones dashed."""
+def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None,
+                metric: MetricAxis = ACCURACY) -> tuple[Figure, dict]:
+    """The validation metric on the samples-seen axis, one line per trial; pruned ones dashed."""
     rows = df[df["curve"].map(len) > 0]
     data: dict[str, Any] = {"curves": {}, "pruned": []}
     fig = _figure()
@@ -282,7 +321,7 @@ def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None) -> tu
     norm = LogNorm(vmin=max(1.0, eff.min()), vmax=max(2.0, eff.max())) if len(rows) else None
     colors = colormaps["viridis"]
     done = completed_rows(rows)
-    best = int(done.loc[done["val_accuracy"].idxmax(), "number"]) if len(done) else None
+    best = int(done.loc[(metric.sign * done["val_metric"]).idxmax(), "number"]) if len(done) else None
     for (_, row), e in zip(rows.iterrows(), eff):
         x = np.array([p[0] for p in row["curve"]], float)
         y = np.array([p[1] for p in row["curve"]], float)
@@ -312,11 +351,12 @@ def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None) -> tu
         _nothing(ax, "no trial recorded a validation curve")
     if eval_points and len(eval_points) <= 10:
         ax.set_xticks(eval_points)
-    top = max((float(np.max(y)) for _, y in data["curves"].values()), default=1.0)
-    ax.set_ylim(0, min(1.0, top) + 0.08)
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    if metric.fraction:
+        top = max((float(np.max(y)) for _, y in data["curves"].values()), default=1.0)
+        ax.set_ylim(0, min(1.0, top) + 0.08)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("training samples seen")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(metric.label)
     ax.set_title(f"Validation curves at equal samples seen: {len(rows)} trials")
     ax.grid(alpha=0.3)
     ax.legend(handles=[Line2D([], [], color="black", lw=1.3, label="completed"),
@@ -329,7 +369,7 @@ def plot_curves(df: pd.DataFrame, eval_points: Optional[list[int]] = None) -> tu
 
 def summary_markdown(study_name: str, where: str, df: pd.DataFrame, state_counts: dict,
                      spec: Optional[StudySpec], rec: Optional[Recommendation],
-                     no_rec: Optional[str]) -> str:
+                     no_rec: Optional[str], metric: MetricAxis = ACCURACY) -> str:
     """The report's front page: what was studied, the counts, the answer, the evidence."""
     lines = [f"# autobatch report: {study_name}", "", f"Storage: `{where}`."]
     if spec is not None:
@@ -338,7 +378,7 @@ def summary_markdown(study_name: str, where: str, df: pd.DataFrame, state_counts
                      f"per trial, evaluated at {', '.join(map(str, spec.eval_points))} samples seen{cap}.")
     lines += ["", _counts_line(df, state_counts), "", "## Recommendation", ""]
     lines += [rec.markdown()] if rec is not None else [f"_No recommendation: {no_rec}_", ""]
-    lines += ["## Best trial and baselines", "", *_comparison_table(df)]
+    lines += ["## Best trial and baselines", "", *_comparison_table(df, metric)]
     lines += ["", "## Plots", "",
               "![accuracy vs epoch time](tradeoff.png)", "",
               "![peak memory vs micro-batch size](memory.png)", "",
@@ -358,23 +398,24 @@ def _counts_line(df: pd.DataFrame, state_counts: dict) -> str:
             f"{c.get('waiting', 0)} queued, {c.get('running', 0)} running.")
 
 
-def _comparison_table(df: pd.DataFrame) -> list[str]:
+def _comparison_table(df: pd.DataFrame, metric: MetricAxis = ACCURACY) -> list[str]:
     """The best completed trial, then each completed baseline against it."""
     rows = completed_rows(df)
-    best = rows.loc[rows["val_accuracy"].idxmax()]
+    best = rows.loc[(metric.sign * rows["val_metric"]).idxmax()]
     table = [best, *(r for _, r in rows[rows["baseline"].notna()].iterrows()
                      if r["number"] != best["number"])]
-    lines = ["| trial | role | micro-batch × accumulation | learning rate | val accuracy | vs best "
+    lines = [f"| trial | role | micro-batch × accumulation | learning rate | {metric.label} | vs best "
              "| epoch time | peak memory |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         is_best = r["number"] == best["number"]
         baseline = r["baseline"] if isinstance(r["baseline"], str) else ""
         role = ", ".join(x for x in ("best" if is_best else "", baseline) if x)
-        delta = "—" if is_best else f"{100 * (r['val_accuracy'] - best['val_accuracy']):+.1f} points"
+        gap = r["val_metric"] - best["val_metric"]
+        delta = "—" if is_best else (f"{100 * gap:+.1f} points" if metric.fraction else f"{gap:+.4g}")
         lines.append(
             f"| #{int(r['number'])} | {role} | {_cell(r['batch_size'], '{:.0f}')} × "
             f"{_cell(r['accumulation_steps'], '{:.0f}')} | {_cell(r['learning_rate'], '{:.4g}')} "
-            f"| {100 * r['val_accuracy']:.1f} % | {delta} | {_cell(r['epoch_time_s'], '{:.3g} s')} "
+            f"| {metric.text(r['val_metric'])} | {delta} | {_cell(r['epoch_time_s'], '{:.3g} s')} "
             f"| {format_bytes(_nan_none(r['measured_peak_bytes']))} |")
     shown = {r["baseline"] for r in table if isinstance(r["baseline"], str)}
     missing = sorted(set(df["baseline"].dropna()) - shown)

@@ -85,3 +85,55 @@ def test_shipped_study_files_load():
     for path in sorted((Path(__file__).parents[1] / "studies").glob("*.toml")):
         settings = build_settings(path, {})
         assert settings.model == "resnet18" and math.isfinite(settings.budget_s)
+
+
+# --- the recipe in settings and spec -------------------------------------------------------
+
+def test_lr_scaling_rule_follows_the_optimizer_unless_set():
+    from autobatch.recipe import TrainRecipe
+
+    sgd = SearchSpace().for_recipe(TrainRecipe())
+    adamw = SearchSpace().for_recipe(TrainRecipe(optimizer="adamw"))
+    assert (sgd.base_lr, sgd.scaling_rule) == (0.1, "linear")
+    assert (adamw.base_lr, adamw.scaling_rule) == (1e-3, "sqrt")
+    assert adamw.learning_rate(1.0, 1024) == pytest.approx(2e-3)  # 1e-3 * sqrt(1024 / 256)
+    mine = SearchSpace(base_lr=3e-4, scaling_rule="linear").for_recipe(TrainRecipe(optimizer="adam"))
+    assert (mine.base_lr, mine.scaling_rule) == (3e-4, "linear")
+    assert SearchSpace().learning_rate(1.0, 512) == pytest.approx(0.2)  # no recipe: the default (SGD)
+    spec = StudySpec(model="m", dataset="d", recipe=TrainRecipe(optimizer="adam"))
+    assert (spec.space.base_lr, spec.space.scaling_rule) == (1e-3, "sqrt")
+
+
+def test_recipe_table_and_flags(tmp_path):
+    from autobatch.recipe import RecipeError, TrainRecipe
+
+    path = tmp_path / "s.toml"
+    path.write_text('model = "mlp"\n[recipe]\noptimizer = "adamw"\nweight_decay = 0.05\nbetas = [0.8, 0.99]\n'
+                    '[space]\nbatch_size_max = 64\n')
+    assert load_config(path)["recipe"] == {"optimizer": "adamw", "weight_decay": 0.05, "betas": [0.8, 0.99]}
+    settings = build_settings(path, {"recipe": {"precision": "bf16", "metric": None}, "space": {}})
+    assert settings.recipe == TrainRecipe(optimizer="adamw", weight_decay=0.05, betas=(0.8, 0.99), precision="bf16")
+    assert (settings.space.base_lr, settings.space.scaling_rule) == (1e-3, "sqrt")
+    # a flag's optimizer re-resolves what the file left to the default (its weight decay)
+    path.write_text('[recipe]\noptimizer = "adamw"\n')
+    assert build_settings(path, {"recipe": {"optimizer": "sgd"}}).recipe == TrainRecipe()
+    assert build_settings(None, {}).recipe == TrainRecipe()
+    path.write_text('[recipe]\nmomentum = "high"\n')
+    with pytest.raises(RecipeError, match="^momentum: 'high' is not in"):
+        build_settings(path, {})
+    with pytest.raises(RecipeError, match="^base_lr: .* set --base-lr"):
+        build_settings(None, {"recipe": {"optimizer": "pkg.mod:make"}})
+    assert build_settings(None, {"recipe": {"optimizer": "pkg.mod:make"},
+                                 "space": {"base_lr": 0.01, "scaling_rule": "none"}}).space.base_lr == 0.01
+
+
+def test_a_spec_stored_without_a_recipe_is_todays_study():
+    from autobatch.recipe import TrainRecipe
+
+    today = StudySpec(model="resnet18", dataset="digits", train_samples=100)
+    stored = today.to_dict()
+    del stored["recipe"]  # as autobatch 0.1 stored it
+    old = StudySpec.from_dict(stored)
+    assert old == today and old.recipe == TrainRecipe() and old.identity_difference(today) is None
+    other = StudySpec(model="resnet18", dataset="digits", recipe=TrainRecipe(optimizer="adamw"))
+    assert old.identity_difference(other) == "recipe optimizer is 'sgd' there, 'adamw' here"

@@ -2,9 +2,10 @@ import time
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from autobatch.records import STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_PRUNED, TrialConfig
-from autobatch.train import eval_points, lr_factor, train_trial
+from autobatch.train import LRFactor, eval_points, train_trial
 from autobatch.workloads import build_model, load_workload
 
 CPU = torch.device("cpu")
@@ -53,7 +54,7 @@ def test_result_measures_and_learns(digits):
                          train_samples=3 * len(digits.train), checkpoints=eval_points(3 * len(digits.train), 3),
                          device=CPU)
     assert result.stop_reason == STOP_COMPLETED
-    assert result.final_accuracy > 0.8
+    assert result.final_metric > 0.8 and result.metric == "accuracy"
     assert result.samples_seen >= 3 * len(digits.train)
     assert result.throughput > 0 and result.eval_time_s > 0
     assert result.wall_time_s >= result.train_time_s + result.eval_time_s * 0.99
@@ -80,7 +81,104 @@ def test_deadline_cuts_off(digits):
 
 
 def test_lr_schedule_and_eval_points():
-    assert lr_factor(0, 100) == pytest.approx(0.2)      # warm-up over 5 steps
-    assert lr_factor(4, 100) == pytest.approx(1.0)
-    assert lr_factor(99, 100) < 0.01
+    lr_factor = LRFactor("cosine", 100, 0.05)
+    assert lr_factor(0) == pytest.approx(0.2)      # warm-up over 5 steps
+    assert lr_factor(4) == pytest.approx(1.0)
+    assert lr_factor(99) < 0.01
     assert eval_points(1000, 4) == (250, 500, 750, 1000)
+
+
+# --- the recipe in the trial loop --------------------------------------------------------
+
+def _lrs_of(run):
+    """The lr of every optimizer step ``run`` makes (torch's global optimizer hook)."""
+    lrs = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: lrs.append((type(opt), opt.param_groups[0]["lr"])))
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, lrs
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "onecycle"])
+def test_the_trial_steps_the_recipes_schedule_once_per_optimizer_step(digits, schedule):
+    from autobatch.recipe import TrainRecipe
+
+    recipe = TrainRecipe(schedule=schedule, warmup_fraction=0.2)
+    config = TrialConfig(batch_size=16, accumulation_steps=2, learning_rate=0.05)
+    result, lrs = _lrs_of(lambda: train_trial(_model(), digits, config, train_samples=640, checkpoints=(640,),
+                                              device=CPU, recipe=recipe))
+    assert result.stop_reason == STOP_COMPLETED and len(lrs) == 20  # ceil(640 / 32) steps, no error past the end
+    got = [lr for _, lr in lrs]
+    if schedule == "onecycle":  # torch's OneCycleLR, peak at the end of the 20% rise
+        assert got.index(max(got)) == 3 and max(got) == pytest.approx(0.05)
+    else:
+        assert got == [0.05 * LRFactor(schedule, 20, 0.2)(step) for step in range(20)]
+
+
+def test_adamw_bf16_clipped_trial_learns(digits):
+    from autobatch.recipe import TrainRecipe
+
+    recipe = TrainRecipe(optimizer="adamw", precision="bf16", grad_clip_norm=1.0, label_smoothing=0.1)
+    result, lrs = _lrs_of(lambda: train_trial(
+        _model(), digits, TrialConfig(batch_size=32, learning_rate=3e-3), train_samples=2 * len(digits.train),
+        checkpoints=eval_points(2 * len(digits.train), 2), device=CPU, recipe=recipe))
+    assert {cls for cls, _ in lrs} == {torch.optim.AdamW}
+    assert result.stop_reason == STOP_COMPLETED and result.final_metric > 0.8
+    assert result.measured_peak_bytes > 0
+
+
+def test_a_minimized_metric_is_recorded_with_its_direction(digits):
+    from autobatch.recipe import TrainRecipe
+    from autobatch.records import result_attrs
+
+    result = train_trial(_model(), digits, TrialConfig(batch_size=32, learning_rate=0.1), train_samples=1200,
+                         checkpoints=(400, 800, 1200), device=CPU, recipe=TrainRecipe(metric="val_loss"))
+    assert (result.metric, result.direction) == ("val_loss", "minimize")
+    values = [p.metric for p in result.curve]
+    assert values == [p.loss for p in result.curve]  # val_loss is the recipe's loss
+    assert result.best_metric == min(values) and result.final_metric == values[-1]
+    attrs = result_attrs(result, train_size=len(digits.train))
+    assert attrs["metric"] == "val_loss" and attrs["val_metric"] == values[-1] and "val_accuracy" not in attrs
+    assert attrs["milestones"] == {}  # accuracy milestones mean nothing for a loss
+
+
+def test_evaluate_is_the_whole_set_metric_at_any_chunk_size(digits):
+    from torch.utils.data import Subset
+
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train import evaluate
+
+    model = _model().eval()
+    x, y = digits.val.tensors
+    with torch.no_grad():
+        logits = model(x)
+    accuracy = (logits.argmax(1) == y).double().mean().item()
+    loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.1).item()
+    top3 = (logits.topk(3, 1).indices == y[:, None]).any(1).double().mean().item()
+    recipe = TrainRecipe(label_smoothing=0.1)
+    for chunk in (7, 64, len(y)):
+        assert evaluate(model, digits.val, chunk, CPU, recipe) == pytest.approx((accuracy, loss), rel=1e-6)
+        assert evaluate(model, digits.val, chunk, CPU, TrainRecipe(metric="top3_accuracy"))[0] == pytest.approx(top3)
+    assert model.training  # evaluation puts the model back into training mode
+    subset = Subset(digits.val, range(50))  # a dataset that is not a TensorDataset: the DataLoader path
+    with torch.no_grad():
+        expected = (model(x[:50]).argmax(1) == y[:50]).double().mean().item()
+    assert evaluate(model, subset, 16, CPU)[0] == pytest.approx(expected)
+
+
+def test_check_recipe_fails_before_anything_runs(digits):
+    from autobatch.recipe import RecipeError, TrainRecipe
+    from autobatch.train import check_recipe
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_recipe(model, digits.val, CPU, TrainRecipe(optimizer="adamw", precision="bf16"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for recipe, option in ((TrainRecipe(metric="tests.recipe_userfns:text_metric"), "metric"),
+                           (TrainRecipe(loss="tests.recipe_userfns:raising_loss"), "loss"),
+                           (TrainRecipe(precision="fp16"), "precision")):
+        with pytest.raises(RecipeError, match=f"^{option}: "):
+            check_recipe(model, digits.val, CPU, recipe)

@@ -12,11 +12,17 @@ two-sided):
 
 ``fit_tradeoff`` fits all three to a trials table; the choice (``_choice``) predicts the search
 grid, applies the constraints and picks by priority; ``recommend`` does it for a stored study.
+The ``Recommendation`` carries the study's training recipe and trial length, builds the
+training script's optimizer, scheduler, loss, autocast and DataLoader, and exports the setting
+(``_exports``: JSON, TOML, Hugging Face ``TrainingArguments``, Lightning ``Trainer``).
 """
 
 from ._accuracy import ACCURACY_KINDS, AccuracyModel, accuracy_features
 from ._api import (MIN_TRIALS, PRIORITIES, RANDOM_STATE, publish, recommend, recommend_from_frame,
                    recommend_study, trials_frame)
+from ._exports import (EXPORT_FORMATS, TrainingSetup, export_text, hf_training_arguments,
+                       lightning_configure_optimizers, lightning_export, lightning_trainer_kwargs,
+                       optimizer_description, to_json, to_toml)
 from ._choice import (N_LR_MULTIPLIERS, RANK_BY, SPEED_TOLERANCE, SUPPORT_DOUBLINGS, SUPPORT_LR_FACTOR, TIE,
                       candidates, pareto_front, supported)
 from ._fit import (TradeoffFit, accuracy_rows, divergence_blocked, diverged_rows, fit_tradeoff, memory_rows,
@@ -26,7 +32,9 @@ from ._memory_fit import MemoryFit, fit_memory
 from ._recommendation import Recommendation
 from ._throughput import DEFAULT_LOG_SD, ThroughputModel
 
-__all__ = ["ACCURACY_KINDS", "AccuracyModel", "COVERAGE", "DEFAULT_LOG_SD", "MIN_TRIALS", "MemoryFit",
+__all__ = ["ACCURACY_KINDS", "AccuracyModel", "COVERAGE", "DEFAULT_LOG_SD", "EXPORT_FORMATS", "MIN_TRIALS",
+           "MemoryFit", "TrainingSetup", "export_text", "hf_training_arguments", "lightning_configure_optimizers",
+           "lightning_export", "lightning_trainer_kwargs", "optimizer_description", "to_json", "to_toml",
            "N_LR_MULTIPLIERS", "PRIORITIES", "RANDOM_STATE", "RANK_BY", "Recommendation", "SPEED_TOLERANCE",
            "SUPPORT_DOUBLINGS", "SUPPORT_LR_FACTOR", "TIE", "ThroughputModel", "TradeoffFit",
            "accuracy_features", "accuracy_rows", "candidates", "divergence_blocked", "diverged_rows",

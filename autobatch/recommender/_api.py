@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-import numpy as np
 import optuna
 import pandas as pd
 
@@ -15,9 +14,9 @@ from ..records import read_trials
 from ..search import StudySpec
 from ..storage import StudyLike, open_study
 from ..units import parse_bytes, parse_duration
-from ._choice import (apply_constraints, candidates, describe, pareto_front, picks, rationale, supported,
-                      time_to_target)
-from ._fit import accuracy_rows, fit_tradeoff
+from ._choice import (apply_constraints, candidates, describe, metric_interval, pareto_front, picks, rationale,
+                      speed_tolerance, supported, time_to_target)
+from ._fit import accuracy_rows, fit_tradeoff, metric_sign
 from ._recommendation import Recommendation
 
 MIN_TRIALS = 4            # completed trials needed: three inputs and one to spare
@@ -83,8 +82,12 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          max_epoch_time: Union[float, str, None] = None,
                          min_accuracy: Optional[float] = None,
                          priority: str = "balanced") -> Recommendation:
-    """The recommendation for a ``trials_frame`` table: pure, deterministic."""
+    """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
+    study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics."""
     _check_priority(priority)
+    if min_accuracy is not None and not spec.recipe.metric_is_fraction:
+        raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
+                             f"{spec.recipe.metric}: drop --min-accuracy")
     cap = None if max_memory is None else parse_bytes(max_memory)
     if isinstance(max_epoch_time, str):
         max_epoch_time = parse_duration(max_epoch_time)
@@ -105,24 +108,34 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
     grid = grid[supported(grid, completed)].reset_index(drop=True)
     feasible, constraints = apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
-    chosen_by = picks(feasible, front)
+    chosen_by = picks(feasible, front, speed_tolerance(fit, feasible))
     chosen = feasible.loc[chosen_by[priority]]
-    best = completed.loc[completed["val_accuracy"].idxmax(), "number"]
+    best = completed.loc[(metric_sign(spec) * completed["val_metric"]).idxmax(), "number"]
+    described = describe(chosen, fit)
     return Recommendation(
         study_name=study_name, batch_size=int(chosen["batch_size"]),
         learning_rate=float(chosen["learning_rate"]),
         accumulation_steps=int(chosen["accumulation_steps"]),
         effective_batch_size=int(chosen["effective_batch_size"]),
         lr_multiplier=float(chosen["lr_multiplier"]), priority=priority,
-        predicted_accuracy=float(np.clip(chosen["accuracy"], 0, 1)),
-        accuracy_interval=(float(chosen["accuracy_lo"]), float(chosen["accuracy_hi"])),
+        predicted_metric=described["predicted_metric"], metric_interval=tuple(metric_interval(fit, chosen)),
+        predicted_accuracy=described.get("predicted_accuracy"),
+        accuracy_interval=tuple(described["accuracy_interval"]) if fit.bounded else None,
         predicted_epoch_time_s=float(chosen["epoch_time_s"]),
         epoch_time_interval=(float(chosen["epoch_time_lo"]), float(chosen["epoch_time_hi"])),
         predicted_peak_bytes=None if fit.memory is None else int(round(chosen["peak_bytes"])),
         peak_bytes_interval=None if fit.memory is None else (float(chosen["peak_lo"]),
                                                              float(chosen["peak_hi"])),
-        pareto_front=tuple(describe(feasible.loc[i]) for i in front),
+        pareto_front=tuple(describe(feasible.loc[i], fit) for i in front),
         trials=fit.trials, best_trial=int(best),
-        rationale=rationale(priority, feasible, chosen_by, constraints),
+        rationale=rationale(priority, feasible, chosen_by, constraints, fit),
         constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
-        diagnostics=fit.diagnostics())
+        diagnostics=fit.diagnostics(), recipe=spec.recipe,
+        train_samples=spec.train_samples or None, train_size=spec.train_size or None,
+        device=_device_type(df, fit.trials))
+
+
+def _device_type(df: pd.DataFrame, numbers: tuple[int, ...]) -> Optional[str]:
+    """The device type (``cpu``, ``cuda``) most of the fitted trials ran on; None if unrecorded."""
+    devices = df.loc[df["number"].isin(numbers), "device"].dropna().astype(str).str.split(":").str[0]
+    return None if devices.empty else str(devices.mode().iloc[0])

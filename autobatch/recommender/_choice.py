@@ -10,6 +10,10 @@ dropped, and the priority picking one.
   no point lies above the chord).
 
 So the predicted epoch time of speed <= balanced <= accuracy on any data.
+
+"Accuracy" here is the study's metric oriented so that higher is better (``_fit``); for a metric
+other than an accuracy the speed tolerance is ``SPEED_TOLERANCE`` of the best predicted value
+(1%, relative) instead of one accuracy point.
 """
 
 from __future__ import annotations
@@ -63,6 +67,20 @@ def candidates(fit: TradeoffFit, spec: StudySpec) -> pd.DataFrame:
     return grid
 
 
+def speed_tolerance(fit: TradeoffFit, cands: pd.DataFrame) -> float:
+    """How much score the speed pick may give up: one accuracy point for an accuracy metric,
+    else 1% of the best predicted metric's magnitude."""
+    if fit.bounded:
+        return SPEED_TOLERANCE
+    return SPEED_TOLERANCE * max(float(np.abs(cands["accuracy"]).max()), 1e-12)
+
+
+def metric_text(fit: TradeoffFit, score: float) -> str:
+    """An oriented score as the metric, as people read it: 91.3% or 0.4213."""
+    value = fit.to_metric(score)
+    return f"{value:.1%}" if fit.bounded else f"{value:.4g}"
+
+
 def apply_constraints(grid: pd.DataFrame, fit: TradeoffFit, cap: Optional[int],
                        max_epoch_time: Optional[float],
                        min_accuracy: Optional[float]) -> tuple[pd.DataFrame, dict]:
@@ -94,7 +112,8 @@ def apply_constraints(grid: pd.DataFrame, fit: TradeoffFit, cap: Optional[int],
             f"({', '.join(f'{k}={v}' for k, v in constraints.items() if k in _USER and v is not None)}): "
             f"the smallest predicted peak is {format_bytes(within['peak_hi'].min())} (upper end), "
             f"the fastest predicted epoch {within['epoch_time_s'].min():.3g} s, "
-            f"the highest predicted accuracy {within['accuracy'].max():.3f}")
+            f"the {'highest' if fit.sign > 0 else 'lowest'} predicted {fit.metric_name} "
+            f"{fit.to_metric(within['accuracy'].max()):{'.3f' if fit.bounded else '.4g'}}")
     return grid[keep].reset_index(drop=True), constraints
 
 
@@ -120,12 +139,13 @@ def pareto_front(cands: pd.DataFrame) -> list[int]:
     return front
 
 
-def picks(cands: pd.DataFrame, front: list[int]) -> dict[str, int]:
-    """Index labels chosen by each priority; all three lie on the front, in time order."""
+def picks(cands: pd.DataFrame, front: list[int], tolerance: float = SPEED_TOLERANCE) -> dict[str, int]:
+    """Index labels chosen by each priority; all three lie on the front, in time order.
+    ``tolerance``: the score the speed pick may give up (``speed_tolerance``)."""
     acc = cands.loc[front, RANK_BY].to_numpy()
     time = cands.loc[front, "epoch_time_s"].to_numpy()
     last = len(front) - 1                                            # the most accurate
-    first = int(np.flatnonzero(acc >= acc[last] - SPEED_TOLERANCE)[0])  # fastest near it
+    first = int(np.flatnonzero(acc >= acc[last] - tolerance)[0])     # fastest near it
     knee = first
     if last - first >= 2:
         x = (time[first:last + 1] - time[first]) / (time[last] - time[first])
@@ -138,28 +158,45 @@ def _setting(row: pd.Series) -> str:
     return f"batch {int(row['batch_size'])} x {int(row['accumulation_steps'])} accumulation"
 
 
-def rationale(priority: str, cands: pd.DataFrame, picks: dict[str, int], constraints: dict) -> str:
+def rationale(priority: str, cands: pd.DataFrame, picks: dict[str, int], constraints: dict,
+              fit: Optional[TradeoffFit] = None) -> str:
     fast, top = cands.loc[picks["speed"]], cands.loc[picks["accuracy"]]
-    tolerance = f"{100 * SPEED_TOLERANCE:g} accuracy point"
+    name = fit.metric_name if fit is not None else "accuracy"
+    best = metric_text(fit, top["accuracy"]) if fit is not None else f"{top['accuracy']:.1%}"
+    tolerance = (f"{100 * SPEED_TOLERANCE:g} accuracy point" if fit is None or fit.bounded
+                 else f"{100 * SPEED_TOLERANCE:g}% of the best {name}")
     text = {
-        "accuracy": f"highest predicted accuracy ({top['accuracy']:.1%}) of "
-                    f"{constraints['feasible']} feasible settings",
+        "accuracy": f"best predicted {name} ({best}) of {constraints['feasible']} feasible settings",
         "speed": f"shortest predicted epoch ({fast['epoch_time_s']:.3g} s) within {tolerance} "
-                 f"of the best predicted accuracy ({top['accuracy']:.1%})",
-        "balanced": f"knee of the accuracy/epoch-time front between the fastest setting within "
+                 f"of the best predicted {name} ({best})",
+        "balanced": f"knee of the {name}/epoch-time front between the fastest setting within "
                     f"{tolerance} of the best ({_setting(fast)}, {fast['epoch_time_s']:.3g} s) "
-                    f"and the most accurate ({_setting(top)}, {top['accuracy']:.1%})",
+                    f"and the best ({_setting(top)}, {best})",
     }[priority]
     applied = [f"{k}={v}" for k, v in constraints.items() if k in _USER and v is not None]
     return f"{priority.capitalize()}: {text}" + (f"; constraints {', '.join(applied)}." if applied else ".")
 
 
-def describe(row: pd.Series) -> dict[str, Any]:
+def metric_interval(fit: TradeoffFit, row: pd.Series) -> list[float]:
+    """The interval's ends as the metric, low to high."""
+    return sorted(float(fit.to_metric(row[k])) for k in ("accuracy_lo", "accuracy_hi"))
+
+
+def describe(row: pd.Series, fit: Optional[TradeoffFit] = None) -> dict[str, Any]:
+    """A candidate as plain numbers: the metric in its own units (``predicted_metric``,
+    ``metric_interval``), and as ``predicted_accuracy``/``accuracy_interval`` too when it is
+    an accuracy (``fit`` None: an accuracy study)."""
+    bounded = fit is None or fit.bounded
+    value = float(row["accuracy"]) if fit is None else float(fit.to_metric(row["accuracy"]))
+    interval = ([float(row["accuracy_lo"]), float(row["accuracy_hi"])] if fit is None
+                else metric_interval(fit, row))
+    metric = {"predicted_metric": value, "metric_interval": interval}
+    if bounded:
+        metric.update(predicted_accuracy=value, accuracy_interval=interval)
     return {"batch_size": int(row["batch_size"]), "accumulation_steps": int(row["accumulation_steps"]),
             "effective_batch_size": int(row["effective_batch_size"]),
             "lr_multiplier": float(row["lr_multiplier"]), "learning_rate": float(row["learning_rate"]),
-            "predicted_accuracy": float(row["accuracy"]),
-            "accuracy_interval": [float(row["accuracy_lo"]), float(row["accuracy_hi"])],
+            **metric,
             "predicted_epoch_time_s": float(row["epoch_time_s"]),
             "epoch_time_interval": [float(row["epoch_time_lo"]), float(row["epoch_time_hi"])],
             "predicted_peak_bytes": _plain(float(row["peak_bytes"]))}

@@ -1,5 +1,12 @@
 """The trade-off fit: which trials feed which model, and the three models of one study fitted
-together (``fit_tradeoff`` -> ``TradeoffFit``). No Optuna, no storage: a trials table in."""
+together (``fit_tradeoff`` -> ``TradeoffFit``). No Optuna, no storage: a trials table in.
+
+The metric model (``AccuracyModel``, named for the default metric) fits the study's metric
+*oriented so that higher is better*: the metric itself when the study maximizes it (accuracy),
+its negative when it minimizes it (a loss, an error). Every prediction column called
+``accuracy*`` below holds that oriented score; ``to_metric`` turns it back into the metric.
+Scores of an accuracy metric are clipped to [0, 1]; other metrics are not bounded.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +26,16 @@ from ._throughput import ThroughputModel
 
 
 def accuracy_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials: their final accuracy is a result at the study's samples seen.
+    """Completed trials: their final metric is a result at the study's samples seen.
     Pruned trials stopped early (not comparable); diverged ones feed ``diverged_rows``."""
     completed = (df["state"] == "COMPLETE") & (df["stop_reason"] == R.STOP_COMPLETED)
-    return df[completed & df["val_accuracy"].notna() & df["batch_size"].notna()
+    return df[completed & df["val_metric"].notna() & df["batch_size"].notna()
               & (df["lr_multiplier"] > 0)]
+
+
+def metric_sign(spec: StudySpec) -> float:
+    """+1 when the study maximizes its metric, -1 when it minimizes it: score = sign * metric."""
+    return 1.0 if spec.recipe.direction == "maximize" else -1.0
 
 
 def diverged_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,6 +100,13 @@ class TradeoffFit:
     trials: tuple[int, ...]       # every trial any model rests on
     accuracy_trials: int
     throughput_trials: int
+    sign: float = 1.0             # metric_sign: score = sign * metric
+    bounded: bool = True          # an accuracy metric: scores clipped to [0, 1]
+    metric_name: str = "accuracy"  # for display: "accuracy", "validation loss", "RMSE", ...
+
+    def to_metric(self, score: Any) -> Any:
+        """The metric for an oriented score (or an array of them)."""
+        return self.sign * score
 
     def predict(self, batch_size: Any, accumulation_steps: Any, lr_multiplier: Any) -> pd.DataFrame:
         """Predictions (with ``_lo``/``_hi`` interval ends) for each given setting."""
@@ -98,14 +117,15 @@ class TradeoffFit:
         features = accuracy_features(b, m, a)
         accuracy = self.accuracy.predict(features)
         acc_lo, acc_hi = self.accuracy.predict_interval(features)
+        if self.bounded:
+            accuracy, acc_lo, acc_hi = (np.clip(v, 0, 1) for v in (accuracy, acc_lo, acc_hi))
         ba = np.column_stack([b, a])
         throughput = self.throughput.predict(ba)
         thr_lo, thr_hi = self.throughput.predict_interval(ba)
         out = pd.DataFrame({
             "batch_size": b.astype(int), "accumulation_steps": a.astype(int),
             "effective_batch_size": (b * a).astype(int), "lr_multiplier": m,
-            "accuracy": np.clip(accuracy, 0, 1), "accuracy_lo": np.clip(acc_lo, 0, 1),
-            "accuracy_hi": np.clip(acc_hi, 0, 1), "throughput": throughput,
+            "accuracy": accuracy, "accuracy_lo": acc_lo, "accuracy_hi": acc_hi, "throughput": throughput,
             "epoch_time_s": self.train_size / throughput,
             "epoch_time_lo": self.train_size / thr_hi, "epoch_time_hi": self.train_size / thr_lo,
             "diverges": divergence_blocked(b * a, m, self.diverged, self.completed)})
@@ -134,7 +154,9 @@ class TradeoffFit:
 def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[str, Any]], *,
                  kind: str = "gp", coverage: float = COVERAGE,
                  random_state: int = 0) -> TradeoffFit:
-    """Fit the three models to a ``trials_frame`` table (at least one timed trial)."""
+    """Fit the three models to a ``trials_frame`` table (at least one timed trial); the metric
+    model to the oriented score of ``spec.recipe``'s metric (see the module docstring)."""
+    sign = metric_sign(spec)
     acc_df, div_df = accuracy_rows(df), diverged_rows(df)
     thr_df, mem_df = throughput_rows(df), memory_rows(df)
     if thr_df.empty:
@@ -143,7 +165,7 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
     accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state).fit(
         accuracy_features(as_float(acc_df["batch_size"]), as_float(acc_df["lr_multiplier"]),
                           as_float(acc_df["accumulation_steps"])),
-        as_float(acc_df["val_accuracy"]))
+        sign * as_float(acc_df["val_metric"]))
     throughput = ThroughputModel(coverage=coverage).fit(
         np.column_stack([as_float(thr_df["batch_size"]), as_float(thr_df["accumulation_steps"])]),
         as_float(thr_df["throughput"]))
@@ -157,4 +179,5 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
     return TradeoffFit(accuracy=accuracy, throughput=throughput, memory=memory,
                        diverged=points(div_df), completed=points(acc_df),
                        train_size=train_size_of(df, spec), trials=tuple(sorted(int(n) for n in used)),
-                       accuracy_trials=len(acc_df), throughput_trials=len(thr_df))
+                       accuracy_trials=len(acc_df), throughput_trials=len(thr_df), sign=sign,
+                       bounded=spec.recipe.metric_is_fraction, metric_name=spec.recipe.metric_name)

@@ -1,23 +1,51 @@
-"""``Recommendation``: one recommended setting, its predicted metrics with intervals, and the
-evidence. Immutable; ``to_dict``/``from_dict`` are its JSON form (the study attribute)."""
+"""``Recommendation``: one recommended setting, the training recipe and trial length it was tuned
+for, its predicted metrics with intervals, and the evidence. Immutable; ``to_dict``/``from_dict``
+are its JSON form (the study attribute).
+
+It also builds, one line each, what a training script needs to train exactly what the trials
+measured (torch is imported when one of these is called, not with this module)::
+
+    optimizer = rec.build_optimizer(model.parameters())   # the recipe's optimizer at the tuned lr
+    scheduler = rec.build_scheduler(optimizer)             # its lr schedule over rec.optimizer_steps
+    loss_fn = rec.build_loss()                             # its loss: loss_fn(outputs, targets)
+    scaler = rec.build_grad_scaler(device)                 # enabled for fp16 only
+    loader = rec.dataloader(train_set)                     # micro-batches of rec.batch_size
+    with rec.autocast(device): ...                         # fp32 / bf16 / fp16, as the trials ran
+    rec.clip_gradients(model.parameters(), optimizer=optimizer, scaler=scaler)
+
+and exports the setting for the trainers people use: ``rec.export("json" | "toml" | "hf" |
+"lightning")``, ``rec.hf_training_arguments()``, ``rec.lightning_export()``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from ..errors import AutobatchError
+from ..recipe import TrainRecipe
 from ..units import format_bytes
+from ._exports import TrainingSetup, export_text, hf_training_arguments, lightning_export
 from ._intervals import COVERAGE
+
+_DERIVED = ("metric", "metric_name", "metric_direction", "optimizer_steps", "epochs")  # in to_dict only
 
 
 @dataclass(frozen=True, kw_only=True)
 class Recommendation:
-    """One recommended setting, its predicted metrics with intervals, and the evidence."""
+    """One recommended setting, its recipe and trial length, predicted metrics, the evidence.
+
+    ``predicted_metric``/``metric_interval``: the study's metric (``recipe.metric``; accuracy by
+    default) at this setting, in its own units. ``predicted_accuracy``/``accuracy_interval``:
+    the same numbers when the metric is an accuracy (top-1 or top-k), else None.
+    ``train_samples``: the training samples per trial the setting was tuned at (the lr
+    schedule's length); ``optimizer_steps`` and ``epochs`` follow from it. ``device``: the
+    device type the trials ran on (``"cpu"``, ``"cuda"``).
+    """
 
     study_name: str
     batch_size: int
@@ -26,8 +54,10 @@ class Recommendation:
     effective_batch_size: int
     lr_multiplier: float
     priority: str
-    predicted_accuracy: float
-    accuracy_interval: tuple[float, float]
+    predicted_metric: Optional[float] = None
+    metric_interval: Optional[tuple[float, float]] = None
+    predicted_accuracy: Optional[float] = None
+    accuracy_interval: Optional[tuple[float, float]] = None
     predicted_epoch_time_s: float
     epoch_time_interval: tuple[float, float]
     predicted_peak_bytes: Optional[int]
@@ -39,32 +69,185 @@ class Recommendation:
     constraints: dict
     time_to_target: Optional[dict] = None  # {"target", "samples", "seconds", "trial"}
     diagnostics: dict = field(default_factory=dict)  # fit quality of each model
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    train_samples: Optional[int] = None
+    train_size: Optional[int] = None
+    device: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
+            object.__setattr__(self, "predicted_metric", self.predicted_accuracy)
+            object.__setattr__(self, "metric_interval", self.accuracy_interval)
+
+    # --- what it was tuned for ----------------------------------------------------------------
+
+    @property
+    def metric(self) -> str:
+        return self.recipe.metric
+
+    @property
+    def metric_name(self) -> str:
+        return self.recipe.metric_name
+
+    @property
+    def metric_direction(self) -> str:
+        return self.recipe.direction
+
+    @property
+    def optimizer_steps(self) -> Optional[int]:
+        """Optimizer steps of a tuned trial: ``ceil(train_samples / effective_batch_size)``."""
+        return None if self.train_samples is None else self.optimizer_steps_for(self.train_samples)
+
+    @property
+    def epochs(self) -> Optional[float]:
+        """Epochs of a tuned trial: ``train_samples / train_size``."""
+        if self.train_samples is None or not self.train_size:
+            return None
+        return self.train_samples / self.train_size
+
+    def optimizer_steps_for(self, samples: int) -> int:
+        """Optimizer steps that train ``samples`` samples at this effective batch (rounded up)."""
+        return max(1, math.ceil(samples / self.effective_batch_size))
+
+    # --- building the training script's objects (torch imported on call) -----------------------
+
+    def build_optimizer(self, params: Iterable[Any]) -> Any:
+        """The recipe's ``torch.optim.Optimizer`` over ``params`` at ``learning_rate``."""
+        from ..train import make_optimizer
+
+        return make_optimizer(params, self.learning_rate, self.recipe)
+
+    def build_scheduler(self, optimizer: Any, total_steps: Optional[int] = None) -> Any:
+        """The recipe's ``torch.optim.lr_scheduler`` over ``total_steps`` optimizer steps
+        (default: ``optimizer_steps``, the tuned trial's length; for a longer run pass
+        ``optimizer_steps_for(samples)``); call ``.step()`` after each ``optimizer.step()``."""
+        from ..train import make_scheduler
+
+        steps = total_steps if total_steps is not None else self.optimizer_steps
+        if steps is None:
+            raise AutobatchError("this recommendation does not record its trial length; pass total_steps")
+        return make_scheduler(optimizer, steps, self.recipe)
+
+    def build_loss(self) -> Any:
+        """The recipe's loss, ``loss(outputs, targets) -> batch-mean tensor``."""
+        from ..train import make_loss
+
+        return make_loss(self.recipe)
+
+    def build_metric(self) -> Any:
+        """The recipe's validation metric (``autobatch.train.Metric``: per-batch sums, ``reduce``)."""
+        from ..train import make_metric
+
+        return make_metric(self.recipe)
+
+    def autocast(self, device: Any) -> Any:
+        """The recipe's precision context for the forward pass and the loss on ``device``
+        (nothing for fp32, ``torch.autocast`` for bf16/fp16); fp16 off CUDA is an error."""
+        from ..train import autocast
+
+        return autocast(self.recipe, device)
+
+    def build_grad_scaler(self, device: Any) -> Any:
+        """A ``torch.amp.GradScaler``, enabled for fp16 only (a pass-through otherwise)."""
+        from ..train import make_grad_scaler
+
+        return make_grad_scaler(self.recipe, device)
+
+    def clip_gradients(self, parameters: Iterable[Any], *, optimizer: Any = None, scaler: Any = None) -> Any:
+        """Clip to the recipe's max gradient norm (a no-op without one); once per optimizer
+        step before ``scaler.step``/``optimizer.step`` (pass both under fp16)."""
+        from ..train import clip_gradients
+
+        return clip_gradients(self.recipe, parameters, optimizer=optimizer, scaler=scaler)
+
+    def dataloader(self, dataset: Any, *, samples: Optional[int] = None, seed: Optional[int] = None,
+                   **kwargs: Any) -> Any:
+        """A ``DataLoader`` of micro-batches of ``batch_size`` drawn as the trials drew them:
+        reshuffled epochs one after the other, ``samples`` samples in all (default: the tuned
+        trial's ``optimizer_steps * effective_batch_size``), so one pass over it is
+        ``accumulation_steps`` micro-batches per optimizer step, ``optimizer_steps`` steps.
+        ``seed`` fixes the order; other keywords go to ``DataLoader`` (``num_workers``, ...)."""
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler
+
+        if samples is None:
+            steps = self.optimizer_steps or self.optimizer_steps_for(len(dataset))
+            samples = steps * self.effective_batch_size
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        sampler = RandomSampler(dataset, replacement=False, num_samples=samples, generator=generator)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
+
+    # --- exports ------------------------------------------------------------------------------
+
+    def training_setup(self, train_samples: Optional[int] = None) -> TrainingSetup:
+        """The setting and recipe as a ``TrainingSetup`` (what the exports take), over
+        ``train_samples`` (default: the tuned trial length)."""
+        samples = train_samples if train_samples is not None else self.train_samples
+        if samples is None:
+            raise AutobatchError("this recommendation does not record its trial length; pass train_samples")
+        return TrainingSetup(recipe=self.recipe, micro_batch_size=self.batch_size,
+                             accumulation_steps=self.accumulation_steps, learning_rate=self.learning_rate,
+                             train_samples=int(samples), device=(self.device or "cuda").split(":")[0],
+                             dataset_size=self.train_size or None)
+
+    def export(self, fmt: str) -> str:
+        """Text for ``fmt``: ``json`` (this recommendation, ``to_dict``), ``toml`` (the setting,
+        trial length and ``[recipe]`` table), ``hf`` (``transformers.TrainingArguments``
+        keywords), ``lightning`` (``lightning.Trainer`` keywords, DataLoader batch size,
+        optimizer and scheduler). Raises ``AutobatchError`` when the format cannot express
+        the recipe (e.g. ``hf`` and ``onecycle``), saying what to do instead."""
+        if fmt == "json":
+            import json
+
+            return json.dumps(self.to_dict(), indent=2)
+        return export_text(self.training_setup(), fmt)
+
+    def hf_training_arguments(self) -> dict[str, Any]:
+        """Keywords for ``transformers.TrainingArguments(output_dir=..., **kwargs)``."""
+        return hf_training_arguments(self.training_setup())
+
+    def lightning_export(self) -> dict[str, Any]:
+        """``{"trainer": lightning.Trainer keywords, "dataloader": {"batch_size"}, "optimizer",
+        "scheduler"}``; ``configure_optimizers`` can return ``{"optimizer":
+        rec.build_optimizer(self.parameters()), "lr_scheduler": {"scheduler":
+        rec.build_scheduler(optimizer), "interval": "step"}}``."""
+        return lightning_export(self.training_setup())
+
+    # --- stored form ----------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        data = _plain(dataclasses.asdict(self))
+        data["recipe"] = self.recipe.to_dict()
+        data.update({name: _plain(getattr(self, name)) for name in _DERIVED})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recommendation":
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k not in _DERIVED}
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise AutobatchError(f"unknown recommendation fields: {', '.join(sorted(unknown))}")
-        for name in ("accuracy_interval", "epoch_time_interval", "peak_bytes_interval", "trials"):
+        for name in ("metric_interval", "accuracy_interval", "epoch_time_interval", "peak_bytes_interval",
+                     "trials"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         data["pareto_front"] = tuple(dict(p) for p in data.get("pareto_front", ()))
+        data["recipe"] = TrainRecipe.from_dict(data.get("recipe"))  # stored before recipes: 0.1's
         return cls(**data)
 
     def markdown(self) -> str:
-        pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
-        acc_lo, acc_hi = self.accuracy_interval
+        fraction = self.recipe.metric_is_fraction
+        fmt = (lambda x: f"{100 * x:.1f} %") if fraction else (lambda x: f"{x:.4g}")  # noqa: E731
         t_lo, t_hi = self.epoch_time_interval
         rows = [("micro-batch size", str(self.batch_size), ""),
                 ("accumulation steps", str(self.accumulation_steps), ""),
                 ("effective batch size", str(self.effective_batch_size), ""),
-                ("learning rate", f"{self.learning_rate:.4g}", f"multiplier {self.lr_multiplier:.3g}"),
-                ("validation accuracy", pct(self.predicted_accuracy), f"{pct(acc_lo)} – {pct(acc_hi)}"),
-                ("epoch time", f"{self.predicted_epoch_time_s:.3g} s", f"{t_lo:.3g} – {t_hi:.3g} s")]
+                ("learning rate", f"{self.learning_rate:.4g}", f"multiplier {self.lr_multiplier:.3g}")]
+        if self.predicted_metric is not None and self.metric_interval is not None:
+            lo, hi = self.metric_interval
+            name = self.metric_name if self.metric == "val_loss" else f"validation {self.metric_name}"
+            rows.append((name, fmt(self.predicted_metric), f"{fmt(lo)} – {fmt(hi)}"))
+        rows.append(("epoch time", f"{self.predicted_epoch_time_s:.3g} s", f"{t_lo:.3g} – {t_hi:.3g} s"))
         if self.predicted_peak_bytes is not None and self.peak_bytes_interval is not None:
             p_lo, p_hi = self.peak_bytes_interval
             rows.append(("peak memory", format_bytes(self.predicted_peak_bytes),
@@ -75,6 +258,11 @@ class Recommendation:
         lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
         best = f"; best observed trial #{self.best_trial}" if self.best_trial is not None else ""
         lines += ["", self.rationale, "", f"Fitted to {len(self.trials)} trials{best}."]
+        r = self.recipe
+        length = (f", tuned over {self.optimizer_steps} optimizer steps ({self.train_samples} samples)"
+                  if self.train_samples else "")
+        lines += ["", f"Recipe: {r.optimizer}, {r.schedule} schedule ({r.warmup_fraction:g} warm-up), "
+                      f"{r.precision}, {r.loss}{length}."]
         return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,8 @@
 """Settings of a tuning run, built once at the edge: defaults < ``--config`` TOML < flags.
 
-An unknown key in a study file is an error, never silently ignored.
+A study file holds top-level keys, a ``[space]`` table (``SearchSpace`` fields) and a
+``[recipe]`` table (``TrainRecipe`` fields). An unknown key in a study file is an error, never
+silently ignored. Flags override the file key by key, in ``[space]`` and ``[recipe]`` too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class TuneSettings:
     create_only: bool = False
 
     def __post_init__(self) -> None:
+        # An unset base lr / scaling rule follows the recipe's optimizer (fails here, at the
+        # edge, for a user optimizer without them).
+        object.__setattr__(self, "space", self.space.for_recipe(self.recipe))
         if self.n_trials is not None and self.n_trials < 1:
             raise AutobatchError(f"--n-trials must be at least 1, got {self.n_trials}")
         if self.workers < 1:
@@ -80,11 +85,13 @@ _TOP_LEVEL = {
     "workers": ("workers", int),
     "baselines": ("baselines", bool),
 }
-_SPACE_KEYS = {f.name for f in dataclasses.fields(SearchSpace)}
+# Tables of a study file: name -> the keys it may hold (the fields of the dataclass it builds).
+_TABLES = {"space": {f.name for f in dataclasses.fields(SearchSpace)},
+           "recipe": {f.name for f in dataclasses.fields(TrainRecipe)}}
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """A study file as settings keyword arguments (``space`` as a dict of bounds)."""
+    """A study file as settings keyword arguments (``space`` and ``recipe`` as dicts)."""
     try:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -93,15 +100,15 @@ def load_config(path: Path) -> dict[str, Any]:
         raise AutobatchError(f"config file {path}: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "space":
+        if key in _TABLES:
             if not isinstance(value, dict):
-                raise AutobatchError(f"config file {path}: [space] must be a table")
-            unknown = sorted(set(value) - _SPACE_KEYS)
+                raise AutobatchError(f"config file {path}: [{key}] must be a table")
+            unknown = sorted(set(value) - _TABLES[key])
             if unknown:
                 raise AutobatchError(
-                    f"config file {path}: unknown key(s) in [space]: {', '.join(unknown)} "
-                    f"(known: {', '.join(sorted(_SPACE_KEYS))})")
-            values["space"] = dict(value)
+                    f"config file {path}: unknown key(s) in [{key}]: {', '.join(unknown)} "
+                    f"(known: {', '.join(sorted(_TABLES[key]))})")
+            values[key] = dict(value)
         elif key in _TOP_LEVEL:
             name, convert = _TOP_LEVEL[key]
             try:
@@ -110,18 +117,25 @@ def load_config(path: Path) -> dict[str, Any]:
                 raise AutobatchError(f"config file {path}: bad value for {key}: {value!r}") from None
         else:
             raise AutobatchError(
-                f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(_TOP_LEVEL))}, space)")
+                f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(_TOP_LEVEL))}, "
+                f"{', '.join(_TABLES)})")
     return values
 
 
 def build_settings(config: Optional[Path], overrides: dict[str, Any]) -> TuneSettings:
-    """Defaults, then the study file, then the command-line ``overrides`` (None = not given)."""
+    """Defaults, then the study file, then the command-line ``overrides`` (None = not given;
+    ``overrides["space"]`` and ``overrides["recipe"]`` are dicts merged key by key). Raises
+    ``AutobatchError`` (``RecipeError`` for the recipe) naming the bad value."""
     values = load_config(config) if config else {}
-    space = dict(values.pop("space", {}))
-    space.update(overrides.pop("space", {}) or {})
+    overrides = dict(overrides)
+    tables = {}
+    for name in _TABLES:
+        tables[name] = dict(values.pop(name, {}))
+        tables[name].update({k: v for k, v in (overrides.pop(name, None) or {}).items() if v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    space = tables["space"]
     if "accumulation_steps" in space:
         space["accumulation_steps"] = tuple(space["accumulation_steps"])
     if values.get("budget_s") is None and values.get("n_trials") is None:
         values["budget_s"] = DEFAULT_BUDGET_S
-    return TuneSettings(space=SearchSpace(**space), **values)
+    return TuneSettings(space=SearchSpace(**space), recipe=TrainRecipe.from_dict(tables["recipe"]), **values)

@@ -1,14 +1,21 @@
 """The search space: micro-batch sizes, accumulation steps, the lr multiplier range and the
-lr scaling rule the multiplier is relative to."""
+lr scaling rule the multiplier is relative to.
+
+The base lr and the scaling rule follow the recipe's optimizer unless set: 0.1 at effective
+batch 256 with the linear rule for SGD (Goyal et al. 2017, eq. 1), 1e-3 with the square-root
+rule for Adam and AdamW (Malladi et al. 2022, Definition 3.3; see ``autobatch.recipe``). The
+search over the multiplier stays either way, so the study finds what the rule gets wrong.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import AutobatchError
-
-SCALING_RULES = ("linear", "sqrt", "none")
+from ..recipe import SCALING_RULES, TrainRecipe, default_base_lr, default_scaling_rule
 
 
 def scaled_lr(*, base_lr: float, multiplier: float, effective_batch_size: int,
@@ -34,9 +41,9 @@ class SearchSpace:
     lr_multiplier_min: float = 0.1
     lr_multiplier_max: float = 10.0
     accumulation_steps: tuple[int, ...] = (1, 2, 4, 8)
-    base_lr: float = 0.1
+    base_lr: Optional[float] = None       # None: the optimizer's default (see the module docstring)
     reference_batch_size: int = 256
-    scaling_rule: str = "linear"
+    scaling_rule: Optional[str] = None    # linear | sqrt | none; None: the optimizer's default
 
     def __post_init__(self) -> None:
         for name in ("batch_size_min", "batch_size_max", "reference_batch_size"):
@@ -51,21 +58,34 @@ class SearchSpace:
             a < 1 or a & (a - 1) for a in self.accumulation_steps
         ):
             raise AutobatchError("accumulation_steps must be powers of two, e.g. [1, 2, 4, 8]")
-        if self.scaling_rule not in SCALING_RULES:
+        if self.scaling_rule is not None and self.scaling_rule not in SCALING_RULES:
             raise AutobatchError(
                 f"unknown scaling_rule {self.scaling_rule!r}; choose one of {', '.join(SCALING_RULES)}"
             )
-        if self.base_lr <= 0:
+        if self.base_lr is not None and not self.base_lr > 0:
             raise AutobatchError("base_lr must be positive")
+
+    def for_recipe(self, recipe: TrainRecipe) -> "SearchSpace":
+        """This space with an unset ``base_lr``/``scaling_rule`` filled in from the recipe's
+        optimizer. Raises ``RecipeError`` for a user optimizer (no default: set them)."""
+        return dataclasses.replace(
+            self,
+            base_lr=self.base_lr if self.base_lr is not None else default_base_lr(recipe.optimizer),
+            scaling_rule=self.scaling_rule if self.scaling_rule is not None
+            else default_scaling_rule(recipe.optimizer))
 
     @property
     def batch_sizes(self) -> list[int]:
         return powers_of_two(self.batch_size_min, self.batch_size_max)
 
     def learning_rate(self, multiplier: float, effective_batch_size: int) -> float:
-        return scaled_lr(base_lr=self.base_lr, multiplier=multiplier,
+        """``multiplier * base_lr * scale(effective / reference)``; a space not yet filled in
+        by ``for_recipe`` uses the default recipe's (SGD: 0.1, linear)."""
+        filled = self.base_lr is not None and self.scaling_rule is not None
+        space = self if filled else self.for_recipe(TrainRecipe())
+        return scaled_lr(base_lr=space.base_lr, multiplier=multiplier,
                          effective_batch_size=effective_batch_size,
-                         reference_batch_size=self.reference_batch_size, rule=self.scaling_rule)
+                         reference_batch_size=space.reference_batch_size, rule=space.scaling_rule)
 
     def multiplier_for(self, learning_rate: float, effective_batch_size: int) -> float:
         """Inverse of ``learning_rate``."""

@@ -35,7 +35,12 @@ class StudySpec:
     seed: int = 0
 
     # Fields that must match for a study to be resumed.
-    IDENTITY = ("model", "dataset", "space", "recipe")
+    IDENTITY = ("model", "dataset", "recipe", "space")  # the recipe first: it moves the space's lr defaults
+
+    def __post_init__(self) -> None:
+        # The stored space always holds the base lr and scaling rule it searched with: those
+        # left unset follow the recipe's optimizer (a spec stored before recipes: SGD's 0.1, linear).
+        object.__setattr__(self, "space", self.space.for_recipe(self.recipe))
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -56,14 +61,15 @@ class StudySpec:
         return cls(space=SearchSpace(**space), recipe=recipe, **data)
 
     def identity_difference(self, other: "StudySpec") -> Optional[str]:
-        """A sentence naming the first identity field that differs, or None."""
+        """A sentence naming the first identity field that differs, or None: "... is X there,
+        Y here" with X this spec's (the stored study's) value and Y ``other``'s."""
         mine, theirs = self.to_dict(), other.to_dict()
         for key in self.IDENTITY:
             if key in ("space", "recipe"):
                 label = "search space" if key == "space" else "recipe"
                 for sub, value in mine[key].items():
                     if theirs[key].get(sub) != value:
-                        return f"{label} {sub} is {theirs[key].get(sub)!r} there, {value!r} here"
+                        return f"{label} {sub} is {value!r} there, {theirs[key].get(sub)!r} here"
             elif mine[key] != theirs[key]:
-                return f"{key} is {theirs[key]!r} there, {mine[key]!r} here"
+                return f"{key} is {mine[key]!r} there, {theirs[key]!r} here"
         return None

@@ -1,8 +1,9 @@
 """One trial: train one configuration and measure it.
 
-A single linear loop, nanoGPT-style: lr -> one training step (micro-batches with
-``loss / accumulation_steps``, optimizer step) -> divergence check -> evaluation at fixed
-samples-seen checkpoints -> timing. Evaluation happens at the same numbers of training samples for
+A single linear loop, nanoGPT-style: one training step (micro-batches with
+``loss / accumulation_steps`` under the recipe's precision, clipping, optimizer step) -> the lr
+scheduler's step -> divergence check -> evaluation of the recipe's metric at fixed samples-seen
+checkpoints -> timing. Evaluation happens at the same numbers of training samples for
 every batch size and accumulation setting, so trials are compared like with like.
 """
 
@@ -22,7 +23,7 @@ from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_OUT_OF_M
                        EvalPoint, TrialConfig, TrialResult)
 from ..workloads import Workload
 from ._batches import MicroBatches
-from ._build import lr_factor, make_compute_loss, make_optimizer, make_precision
+from ._build import make_compute_loss, make_optimizer, make_precision, make_scheduler
 from ._evaluate import evaluate
 from ._step import train_step
 
@@ -63,6 +64,10 @@ def train_trial(
 ) -> TrialResult:
     """Train ``model`` with ``config`` for ``train_samples`` samples; evaluate at ``checkpoints``.
 
+    The recipe gives the optimizer (at ``config.learning_rate``), the lr scheduler (built once
+    over ``ceil(train_samples / effective batch)`` optimizer steps, stepped after each), the
+    precision, the loss and the metric the curve records (``EvalPoint.metric``).
+
     ``on_eval`` sees each evaluation and may stop the trial (a pruner). ``deadline`` (unix
     time) cuts the trial off as ``budget``. Peak memory: on CUDA the allocator's own peak over
     the whole trial; on CPU the exact tensor accounting of the first optimizer step (which
@@ -72,8 +77,10 @@ def train_trial(
     b, k = config.batch_size, config.accumulation_steps
     total_steps = max(1, math.ceil(train_samples / config.effective_batch_size))
     model = model.to(device).train()
+    precision = make_precision(recipe, device)  # fp16 on CPU fails here, before anything runs
     optimizer = make_optimizer(model.parameters(), config.learning_rate, recipe)
-    compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, device)
+    scheduler = make_scheduler(optimizer, total_steps, recipe)
+    compute_loss = make_compute_loss(recipe)
     batches = MicroBatches(workload.train, b, device, seed)
     eval_batch = b * EVAL_BATCH_FACTOR
     if device.type == "cuda":
@@ -88,12 +95,11 @@ def train_trial(
 
     try:
         for step in range(total_steps):
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * lr_factor(step, total_steps, recipe)
             window = PeakWindow() if (step == 0 and device.type == "cpu") else nullcontext()
             with window:
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
                                        compute_loss=compute_loss, precision=precision)
+            scheduler.step()
             if isinstance(window, PeakWindow):
                 peak_bytes = resident_bytes(model) + window.peak_bytes
             samples += b * k
@@ -116,12 +122,12 @@ def train_trial(
                 sync(device)
                 now = time.perf_counter()
                 train_time += now - segment
-                accuracy, val_loss = evaluate(model, workload.val, eval_batch, device)
+                value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe)
                 prune = False
                 # One step may pass several checkpoints (an effective batch larger than their
                 # spacing): each is reported, so every trial has every checkpoint.
                 while pending and samples >= pending[0] and not prune:
-                    point = EvalPoint(samples_seen=pending.pop(0), accuracy=accuracy, loss=val_loss,
+                    point = EvalPoint(samples_seen=pending.pop(0), metric=value, loss=val_loss,
                                       train_time_s=train_time)
                     curve.append(point)
                     prune = on_eval is not None and on_eval(point)  # reporting counts as evaluation
@@ -144,5 +150,5 @@ def train_trial(
     return TrialResult(
         config=config, curve=tuple(curve), samples_seen=samples, train_time_s=train_time,
         eval_time_s=eval_time, wall_time_s=end - started, measured_peak_bytes=peak_bytes,
-        stop_reason=stop, stop_detail=detail,
+        stop_reason=stop, stop_detail=detail, metric=recipe.metric, direction=recipe.direction,
     )

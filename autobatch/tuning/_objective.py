@@ -13,7 +13,7 @@ from .. import records as R
 from ..memory import MemoryModel
 from ..records import EvalPoint
 from ..search import StudySpec, suggest
-from ..train import train_trial
+from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialStarted, TuneRun
 
@@ -27,6 +27,9 @@ class TrialContext:
     device: torch.device
     memory_model: Optional[MemoryModel] = None
     deadline: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
@@ -59,7 +62,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     final = spec.eval_points[-1]
 
     def on_eval(point: EvalPoint) -> bool:
-        trial.report(point.accuracy, step=point.samples_seen)
+        trial.report(point.metric, step=point.samples_seen)
         # At the last checkpoint the trial is done: a result, never a pruning decision.
         return point.samples_seen < final and trial.should_prune()
 
@@ -71,7 +74,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
                          seed=seed, on_eval=on_eval, deadline=ctx.deadline)
     R.write_attrs(trial, R.result_attrs(result, train_size=spec.train_size))
     if result.stop_reason == R.STOP_COMPLETED:
-        return study.tell(trial, result.final_accuracy)
+        return study.tell(trial, result.final_metric)
     if result.stop_reason == R.STOP_BUDGET:
         return study.tell(trial, state=TrialState.FAIL)
     if result.stop_reason == R.STOP_OUT_OF_MEMORY:

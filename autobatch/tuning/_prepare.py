@@ -15,7 +15,7 @@ from ..memory import ProbeResult, default_cap, probe
 from ..search import (StudySpec, TuneSettings, enqueue_baselines, fit_reserve, make_pruner, plan_train_samples,
                       seconds_per_sample)
 from ..storage import find_study
-from ..train import eval_points, measure_throughput, step_runner
+from ..train import check_recipe, eval_points, measure_throughput, step_runner
 from ..units import format_bytes
 from ..workloads import Workload, build_model
 from ._events import PlanMade, ProbeDone, ProbeStarted, StudyResumed, TuneRun
@@ -28,6 +28,7 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     the probe, the space's micro-batch sizes that fit, and the mean seconds per sample."""
     started = time.perf_counter()
     model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape)
+    check_recipe(model, workload.val, device, settings.recipe)  # a bad recipe fails before the probe
     cap = settings.max_memory_bytes or default_cap(device)
     run.emit(ProbeStarted(model=settings.model, device=str(device)))
     runner = step_runner(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
@@ -75,8 +76,12 @@ def prepare_study(settings: TuneSettings, storage: optuna.storages.BaseStorage, 
         max_memory_bytes=result.cap_bytes, pruner=settings.pruner, seed=settings.seed)
     make_pruner(spec.pruner, spec.eval_points)  # an unknown pruner fails before anything is stored
     run.emit(PlanMade(spec=spec))
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+    # The study's direction and so its pruner follow the metric (maximize accuracy, minimize a loss).
+    study = optuna.create_study(study_name=study_name, storage=storage, direction=spec.recipe.direction,
                                 load_if_exists=True)
+    # What optuna-dashboard and trials_dataframe() call the objective: "accuracy", "val_loss", or
+    # a user metric's function name.
+    study.set_metric_names([spec.recipe.metric.rsplit(":", 1)[-1]])
     study.set_user_attr(R.STUDY_SPEC, spec.to_dict())
     study.set_user_attr(R.STUDY_MEMORY_MODEL, result.to_dict())
     if settings.baselines:

@@ -28,7 +28,7 @@ def train_run(task: Task, workload: Workload, config: Config, *, seed: int, trai
     result = train_trial(model, workload, trial_config, train_samples=train_samples,
                          checkpoints=checkpoints, device=CPU, seed=seed)
     if result.stop_reason == R.STOP_COMPLETED:
-        return result, result.final_accuracy
+        return result, result.final_metric
     accuracy, _ = evaluate(model, workload.val, config.batch_size * EVAL_BATCH_FACTOR, CPU)
     return result, accuracy
 
