@@ -234,7 +234,7 @@ def render_answer(answer: dict) -> str:
         f"  learning rate       {answer['learning_rate']:.4g}",
     ]
     if value is not None:
-        label = f"val {answer.get('metric_name', metric)}"
+        label = "val loss" if metric == "val_loss" else f"val {answer.get('metric_name', metric)}"
         key = "metric_interval" if "predicted_metric" in answer else "accuracy_interval"
         lines.append(f"  {label:<20}{value:.4{'f' if fraction else 'g'}}"
                      f"{interval(key, lambda v: f'{v:.4f}' if fraction else f'{v:.4g}')}")
@@ -246,8 +246,10 @@ def render_answer(answer: dict) -> str:
     if recipe:
         lines.append(f"  recipe              {recipe_line(recipe)}")
     if answer.get("optimizer_steps"):
-        lines.append(f"  tuned for           {answer['optimizer_steps']} optimizer steps, "
-                     f"{answer['train_samples']} samples ({answer['epochs']:.3g} epochs)")
+        epochs = f" ({answer['epochs']:.3g} epochs)" if answer.get("epochs") else ""
+        steps = answer["optimizer_steps"]
+        lines.append(f"  tuned for           {steps} optimizer step{'s' if steps != 1 else ''}, "
+                     f"{answer['train_samples']} samples{epochs}")
     lines.append(f"  why: {answer.get('rationale', '')}")
     return "\n".join(lines)
 

@@ -164,9 +164,10 @@ def rationale(priority: str, cands: pd.DataFrame, picks: dict[str, int], constra
     name = fit.metric_name if fit is not None else "accuracy"
     best = metric_text(fit, top["accuracy"]) if fit is not None else f"{top['accuracy']:.1%}"
     tolerance = (f"{100 * SPEED_TOLERANCE:g} accuracy point" if fit is None or fit.bounded
-                 else f"{100 * SPEED_TOLERANCE:g}% of the best {name}")
+                 else f"{100 * SPEED_TOLERANCE:g}%")
     text = {
-        "accuracy": f"best predicted {name} ({best}) of {constraints['feasible']} feasible settings",
+        "accuracy": f"{'lowest' if fit is not None and fit.sign < 0 else 'highest'} predicted {name} "
+                    f"({best}) of {constraints['feasible']} feasible settings",
         "speed": f"shortest predicted epoch ({fast['epoch_time_s']:.3g} s) within {tolerance} "
                  f"of the best predicted {name} ({best})",
         "balanced": f"knee of the {name}/epoch-time front between the fastest setting within "

@@ -42,8 +42,10 @@ def event_line(event: object) -> Optional[str]:
 
 def trial_line(event: TrialFinished) -> str:
     frozen, c, a = event.trial, event.counts, event.trial.user_attrs
-    what = (f"acc {frozen.value:.4f}" if frozen.state == TrialState.COMPLETE
-            else f"{a.get(R.STOP_REASON, frozen.state.name.lower())}")
+    metric = a.get(R.METRIC, "accuracy")  # the study's metric, as the trial recorded it
+    label = "acc" if metric == "accuracy" else metric.rsplit(":", 1)[-1]
+    what = (f"{label} {frozen.value:.4{'f' if metric.endswith('accuracy') else 'g'}}"
+            if frozen.state == TrialState.COMPLETE else f"{a.get(R.STOP_REASON, frozen.state.name.lower())}")
     best = (f"best {event.best_value:.4f} (#{event.best_number})" if event.best_value is not None
             else "no completed trial yet")
     left = f" | {format_duration(event.deadline - time.time())} left" if event.deadline else ""

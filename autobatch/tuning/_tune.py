@@ -130,6 +130,7 @@ def final_answer(study: optuna.Study, run: Optional[TuneRun] = None) -> dict:
         "study_name": study.study_name, "batch_size": a[R.BATCH_SIZE],
         "learning_rate": a[R.LEARNING_RATE], "accumulation_steps": a[R.ACCUMULATION_STEPS],
         "effective_batch_size": a[R.EFFECTIVE_BATCH_SIZE], "predicted_accuracy": best.value,
+        "metric": a.get(R.METRIC, "accuracy"), "predicted_metric": best.value,
         "predicted_epoch_time_s": a.get(R.EPOCH_TIME_S), "predicted_peak_bytes": a.get(R.PREDICTED_PEAK_BYTES),
         "best_trial": best.number, "trials": [best.number],
         "rationale": f"best completed trial (#{best.number}) by measured validation accuracy; "
