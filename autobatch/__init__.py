@@ -1,7 +1,8 @@
 """autobatch: measured batch size, learning rate and accumulation steps for PyTorch training.
 
-``from autobatch import recommend, Recommendation`` loads the recommender on first use (PEP 562
-module ``__getattr__``), so ``import autobatch`` stays fast and neither imports torch.
+``from autobatch import recommend, Recommendation`` loads the recommender on first use and
+``autobatch.tune(model=..., data=...)`` (tuning on Python objects, in-process) the tuner (PEP 562
+module ``__getattr__``), so ``import autobatch`` stays fast and imports no torch.
 """
 
 import importlib
@@ -13,15 +14,17 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
-__all__ = ["Recommendation", "__version__", "recommend"]
+__all__ = ["Recommendation", "__version__", "recommend", "tune"]
 
-# Public name -> the module that defines it, imported when the name is first used.
-_LAZY = {"recommend": "autobatch.recommender", "Recommendation": "autobatch.recommender"}
+# Public name -> "module" (same name there) or "module:attribute", imported when first used.
+_LAZY = {"recommend": "autobatch.recommender", "Recommendation": "autobatch.recommender",
+         "tune": "autobatch.tuning:tune_objects"}
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AutobatchAttributeError(name)

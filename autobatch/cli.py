@@ -1,7 +1,8 @@
 """``autobatch``: thin commands. Each parses, makes one library call, renders the result.
 
-A user error (``AutobatchError``) prints one line on stderr and exits 2; Ctrl-C exits 130
-with finished trials kept; anything else is a bug and keeps its traceback (exit 1).
+A user error (``AutobatchError``, including the user's own code raising) prints one line on
+stderr and exits 2; its traceback only with ``--debug`` or ``AUTOBATCH_DEBUG=1``. Ctrl-C exits
+130 with finished trials kept; anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -36,8 +38,15 @@ def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
 
 def _workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="torchvision model name, small_cnn, mlp, or pkg.module:function")
-    p.add_argument("--dataset", help="digits | synthetic[:NxCxHxW] | cifar10 | imagefolder:PATH | pkg.module:function")
+    p.add_argument("--dataset", help="digits | mnist1d | wine | breast_cancer | synthetic[:NxCxHxW] | cifar10 | "
+                                     "imagefolder:PATH | pkg.module:function")
     p.add_argument("--data-dir", type=Path, help="where cifar10 lives")
+    p.add_argument("--step", help="pkg.module:function called as step(model, batch) -> loss, replacing the "
+                                  "batch conventions' forward and loss (probe, throughput and trials)")
+    p.add_argument("--step-eval", help="pkg.module:function called as evaluate(model, batches) -> metric "
+                                       "(higher is better; with --step; default: the step's validation loss)")
+    p.add_argument("--num-workers", type=int,
+                   help="data loader worker processes per trial (default: what fits this machine)")
     p.add_argument("--max-memory", help="memory cap to tune for, e.g. 512MiB, 8GiB")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
     p.add_argument("--seed", type=int)
@@ -130,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--seed", type=int, help="sampler seed (default: derived per process)")
+    p.add_argument("--num-workers", type=int, help="data loader worker processes per trial")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
@@ -162,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1; the dashboard has no authentication)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
+    for command_parser in (parser, *sub.choices.values()):  # before or after the command
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show the full traceback of a user error (or set AUTOBATCH_DEBUG=1)")
     return parser
 
 
@@ -190,6 +203,7 @@ def _tune_settings(args: argparse.Namespace):
         "device": args.device, "pruner": args.pruner, "epochs": args.epochs,
         "workers": args.workers, "baselines": False if args.no_baselines else None,
         "create_only": args.create_only or None, "space": space, "recipe": _recipe_overrides(args),
+        "step": args.step, "step_eval": args.step_eval, "num_workers": args.num_workers,
     }
     return build_settings(args.config, overrides)
 
@@ -279,7 +293,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else os.getpid()
     study = open_study(args.storage, args.study_name)  # workers never create the schema
     n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=seed,
-                   run=TuneRun([_print_event]))
+                   run=TuneRun([_print_event]), num_workers=args.num_workers)
     _say(f"worker done: {n} trials run")
     return 0
 
@@ -297,9 +311,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     recipe = TrainRecipe.from_dict(_recipe_overrides(args))
     device = check_device(recipe, resolve_device(args.device or "auto"))
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
-    model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape)
-    runner = step_runner(model, input_shape=workload.input_shape, num_classes=workload.num_classes,
-                         device=device, recipe=recipe)
+    model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
+                        vocab_size=workload.vocab_size)
+    runner = step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=args.step)
     result = memory.probe(runner, device=device, cap_bytes=cap or memory.default_cap(device))
     if args.json:
         _print_json({"model": model_name, "dataset": dataset, "recipe": recipe.to_dict(), **result.to_dict()})
@@ -362,9 +376,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    debug = getattr(args, "debug", False) or os.environ.get("AUTOBATCH_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except AutobatchError as exc:
+        if debug:  # the user's own traceback too: the cause chain is printed with it
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"autobatch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

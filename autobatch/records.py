@@ -53,6 +53,7 @@ MILESTONES = "milestones"                     # {"0.90": [samples, seconds], ...
 STOP_REASON = "stop_reason"                   # see STOP_* below
 STOP_DETAIL = "stop_detail"                   # human sentence for the reason
 BASELINE = "baseline"                         # label of an enqueued reference configuration
+USER_ERROR = "user_error"                     # the line the user's code raised, when it did
 DEVICE = "device"
 
 STOP_COMPLETED = "completed"
@@ -61,6 +62,10 @@ STOP_DIVERGED = "diverged"        # NaN/inf loss or loss far above its start
 STOP_BUDGET = "budget"            # cut off by the study deadline: not a result
 STOP_OVER_MEMORY = "over_memory"  # predicted over the cap, never trained
 STOP_OUT_OF_MEMORY = "out_of_memory"  # a real OOM while training
+STOP_INFEASIBLE = "infeasible"    # this configuration cannot train: its first step raised (e.g.
+                                  # BatchNorm at micro-batch 1), or its effective batch exceeds the data
+STOP_ERROR = "error"              # the user's code raised while training or evaluating: failed,
+                                  # never re-queued
 
 # --- Study user attributes ---------------------------------------------------------------
 STUDY_SPEC = "autobatch_spec"           # dict: what the study searches (identity on resume)
@@ -191,6 +196,14 @@ def set_memory_constraint(trial: optuna.Trial, value: float) -> None:
     the samplers read, and in the legacy list form, which optuna-dashboard 0.21 reads."""
     trial.set_constraint("memory", value)
     trial.storage.set_trial_system_attr(trial_id(trial), LEGACY_CONSTRAINTS, [value])
+
+
+def set_infeasible(trial: optuna.Trial) -> None:
+    """Record that the configuration cannot train at all (a violated constraint for the sampler,
+    under its own key; the memory constraint is kept as it was)."""
+    trial.set_constraint("trainable", 1.0)
+    current = trial.storage.get_trial_system_attrs(trial_id(trial)).get(LEGACY_CONSTRAINTS) or []
+    trial.storage.set_trial_system_attr(trial_id(trial), LEGACY_CONSTRAINTS, [*current, 1.0])
 
 
 def mark_out_of_memory(trial: optuna.Trial) -> None:

@@ -19,6 +19,7 @@ import time
 
 import torch
 import torchvision
+from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from autobatch.memory import (  # noqa: E402
@@ -46,8 +47,10 @@ def build(name: str) -> torch.nn.Module:
 
 def measure(model, batch_size: int, resolution: int):
     cpu = torch.device("cpu")
-    runner = step_runner(model, input_shape=(3, resolution, resolution), num_classes=10, device=cpu,
-                         recipe=SGD, steps=STEPS)
+    gen = torch.Generator().manual_seed(0)
+    images = TensorDataset(torch.randn(64, 3, resolution, resolution, generator=gen),
+                           torch.randint(0, 10, (64,), generator=gen))
+    runner = step_runner(model, dataset=images, device=cpu, recipe=SGD, steps=STEPS)
     return measure_step_peak(runner, batch_size=batch_size, device=cpu)
 
 

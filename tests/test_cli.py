@@ -102,7 +102,7 @@ def test_ctrl_c_exits_130_and_study_resumes(tmp_path, sqlite_url):
     (("--budget", "0s"), ("must be positive",)),
     (("--n-trials", "0"), ("--n-trials",)),
     (("--model", "nosuchpkg.models:make"), ("cannot import",)),
-    (("--model", "json:dumps"), ("model factory", "failed")),
+    (("--model", "json:dumps"), ("model factory json:dumps raised TypeError",)),
     (("--model", "tests.test_workloads:_factory_wrong"), ("not a torch.nn.Module",)),
     (("--dataset", "json:dumps"), ("dataset",)),
     (("--dataset", "cifar10", "--data-dir", "."), ("cifar-10-batches-py",)),

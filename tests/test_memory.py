@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -50,8 +51,11 @@ RECIPE = TrainRecipe(optimizer="sgd", momentum=0.9, nesterov=False, weight_decay
 
 
 def runner(model, shape=SHAPE, device=CPU, **kwargs):
-    """Complete SGD training steps on a copy of ``model``: what the probe measures."""
-    return step_runner(model, input_shape=shape, num_classes=10, device=device, recipe=RECIPE, **kwargs)
+    """Complete SGD training steps on a copy of ``model``, on batches of a small training set:
+    what the probe measures."""
+    gen = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randn(64, *shape, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    return step_runner(model, dataset=dataset, device=device, recipe=RECIPE, **kwargs)
 
 
 def measure(model, batch_size, **kwargs):

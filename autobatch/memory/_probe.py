@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import AutobatchError
+from ..errors import AutobatchError, UserCodeError
 from ..units import format_bytes
 from ._measure import _release_cuda, measure_cpu, measure_cuda
 from ._model import MemoryModel, fit_memory_model, relative_error
@@ -136,7 +136,7 @@ def _confirm_below_minimum(measure: Callable[[int], ProbePoint], fitted: MemoryM
     """The line says micro-batch 1 is over the cap: measure it, then return 1 or refuse."""
     try:
         one: Optional[ProbePoint] = measure(1)
-    except ValueError:  # e.g. BatchNorm cannot train on one sample: keep the line's word
+    except (ValueError, UserCodeError):  # e.g. BatchNorm cannot train on one sample: keep the line's word
         one = None
     if one is None:
         needs = f"predicted {format_bytes(fitted.predict(1))}"

@@ -56,11 +56,15 @@ def supported(grid: pd.DataFrame, completed: pd.DataFrame) -> np.ndarray:
 
 def candidates(fit: TradeoffFit, spec: StudySpec) -> pd.DataFrame:
     """Predictions for the search grid: every micro-batch size and accumulation step of the
-    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers."""
+    space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers; never an effective batch larger
+    than the training set (the trials refuse those too)."""
     space = spec.space
     multipliers = np.geomspace(space.lr_multiplier_min, space.lr_multiplier_max, N_LR_MULTIPLIERS)
     b, a, m = (g.ravel() for g in np.meshgrid(space.batch_sizes, space.accumulation_steps,
                                                np.unique(multipliers), indexing="ij"))
+    if spec.train_size > 0 and (b * a <= spec.train_size).any():
+        keep = b * a <= spec.train_size
+        b, a, m = b[keep], a[keep], m[keep]
     grid = fit.predict(b, a, m)
     grid["learning_rate"] = [space.learning_rate(mult, eff) for mult, eff in
                              zip(grid["lr_multiplier"], grid["effective_batch_size"])]

@@ -46,8 +46,21 @@ class TuneSettings:
     workers: int = 1
     baselines: bool = True
     create_only: bool = False
+    step: Optional[str] = None         # pkg.module:function, step(model, batch) -> loss
+    step_eval: Optional[str] = None    # pkg.module:function, evaluate(model, batches) -> metric
+    num_workers: Optional[int] = None  # data loader workers per process (None: what fits the machine)
 
     def __post_init__(self) -> None:
+        if self.step_eval and not self.step:
+            raise AutobatchError("--step-eval needs --step (the evaluation function goes with a step function)")
+        # With a step hook the metric is the evaluation function's value (named after it, maximised
+        # unless the recipe names the same function with metric_direction "minimize"), or without
+        # one the step's own validation loss (minimised).
+        metric = self.step_eval or ("val_loss" if self.step else None)
+        if metric is not None and self.recipe.metric != metric:
+            object.__setattr__(self, "recipe", dataclasses.replace(self.recipe, metric=metric, metric_direction=None))
+        if self.num_workers is not None and self.num_workers < 0:
+            raise AutobatchError(f"--num-workers must be 0 or more, got {self.num_workers}")
         # An unset base lr / scaling rule follows the recipe's optimizer (fails here, at the
         # edge, for a user optimizer without them).
         object.__setattr__(self, "space", self.space.for_recipe(self.recipe))
@@ -84,6 +97,9 @@ _TOP_LEVEL = {
     "epochs": ("epochs", float),
     "workers": ("workers", int),
     "baselines": ("baselines", bool),
+    "step": ("step", str),
+    "step_eval": ("step_eval", str),
+    "num_workers": ("num_workers", int),
 }
 # Tables of a study file: name -> the keys it may hold (the fields of the dataclass it builds).
 _TABLES = {"space": {f.name for f in dataclasses.fields(SearchSpace)},

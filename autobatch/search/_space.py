@@ -90,3 +90,28 @@ class SearchSpace:
     def multiplier_for(self, learning_rate: float, effective_batch_size: int) -> float:
         """Inverse of ``learning_rate``."""
         return learning_rate / self.learning_rate(1.0, effective_batch_size)
+
+
+def fit_space_to_data(space: SearchSpace, train_size: int) -> tuple[SearchSpace, Optional[str]]:
+    """``space`` with no micro-batch above the training set and no accumulation that would
+    take even the smallest micro-batch beyond it; and a sentence saying what changed (None when
+    nothing did). Raises ``AutobatchError`` when even ``batch_size_min`` exceeds the data.
+
+    A micro-batch larger than the data would repeat samples within one step (24 samples at
+    micro-batch 64 trains 64 samples per step, most of them twice): such a step is no batch of
+    the data at all. Effective batches beyond it that remain (a larger micro-batch times some
+    accumulation) are refused per trial, before training."""
+    if train_size < space.batch_size_min:
+        raise AutobatchError(
+            f"the training set has {train_size} samples, fewer than the smallest micro-batch "
+            f"{space.batch_size_min}: lower --batch-size-min (or bring more data)")
+    largest = 2 ** int(math.log2(train_size))
+    accumulation = (tuple(a for a in space.accumulation_steps if space.batch_size_min * a <= train_size)
+                    or (min(space.accumulation_steps),))
+    limited = dataclasses.replace(space, batch_size_max=min(space.batch_size_max, largest),
+                                  accumulation_steps=accumulation)
+    if limited == space:
+        return space, None
+    return limited, (f"the training set has {train_size} samples: micro-batches up to {limited.batch_size_max}, "
+                     f"accumulation steps {', '.join(map(str, accumulation))}; effective batches above "
+                     f"{train_size} are refused")

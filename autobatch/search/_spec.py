@@ -33,9 +33,11 @@ class StudySpec:
     max_memory_bytes: Optional[int] = None
     pruner: str = "median"
     seed: int = 0
+    step: Optional[str] = None        # the user's step(model, batch) -> loss, replacing the conventions
+    step_eval: Optional[str] = None   # the user's evaluate(model, batches) -> metric (with ``step``)
 
     # Fields that must match for a study to be resumed.
-    IDENTITY = ("model", "dataset", "recipe", "space")  # the recipe first: it moves the space's lr defaults
+    IDENTITY = ("model", "dataset", "recipe", "space", "step", "step_eval")  # the recipe first: it moves the space's lr defaults
 
     def __post_init__(self) -> None:
         # The stored space always holds the base lr and scaling rule it searched with: those

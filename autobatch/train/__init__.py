@@ -1,7 +1,7 @@
 """Training: torch objects from the recipe, the one training step, micro-batches, evaluation,
 the trial loop, the throughput measurement and the probe's step runner."""
 
-from ._batches import MicroBatches, index_stream
+from ._batches import MicroBatches, copy_to, default_num_workers, eval_batches, index_stream, sample_batch
 from ._build import (LossFn, LRFactor, Metric, autocast, check_device, clip_gradients, load_function,
                      make_compute_loss, make_grad_scaler, make_loss, make_metric, make_optimizer, make_precision,
                      make_scheduler, warmup_steps)
@@ -16,7 +16,8 @@ from ._trial import (DIVERGENCE_FACTOR, EVAL_BATCH_FACTOR, OnEval, eval_points, 
 
 __all__ = ["Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP32", "LRFactor", "LossFn",
            "Metric", "MicroBatches", "OnEval", "Precision", "Predict", "autocast", "check_device", "check_recipe",
-           "clip_gradients", "eval_points", "evaluate", "index_stream", "load_function", "make_compute_loss",
-           "make_grad_scaler", "make_loss", "make_metric", "make_optimizer", "make_precision", "make_scheduler",
-           "measure_throughput", "predict_batch", "resident_bytes", "resolve_device", "step_runner", "sync",
-           "train_step", "train_trial", "warmup_steps"]
+           "clip_gradients", "copy_to", "default_num_workers", "eval_batches", "eval_points", "evaluate",
+           "index_stream", "load_function", "make_compute_loss", "make_grad_scaler", "make_loss", "make_metric",
+           "make_optimizer", "make_precision", "make_scheduler", "measure_throughput", "predict_batch",
+           "resident_bytes", "resolve_device", "sample_batch", "step_runner", "sync", "train_step", "train_trial",
+           "warmup_steps"]

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import AutobatchError
 from ..recipe import RecipeError, TrainRecipe, is_user_function, topk
+from ..workloads import call_model, import_path, own_loss, prediction_of, split_batch, user_code
 from ._step import FP32, ComputeLoss, Precision
 
 Tensor = torch.Tensor
@@ -195,14 +197,49 @@ def make_loss(recipe: TrainRecipe = TrainRecipe()) -> LossFn:
     return user_loss
 
 
-def make_compute_loss(recipe: TrainRecipe = TrainRecipe()) -> ComputeLoss:
-    """``compute_loss(model, batch)``: the recipe's loss of the model's outputs for a batch of
-    ``(inputs, targets)``."""
+def make_compute_loss(recipe: TrainRecipe = TrainRecipe(), step: Optional[str] = None) -> ComputeLoss:
+    """``compute_loss(model, batch) -> 0-dim loss``.
+
+    Default: the batch conventions (``autobatch.workloads``): forward ``model(x)``,
+    ``model(*inputs)`` or ``model(**inputs)``; a loss the model computed itself (``outputs.loss``)
+    is used as is; otherwise the prediction (a tensor, the first of a tuple/list, ``logits``) and
+    the targets go to the recipe's loss ``make_loss(recipe)(prediction, targets)``.
+
+    ``step`` (``pkg.module:function``, or an object handed in-process): ``function(model, batch)``
+    returns the loss and replaces all of the above. Errors in the user's forward, loss or step
+    raise ``UserCodeError`` naming it (``RecipeError`` for a user loss); out-of-memory errors
+    pass through.
+    """
+    if step is not None:
+        return _step_hook(step)
     loss_fn = make_loss(recipe)
 
     def compute_loss(model: nn.Module, batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        inputs, targets = batch
-        return loss_fn(model(inputs), targets)
+        inputs, targets, key = split_batch(batch)
+        with user_code(f"forward of {type(model).__name__}"):
+            outputs = call_model(model, inputs, targets, key)
+        own = own_loss(outputs)
+        if own is not None:
+            return own
+        prediction = prediction_of(outputs)
+        with user_code(f"loss {recipe.loss} on the model's prediction {tuple(prediction.shape)}"):
+            return loss_fn(prediction, targets)
+
+    return compute_loss
+
+
+def _step_hook(step: str) -> ComputeLoss:
+    function = import_path(step, "step")
+
+    def compute_loss(model: nn.Module, batch) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        with user_code(f"step {step}"):
+            loss = function(model, batch)
+        needs_grad = torch.is_grad_enabled()  # validation runs the step under no_grad
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and (loss.requires_grad or not needs_grad)):
+            got = (f"a tensor of shape {tuple(loss.shape)}{'' if loss.requires_grad else ' without grad'}"
+                   if isinstance(loss, torch.Tensor) else type(loss).__name__)
+            raise AutobatchError(f"step {step} must return the loss as a 1-element tensor with grad, got {got}")
+        return loss.reshape(())
 
     return compute_loss
 

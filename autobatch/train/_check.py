@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import nn
@@ -23,13 +24,15 @@ def _head(dataset: Dataset, n: int) -> Dataset:
 
 
 def check_recipe(model: nn.Module, val: Dataset, device: torch.device,
-                 recipe: TrainRecipe = TrainRecipe()) -> None:
+                 recipe: TrainRecipe = TrainRecipe(), *, step: Optional[str] = None,
+                 step_eval: Optional[str] = None) -> None:
     """Build the recipe's precision and optimizer (on a copy of ``model``) and evaluate its loss
     and metric on the first ``CHECK_SAMPLES`` validation samples: fp16 on CPU, a user optimizer,
     loss or metric that cannot be imported, raises or returns the wrong type fail here, with a
     ``RecipeError`` naming the option, before the probe and the study. The caller's model is
-    left untouched."""
+    left untouched. ``step``/``step_eval``: the user's step and evaluation functions, evaluated
+    as the trials will."""
     make_precision(recipe, device)
     replica = copy.deepcopy(model).to(device)
     make_optimizer(replica.parameters(), recipe=recipe)
-    evaluate(replica, _head(val, CHECK_SAMPLES), CHECK_SAMPLES, device, recipe)
+    evaluate(replica, _head(val, CHECK_SAMPLES), CHECK_SAMPLES, device, recipe, step=step, step_eval=step_eval)

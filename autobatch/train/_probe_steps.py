@@ -1,23 +1,32 @@
-"""What the memory probe measures: complete training steps of the study's recipe on a copy."""
+"""What the memory probe measures: complete training steps of the study's recipe on a copy of
+the model, on real batches of the user's training set."""
 
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..recipe import TrainRecipe
+from ._batches import copy_to, sample_batch
 from ._build import make_compute_loss, make_optimizer, make_precision
 from ._step import train_step
 
 
-def step_runner(model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int,
-                device: torch.device, recipe: TrainRecipe = TrainRecipe(),
-                steps: int = 2) -> Callable[[int], None]:
+def step_runner(model: nn.Module, *, dataset: Dataset, device: torch.device,
+                recipe: TrainRecipe = TrainRecipe(), steps: int = 2,
+                step: Optional[str] = None) -> Callable[[int], None]:
     """``run(b)``: ``steps`` complete training steps at micro-batch ``b`` on a deep copy of
     ``model``; everything it allocates dies on return.
+
+    Batches are real: ``b`` samples drawn from ``dataset`` (the training split), repeated when it
+    is smaller, collated as training collates them, so dtypes, vocabularies, structures and
+    shapes are the user's. They are drawn on the CPU and copied onto the device inside ``run``
+    (on the CPU, a batch drawn inside the window is used as drawn), so a measuring window
+    around it counts one batch, as a training step does. ``step`` is the user's ``--step`` (it replaces the conventions' loss).
 
     The copy and the optimizer are made inside ``run``, so a measuring window around it counts
     parameters exactly once, plus gradients, optimizer state, activations and the batch. Step 1
@@ -28,17 +37,22 @@ def step_runner(model: nn.Module, *, input_shape: tuple[int, ...], num_classes: 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = torch.device(device)
+    compute_loss = make_compute_loss(recipe, step=step)
+    cpu_batches: dict[int, object] = {}
 
     def run(batch_size: int) -> None:
+        fresh = batch_size not in cpu_batches
+        if fresh:
+            cpu_batches.clear()  # one size at a time: host memory stays small
+            cpu_batches[batch_size] = sample_batch(dataset, batch_size)
         replica = copy.deepcopy(model).to(device).train()
         optimizer = make_optimizer(replica.parameters(), recipe=recipe)
-        compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, device)
-        generator = torch.Generator(device=device).manual_seed(0)
+        precision = make_precision(recipe, device)
 
-        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-            inputs = torch.randn((batch_size, *input_shape), generator=generator, device=device)
-            labels = torch.randint(0, num_classes, (batch_size,), generator=generator, device=device)
-            return inputs, labels
+        def next_batch() -> object:
+            if fresh and device.type == "cpu":  # drawn inside this window: counted once already
+                return cpu_batches[batch_size]
+            return copy_to(cpu_batches[batch_size], device)
 
         for _ in range(steps):
             train_step(replica, optimizer, next_batch, accumulation_steps=1, compute_loss=compute_loss,

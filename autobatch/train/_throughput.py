@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Optional
 
 import torch
 from torch import nn
@@ -17,19 +18,23 @@ from ._trial import sync
 
 
 def measure_throughput(model: nn.Module, workload: Workload, batch_size: int, device: torch.device,
-                       steps: int = 3, recipe: TrainRecipe = TrainRecipe()) -> float:
+                       steps: int = 3, recipe: TrainRecipe = TrainRecipe(), step: Optional[str] = None,
+                       num_workers: Optional[int] = None) -> float:
     """Training samples/s at ``batch_size``: one warm-up step, then ``steps`` timed steps of the
-    recipe's training step, on a copy of the model (the caller's weights are untouched)."""
+    recipe's training step (or the user's ``step``), on a copy of the model (the caller's
+    weights are untouched), with the trials' loader. Raises ``UserCodeError`` when the user's
+    code raises at this size."""
     model = copy.deepcopy(model).to(device).train()
     optimizer = make_optimizer(model.parameters(), recipe=recipe)
-    compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, device)
-    batches = MicroBatches(workload.train, batch_size, device, seed=0)
+    compute_loss, precision = make_compute_loss(recipe, step=step), make_precision(recipe, device)
     start = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            sync(device)
-            start = time.perf_counter()
-        train_step(model, optimizer, batches.next, accumulation_steps=1, compute_loss=compute_loss,
-                   precision=precision)
-    sync(device)
+    with MicroBatches(workload.train, batch_size, device, seed=0, num_workers=num_workers,
+                      name=f"dataset {workload.name}") as batches:
+        for index in range(steps + 1):
+            if index == 1:
+                sync(device)
+                start = time.perf_counter()
+            train_step(model, optimizer, batches.next, accumulation_steps=1, compute_loss=compute_loss,
+                       precision=precision)
+        sync(device)
     return steps * batch_size / (time.perf_counter() - start)

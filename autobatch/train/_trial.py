@@ -19,8 +19,9 @@ from torch import nn
 
 from ..memory import PeakWindow
 from ..recipe import TrainRecipe
-from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_OUT_OF_MEMORY, STOP_PRUNED,
-                       EvalPoint, TrialConfig, TrialResult)
+from ..errors import AutobatchError
+from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_ERROR, STOP_INFEASIBLE,
+                       STOP_OUT_OF_MEMORY, STOP_PRUNED, EvalPoint, TrialConfig, TrialResult)
 from ..workloads import Workload
 from ._batches import MicroBatches
 from ._build import make_compute_loss, make_optimizer, make_precision, make_scheduler
@@ -61,6 +62,9 @@ def train_trial(
     seed: int = 0,
     on_eval: Optional[OnEval] = None,
     deadline: Optional[float] = None,
+    step: Optional[str] = None,
+    step_eval: Optional[str] = None,
+    num_workers: Optional[int] = None,
 ) -> TrialResult:
     """Train ``model`` with ``config`` for ``train_samples`` samples; evaluate at ``checkpoints``.
 
@@ -72,6 +76,13 @@ def train_trial(
     time) cuts the trial off as ``budget``. Peak memory: on CUDA the allocator's own peak over
     the whole trial; on CPU the exact tensor accounting of the first optimizer step (which
     allocates the optimizer state) plus the parameters and buffers that existed before it.
+
+    ``step`` / ``step_eval`` are the user's training-step and evaluation functions (see
+    ``make_compute_loss`` and ``evaluate``); ``num_workers`` the loader's worker processes, shut
+    down when the trial ends. The user's code raising (``UserCodeError``) ends the trial as a
+    result, never a crash: ``infeasible`` when the first step raised (this micro-batch cannot
+    train the model, e.g. BatchNorm at 1), ``error`` later; the exception's one line is the
+    detail and the curve so far is kept.
     """
     torch.manual_seed(seed)
     b, k = config.batch_size, config.accumulation_steps
@@ -80,8 +91,8 @@ def train_trial(
     precision = make_precision(recipe, device)  # fp16 on CPU fails here, before anything runs
     optimizer = make_optimizer(model.parameters(), config.learning_rate, recipe)
     scheduler = make_scheduler(optimizer, total_steps, recipe)
-    compute_loss = make_compute_loss(recipe)
-    batches = MicroBatches(workload.train, b, device, seed)
+    compute_loss = make_compute_loss(recipe, step=step)
+    batches = MicroBatches(workload.train, b, device, seed, num_workers=num_workers, name=f"dataset {workload.name}")
     eval_batch = b * EVAL_BATCH_FACTOR
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -92,10 +103,11 @@ def train_trial(
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
+    steps_done = 0
 
     try:
-        for step in range(total_steps):
-            window = PeakWindow() if (step == 0 and device.type == "cpu") else nullcontext()
+        for step_index in range(total_steps):
+            window = PeakWindow() if (step_index == 0 and device.type == "cpu") else nullcontext()
             with window:
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
                                        compute_loss=compute_loss, precision=precision)
@@ -103,10 +115,11 @@ def train_trial(
             if isinstance(window, PeakWindow):
                 peak_bytes = resident_bytes(model) + window.peak_bytes
             samples += b * k
+            steps_done += 1
 
             loss_value = step_loss.item()
             if not math.isfinite(loss_value):
-                stop, detail = STOP_DIVERGED, f"loss became {loss_value} at step {step}"
+                stop, detail = STOP_DIVERGED, f"loss became {loss_value} at step {step_index}"
                 break
             first_loss = loss_value if first_loss is None else first_loss
             smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
@@ -122,7 +135,8 @@ def train_trial(
                 sync(device)
                 now = time.perf_counter()
                 train_time += now - segment
-                value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe)
+                value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe, step=step,
+                                           step_eval=step_eval, num_workers=num_workers)
                 prune = False
                 # One step may pass several checkpoints (an effective batch larger than their
                 # spacing): each is reported, so every trial has every checkpoint.
@@ -141,6 +155,12 @@ def train_trial(
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    except AutobatchError as exc:  # the user's code or output (UserCodeError and kin): a result
+        stop = STOP_INFEASIBLE if steps_done == 0 else STOP_ERROR
+        detail = (f"micro-batch {b} cannot train this model: {exc}" if steps_done == 0 else str(exc))[:500]
+        optimizer.zero_grad(set_to_none=True)
+    finally:
+        batches.close()
 
     sync(device)
     end = time.perf_counter()

@@ -1,4 +1,13 @@
-"""One trial of a study: suggest, check memory, train, report on the samples-seen axis, tell."""
+"""One trial of a study: suggest, check memory and data, train, report on the samples-seen
+axis, tell.
+
+Infeasible is a result, not a crash: a configuration whose effective batch exceeds the training
+set is refused before it trains, and one whose first step raised (a micro-batch the model
+cannot train, e.g. BatchNorm at 1) is recorded as ``infeasible`` with the exception's line; both
+are told to the sampler as a violated constraint and the study goes on. The user's code raising
+later fails the trial with its reason (never re-queued). When every trial so far failed through
+the user's code (``FAILURES_TO_STOP`` in a row, none completed), the study stops with that line.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +19,19 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import records as R
+from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryModel
 from ..records import EvalPoint
 from ..search import StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialStarted, TuneRun
+
+FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
+
+
+class StudyFailedError(AutobatchError):
+    """Every configuration tried failed through the user's code: the one line says why."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +43,7 @@ class TrialContext:
     device: torch.device
     memory_model: Optional[MemoryModel] = None
     deadline: Optional[float] = None
+    num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
 
     def __post_init__(self) -> None:
         check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
@@ -34,8 +51,9 @@ class TrialContext:
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
               run: Optional[TuneRun] = None) -> FrozenTrial:
-    """Suggest a configuration, prune it before training if it is predicted over the memory cap,
-    else train it and tell the study its result."""
+    """Suggest a configuration, refuse it before training if it is predicted over the memory cap
+    or its effective batch exceeds the training set, else train it and tell the study its result.
+    Raises ``StudyFailedError`` when the study should stop (see the module docstring)."""
     spec = ctx.spec
     config, _ = suggest(trial, spec.space)
     predicted = ctx.memory_model.predict(config.batch_size) if ctx.memory_model else None
@@ -54,6 +72,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     else:
         R.set_memory_constraint(trial, 0.0)
     attrs[R.MEMORY_ACTION] = "none"
+    if spec.train_size and config.effective_batch_size > spec.train_size:
+        attrs.update({R.STOP_REASON: R.STOP_INFEASIBLE, R.SAMPLES_SEEN: 0,
+                      R.STOP_DETAIL: f"effective batch {config.effective_batch_size} ({config.batch_size} x "
+                                     f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
+                                     "refused before training"})
+        R.write_attrs(trial, attrs)
+        R.set_infeasible(trial)
+        return study.tell(trial, state=TrialState.PRUNED)
     R.write_attrs(trial, attrs)
     if run is not None:
         run.emit(TrialStarted(number=trial.number, config=config,
@@ -68,10 +94,17 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
 
     seed = spec.seed + trial.number
     torch.manual_seed(seed)
-    model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape)
+    try:
+        model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
+                            vocab_size=ctx.workload.vocab_size)
+    except UserCodeError as exc:
+        R.write_attrs(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc), R.USER_ERROR: str(exc),
+                              R.SAMPLES_SEEN: 0})
+        return _failed(study, study.tell(trial, state=TrialState.FAIL))
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
-                         seed=seed, on_eval=on_eval, deadline=ctx.deadline)
+                         seed=seed, on_eval=on_eval, deadline=ctx.deadline, step=spec.step,
+                         step_eval=spec.step_eval, num_workers=ctx.num_workers)
     R.write_attrs(trial, R.result_attrs(result, train_size=spec.train_size))
     if result.stop_reason == R.STOP_COMPLETED:
         return study.tell(trial, result.final_metric)
@@ -79,4 +112,34 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         return study.tell(trial, state=TrialState.FAIL)
     if result.stop_reason == R.STOP_OUT_OF_MEMORY:
         R.mark_out_of_memory(trial)
+    if result.stop_reason in (R.STOP_INFEASIBLE, R.STOP_ERROR):
+        trial.set_user_attr(R.USER_ERROR, result.stop_detail)
+    if result.stop_reason == R.STOP_INFEASIBLE:
+        R.set_infeasible(trial)
+        return _failed(study, study.tell(trial, state=TrialState.PRUNED))
+    if result.stop_reason == R.STOP_ERROR:
+        return _failed(study, study.tell(trial, state=TrialState.FAIL))
     return study.tell(trial, state=TrialState.PRUNED)
+
+
+def _failed(study: optuna.Study, frozen: FrozenTrial) -> FrozenTrial:
+    """``frozen`` failed through the user's code: raise ``StudyFailedError`` when no trial has
+    completed and the last ``FAILURES_TO_STOP`` finished trials all failed that way."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if any(t.state == TrialState.COMPLETE for t in finished):
+        return frozen
+    last = sorted(finished, key=lambda t: t.number)[-FAILURES_TO_STOP:]
+    if len(last) == FAILURES_TO_STOP and all(R.USER_ERROR in t.user_attrs for t in last):
+        raise StudyFailedError(f"{frozen.user_attrs[R.USER_ERROR]} (the last {FAILURES_TO_STOP} trials all "
+                               "failed through the model's or data's code; none completed)")
+    return frozen
+
+
+def user_failure(study: optuna.Study) -> Optional[str]:
+    """The last user-code failure's line when the study has failed trials of that kind and no
+    completed trial (the study's one line to stop with), else None."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    failed = sorted((t for t in trials if R.USER_ERROR in t.user_attrs), key=lambda t: t.number)
+    return failed[-1].user_attrs[R.USER_ERROR] if failed else None

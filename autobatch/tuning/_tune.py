@@ -22,6 +22,7 @@ from ..storage import ENV_STORAGE, fail_stale_trials, mask_url, open_storage, re
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
+from ._objective import StudyFailedError, user_failure
 from ._prepare import deadline_of, prepare_study
 from ._worker import counts, run_worker
 
@@ -62,6 +63,8 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     url = resolve_url(settings.storage)
     storage = open_storage(url)
     workload = load_workload(settings.dataset, data_dir=settings.data_dir, seed=settings.seed)
+    for text in workload.notes:
+        run.emit(Note(text=text))
     study, _ = prepare_study(settings, storage, name, workload, device, started, run)
     deadline = deadline_of(settings, started)
     set_limits(study, deadline=deadline, n_trials=settings.n_trials)
@@ -71,7 +74,7 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     helpers = [_spawn_worker(name, url, settings, i) for i in range(1, settings.workers)]
     try:
         run_worker(study, device_name=settings.device, data_dir=settings.data_dir,
-                   worker_seed=settings.seed, run=run, workload=workload)
+                   worker_seed=settings.seed, run=run, workload=workload, num_workers=settings.num_workers)
     except BaseException:
         # Ctrl-C (or an error) here stops the local helpers too: a SIGINT lets each of them
         # fail and re-queue its trial in flight, as this process did.
@@ -82,6 +85,9 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     finally:
         _wait_for_helpers(helpers, run)
     fail_stale_trials(study)
+    failure = user_failure(study)
+    if failure is not None:  # trials ran, none completed, the user's code is why: say that line
+        raise StudyFailedError(f"{failure} (no trial completed)")
     answer = final_answer(study, run)
     run.emit(RecommendationMade(answer=answer))
     return TuneOutcome(name, mask_url(url), counts(study), time.time() - started, answer)
@@ -107,6 +113,8 @@ def _spawn_worker(study_name: str, url: str, settings: TuneSettings, index: int)
            "--device", settings.device, "--seed", str(settings.seed + 1000 * index)]
     if settings.data_dir:
         cmd += ["--data-dir", str(settings.data_dir)]
+    if settings.num_workers is not None:
+        cmd += ["--num-workers", str(settings.num_workers)]
     return subprocess.Popen(cmd, env={**os.environ, ENV_STORAGE: url}, start_new_session=True)
 
 

@@ -30,7 +30,7 @@ from ..storage import StorageLostError, fail_stale_trials, requeue
 from ..train import resolve_device
 from ..workloads import Workload, load_workload
 from ._events import Note, TrialFinished, TuneRun
-from ._objective import TrialContext, run_trial
+from ._objective import StudyFailedError, TrialContext, run_trial
 
 POLL_SECONDS = 2.0  # how often an idle worker looks for work or stale trials
 
@@ -43,10 +43,11 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Optional[Path] = None,
                worker_seed: Optional[int] = None, run: Optional[TuneRun] = None,
-               workload: Optional[Workload] = None) -> int:
+               workload: Optional[Workload] = None, num_workers: Optional[int] = None) -> int:
     """Run trials of an open ``study`` until its limits are reached (or ``run.stop()``);
     returns the number of trials run. ``workload`` is the study's data when the caller has
-    loaded it already (``tune``); a joining worker loads it."""
+    loaded it already (``tune``); a joining worker loads it. ``num_workers``: data loader worker
+    processes per trial (None: what fits the machine)."""
     run = run or TuneRun()
     if R.STUDY_SPEC not in study.user_attrs:
         raise AutobatchError(f"study {study.study_name!r} was not created by autobatch tune")
@@ -57,7 +58,8 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     workload = workload or load_workload(spec.dataset, data_dir=data_dir, seed=spec.seed)
     ctx = TrialContext(spec=spec, workload=workload,
                        device=resolve_device(device_name),
-                       memory_model=MemoryModel.from_dict(memory) if memory else None, deadline=deadline)
+                       memory_model=MemoryModel.from_dict(memory) if memory else None, deadline=deadline,
+                       num_workers=num_workers)
     # The sampler's seed moves on with the study: a resumed study must not replay the
     # configurations of its first start-up trials.
     finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
@@ -75,6 +77,8 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
             raise
         except StorageLostError:
             raise  # the database is gone: once it is back, the heartbeat fails and re-queues the trial
+        except StudyFailedError:
+            raise  # the trial is told already: every configuration fails through the user's code
         except Exception as exc:
             # Another worker failed this trial (its heartbeat looked stale, e.g. after a long
             # database outage) and queued its configuration again: Optuna then refuses every

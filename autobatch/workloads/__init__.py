@@ -1,13 +1,22 @@
-"""Workloads: the model and the data a study trains.
+"""Workloads: the model and the data a study trains, and the batch conventions between them.
 
 Models: any torchvision classification model by name (looked up in torchvision's own
-registry), autobatch's small reference models, or ``pkg.module:function`` called as
-``function(num_classes=..., input_shape=SHAPE)``. Datasets: ``digits``, ``synthetic[:NxCxHxW]``,
-``cifar10``, ``imagefolder:PATH`` and ``pkg.module:function`` returning
-``(train_dataset, val_dataset, num_classes)``.
+registry), autobatch's small reference models (``small_cnn``, ``mlp``, ``cnn1d``, ``gru``), or
+``pkg.module:function`` called as ``function(num_classes=..., input_shape=SHAPE)``. Datasets:
+``digits``, ``mnist1d``, ``wine``, ``breast_cancer``, ``synthetic[:NxCxHxW]``, ``cifar10``,
+``imagefolder:PATH`` and ``pkg.module:function`` returning ``(train_dataset, val_dataset,
+num_classes)``, checked at load. Conventions: how an item calls the model and what in its
+output is the prediction (``_conventions``).
 """
 
-from ._datasets import Workload, load_workload
+from ._checks import MAX_SCAN, DataFacts, check_data
+from ._conventions import (TARGET_KEYS, batch_length, call_model, first_tensor, is_out_of_memory,
+                           own_loss, prediction_of, split_batch, to_device, user_code)
+from ._datasets import Workload, load_workload, user_dataset
+from ._imports import import_path, in_process, in_scope, object_name
 from ._models import InputAdapter, build_model, check_model_name, list_models
 
-__all__ = ["InputAdapter", "Workload", "build_model", "check_model_name", "list_models", "load_workload"]
+__all__ = ["DataFacts", "InputAdapter", "MAX_SCAN", "TARGET_KEYS", "Workload", "batch_length", "build_model",
+           "call_model", "check_data", "check_model_name", "first_tensor", "import_path", "in_process",
+           "in_scope", "is_out_of_memory", "list_models", "load_workload", "object_name",
+           "own_loss", "prediction_of", "split_batch", "to_device", "user_code", "user_dataset"]

@@ -1,34 +1,45 @@
-"""Datasets: ``digits`` (scikit-learn's bundled handwritten digits), ``synthetic[:NxCxHxW]``,
-``cifar10`` (from ``--data-dir``), ``imagefolder:PATH`` and ``pkg.module:function`` returning
-``(train_dataset, val_dataset, num_classes)``; the seeded train/validation split."""
+"""Datasets: ``digits`` (scikit-learn's bundled handwritten digits), ``mnist1d`` (MNIST-1D,
+generated offline), ``wine`` and ``breast_cancer`` (scikit-learn's bundled tables),
+``synthetic[:NxCxHxW]``, ``cifar10`` (from ``--data-dir``), ``imagefolder:PATH`` and
+``pkg.module:function`` returning ``(train_dataset, val_dataset, num_classes)``; the seeded
+train/validation split. A user's splits are checked at load (``_checks``)."""
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..errors import AutobatchError
+from ._checks import check_data
+from ._conventions import user_code
 from ._imports import import_path, unknown_name
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A dataset ready to train on: splits, class count and the shape of one input."""
+    """A dataset ready to train on: splits, class count, the shape of one sample's input
+    (``(C, H, W)``, ``(C, L)``, ``(L,)``, ``(F,)``: for tuple or dict inputs, the first tensor's),
+    the token vocabulary when inputs are integer ids, and notes to show the user once."""
 
     name: str
     train: Dataset
     val: Dataset
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
+    vocab_size: Optional[int] = None
+    notes: tuple[str, ...] = ()
 
 
 _SYNTHETIC = re.compile(r"synthetic(?::(\d+)x(\d+)x(\d+)x(\d+))?")
-_DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
+_DATASETS = ("digits", "mnist1d", "wine", "breast_cancer", "synthetic", "cifar10", "imagefolder")
 
 
 def _split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
@@ -56,6 +67,58 @@ def digits(seed: int) -> Workload:
     y = torch.tensor(data.target, dtype=torch.long)
     train, val = _tensor_split(x, y, seed)
     return Workload("digits", train, val, 10, (1, 8, 8))
+
+
+@lru_cache(maxsize=1)
+def _mnist1d_arrays():
+    """MNIST-1D as the package generates it from its templates (Greydanus 2020): 5,000 signals
+    of length 40 with its default arguments (seed 42, 80/20 split), built in memory, never
+    downloaded. The generator seeds numpy's and Python's global RNGs: they are restored."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return data["x"], data["y"], data["x_test"], data["y_test"]
+
+
+def mnist1d(seed: int) -> Workload:
+    """MNIST-1D: 4,000 training and 1,000 test signals of length 40, 10 classes; the test split
+    validates (its paper reports 94% test accuracy for a CNN, 68% for an MLP). Fixed split:
+    ``seed`` does not change it."""
+    x, y, x_test, y_test = _mnist1d_arrays()
+    train = TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long))
+    val = TensorDataset(torch.tensor(x_test, dtype=torch.float32), torch.tensor(y_test, dtype=torch.long))
+    return Workload("mnist1d", train, val, 10, (40,))
+
+
+def _sklearn_table(name: str, loader, seed: int) -> Workload:
+    """A bundled scikit-learn table, standardised with the training split's statistics."""
+    data = loader()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    train, val = _tensor_split(x, y, seed)
+    mean, std = train.tensors[0].mean(0), train.tensors[0].std(0).clamp_min(1e-8)
+    train = TensorDataset((train.tensors[0] - mean) / std, train.tensors[1])
+    val = TensorDataset((val.tensors[0] - mean) / std, val.tensors[1])
+    return Workload(name, train, val, int(y.max()) + 1, (x.shape[1],))
+
+
+def wine(seed: int) -> Workload:
+    """scikit-learn's wine table: 178 rows of 13 features, 3 classes (bundled: no download)."""
+    from sklearn.datasets import load_wine
+
+    return _sklearn_table("wine", load_wine, seed)
+
+
+def breast_cancer(seed: int) -> Workload:
+    """scikit-learn's breast cancer table: 569 rows of 30 features, 2 classes (bundled)."""
+    from sklearn.datasets import load_breast_cancer
+
+    return _sklearn_table("breast_cancer", load_breast_cancer, seed)
 
 
 def synthetic(n: int, shape: tuple[int, int, int], seed: int, num_classes: int = 10) -> Workload:
@@ -103,36 +166,32 @@ def imagefolder(path: str, seed: int, size: int = 64) -> Workload:
     return Workload(f"imagefolder:{root}", train, val, len(full.classes), (3, size, size))
 
 
-def user_dataset(spec: str) -> Workload:
-    factory = import_path(spec, "dataset")
-    try:
+def user_dataset(spec: str, factory=None) -> Workload:
+    """``pkg.module:function`` (or an in-process factory) returning ``(train, val, num_classes)``,
+    checked at load (``check_data``)."""
+    factory = factory or import_path(spec, "dataset")
+    with user_code(f"dataset factory {spec}"):
         result = factory()
-    except Exception as exc:
-        raise AutobatchError(f"dataset factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
-    if not (isinstance(result, tuple) and len(result) == 3):
+    if not (isinstance(result, (tuple, list)) and len(result) == 3
+            and all(hasattr(d, "__getitem__") and hasattr(d, "__len__") for d in result[:2])):
         raise AutobatchError(
-            f"dataset factory {spec!r} must return (train_dataset, val_dataset, num_classes)"
-        )
+            f"dataset factory {spec!r} must return (train_dataset, val_dataset, num_classes), "
+            f"got {type(result).__name__}")
     train, val, num_classes = result
     try:
-        x, _ = train[0]
-        shape = tuple(torch.as_tensor(x).shape)
-        if len(val) == 0 or len(train) == 0 or int(num_classes) < 2:
-            raise ValueError
-    except Exception:
-        raise AutobatchError(
-            f"dataset factory {spec!r} returned datasets that do not yield (input, label) pairs"
-            " or an invalid class count"
-        ) from None
-    if len(shape) != 3:
-        raise AutobatchError(f"dataset {spec!r}: inputs must be CxHxW tensors, got shape {shape}")
-    return Workload(spec, train, val, int(num_classes), shape)
+        num_classes = int(num_classes)
+    except (TypeError, ValueError):
+        raise AutobatchError(f"dataset factory {spec!r}: num_classes must be an int, got {num_classes!r}") from None
+    if num_classes < 1:
+        raise AutobatchError(f"dataset factory {spec!r}: num_classes must be at least 1, got {num_classes}")
+    facts = check_data(spec, train, val, num_classes)
+    return Workload(spec, facts.train, facts.val, num_classes, facts.input_shape, facts.vocab_size, facts.notes)
 
 
 def load_workload(spec: str, *, data_dir: Optional[Path] = None, seed: int = 0) -> Workload:
     """The dataset named by ``spec`` (see module docstring)."""
-    if spec == "digits":
-        return digits(seed)
+    if spec in _BUILTIN:
+        return _BUILTIN[spec](seed)
     if match := _SYNTHETIC.fullmatch(spec):
         if match.group(1):
             n, c, h, w = (int(g) for g in match.groups())
@@ -147,3 +206,6 @@ def load_workload(spec: str, *, data_dir: Optional[Path] = None, seed: int = 0) 
     if ":" in spec and not spec.startswith("synthetic"):
         return user_dataset(spec)
     raise unknown_name("dataset", spec.split(":")[0], list(_DATASETS) + ["synthetic:NxCxHxW"])
+
+
+_BUILTIN = {"digits": digits, "mnist1d": mnist1d, "wine": wine, "breast_cancer": breast_cancer}

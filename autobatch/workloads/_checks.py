@@ -1,0 +1,128 @@
+"""Data checked once, at load, with clear words.
+
+A user's splits are checked before anything trains: neither may be empty; an item must follow
+the batch conventions; integer class labels must lie in ``[0, num_classes)`` (the error names the
+largest); per-sample target vectors must have ``num_classes`` entries. Integer labels of any
+dtype are cast to int64 and float64 inputs are trained as float32 (said once, as a note).
+In-memory ``TensorDataset`` splits are checked exactly; other datasets item by item, up to
+``MAX_SCAN`` items (a larger dataset's later items are checked by the loss when they train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from ..errors import AutobatchError
+from ._conventions import first_tensor, split_batch, user_code
+
+MAX_SCAN = 20_000
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the checks learned: the (possibly converted) splits, a sample's input shape, the
+    token vocabulary (integer inputs: the largest id + 1, else None) and notes to show once."""
+
+    train: Dataset
+    val: Dataset
+    input_shape: tuple[int, ...]
+    vocab_size: Optional[int]
+    notes: tuple[str, ...]
+
+
+def _as_tensor(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        return value
+
+
+def _item(name: str, dataset: Dataset, index: int, split: str) -> tuple[Any, Any]:
+    with user_code(f"dataset {name} ({split} item {index})"):
+        item = dataset[index]
+    inputs, target, _ = split_batch(item)
+    return inputs, _as_tensor(target)
+
+
+def _fast(dataset: Dataset) -> bool:
+    return isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2
+
+
+def _cast_tensor_dataset(dataset: TensorDataset) -> TensorDataset:
+    """float64 inputs/targets as float32, integer targets as int64: converted once."""
+    x, y = dataset.tensors
+    if x.dtype == torch.float64:
+        x = x.float()
+    if y.dtype == torch.float64:
+        y = y.float()
+    elif not y.is_floating_point() and y.dtype != torch.long and y.dtype != torch.bool:
+        y = y.long()
+    return TensorDataset(x, y)
+
+
+def _scan(name: str, dataset: Dataset, split: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Targets and first input tensors of up to ``MAX_SCAN`` items."""
+    targets, inputs = [], []
+    for index in range(min(len(dataset), MAX_SCAN)):
+        x, y = _item(name, dataset, index, split)
+        targets.append(y)
+        inputs.append(_as_tensor(first_tensor(x) if not isinstance(x, torch.Tensor) else x))
+    return targets, inputs
+
+
+def _check_labels(name: str, labels: torch.Tensor, num_classes: int, split: str) -> None:
+    if labels.numel() == 0 or labels.is_floating_point() or labels.dtype == torch.bool:
+        return
+    largest, smallest = int(labels.max()), int(labels.min())
+    if largest >= num_classes or smallest < 0:
+        bad = largest if largest >= num_classes else smallest
+        raise AutobatchError(
+            f"dataset {name}: {split} label {bad} is outside [0, {num_classes}) (largest label {largest}, "
+            f"num_classes {num_classes}); return the right class count or fix the labels")
+
+
+def check_data(name: str, train: Dataset, val: Dataset, num_classes: int) -> DataFacts:
+    """Check a user's splits (see the module docstring); raises ``AutobatchError``."""
+    for split, data in (("training", train), ("validation", val)):
+        try:
+            size = len(data)
+        except TypeError:
+            raise AutobatchError(f"dataset {name}: the {split} split has no len(); give a map-style "
+                                 "Dataset (or a TensorDataset)") from None
+        if size == 0:
+            raise AutobatchError(f"dataset {name}: the {split} split is empty")
+    notes: list[str] = []
+    inputs, target = _item(name, train, 0, "training")
+    first = _as_tensor(first_tensor(inputs) if not isinstance(inputs, torch.Tensor) else inputs)
+    if not isinstance(first, torch.Tensor):
+        raise AutobatchError(f"dataset {name}: inputs must be tensors (or a tuple/dict of tensors), "
+                             f"got {type(inputs).__name__}")
+    if first.dtype == torch.float64:
+        notes.append(f"dataset {name}: float64 inputs are trained as float32")
+    splits: dict[str, Dataset] = {"training": train, "validation": val}
+    vocab = None
+    for split, data in list(splits.items()):
+        if _fast(data):
+            data = splits[split] = _cast_tensor_dataset(data)
+            labels, xs = data.tensors[1], [data.tensors[0]]
+        else:
+            ys, xs = _scan(name, data, split)
+            shapes = {tuple(y.shape) for y in ys}
+            labels = torch.stack(ys) if len(shapes) == 1 else torch.empty(0)
+        if labels.dim() == 1:
+            _check_labels(name, labels, num_classes, split)
+        elif labels.dim() == 2 and labels.shape[1] != num_classes:
+            raise AutobatchError(
+                f"dataset {name}: {split} targets have {labels.shape[1]} values per sample but num_classes "
+                f"is {num_classes}")
+        if not first.is_floating_point() and first.dtype != torch.bool:
+            biggest = max((int(x.max()) for x in xs if isinstance(x, torch.Tensor) and x.numel()), default=0)
+            vocab = max(vocab or 0, biggest + 1)
+    return DataFacts(train=splits["training"], val=splits["validation"], input_shape=tuple(first.shape),
+                     vocab_size=vocab, notes=tuple(notes))

@@ -1,0 +1,106 @@
+"""Data in the box and data checked at load: shapes as samples have them, clear words for what
+is wrong, conversions said once."""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from autobatch.errors import AutobatchError, UserCodeError
+from autobatch.workloads import build_model, check_data, load_workload
+from tests import userland
+
+
+def test_mnist1d_is_generated_offline_with_the_papers_split(monkeypatch):
+    import numpy as np
+
+    import mnist1d.data
+
+    monkeypatch.setattr(mnist1d.data.requests, "get", lambda *a, **k: pytest.fail("downloaded"))
+    before = np.random.get_state()[1].copy()
+    w = load_workload("mnist1d")
+    assert (len(w.train), len(w.val), w.num_classes, w.input_shape) == (4000, 1000, 10, (40,))
+    assert w.train.tensors[0].dtype == torch.float32 and w.train.tensors[1].dtype == torch.int64
+    assert np.array_equal(np.random.get_state()[1], before)  # the generator's global seeding is undone
+    assert torch.bincount(w.train.tensors[1]).min() > 350  # 10 balanced classes
+    model = build_model("cnn1d", num_classes=10, input_shape=w.input_shape)
+    assert model(w.train.tensors[0][:5]).shape == (5, 10)
+
+
+@pytest.mark.parametrize("name, features, classes", [("wine", 13, 3), ("breast_cancer", 30, 2)])
+def test_sklearn_tables_by_name(name, features, classes):
+    w = load_workload(name, seed=1)
+    assert w.input_shape == (features,) and w.num_classes == classes
+    x = w.train.tensors[0]
+    assert torch.allclose(x.mean(0), torch.zeros(features), atol=1e-5)  # standardised on train
+    assert build_model("mlp", num_classes=classes, input_shape=w.input_shape)(x[:3]).shape == (3, classes)
+
+
+def test_factories_get_the_samples_own_shape_and_image_models_say_what_they_need():
+    seen = {}
+
+    def spy(num_classes, input_shape):
+        seen["shape"] = input_shape
+        return userland.linear(num_classes, input_shape)
+
+    from autobatch.workloads import in_process
+
+    with in_process({"tests:spy": spy}):
+        build_model("tests:spy", num_classes=3, input_shape=(2, 40))
+    assert seen["shape"] == (2, 40)
+    with pytest.raises(AutobatchError, match=r"needs image inputs \(C, H, W\).*\(40,\).*cnn1d"):
+        build_model("resnet18", num_classes=10, input_shape=(40,))
+    assert build_model("cnn1d", num_classes=4, input_shape=(2, 40))(torch.randn(3, 2, 40)).shape == (3, 4)
+
+
+def test_token_ids_give_a_vocabulary_and_the_gru_classifier_embeds_them():
+    w = load_workload("tests.userland:tokens_dataset")
+    assert w.input_shape == (userland.LENGTH,) and w.vocab_size == userland.VOCAB
+    model = build_model("gru", num_classes=3, input_shape=w.input_shape, vocab_size=w.vocab_size)
+    assert isinstance(model.embed, torch.nn.Embedding)
+    assert model(w.train.tensors[0][:4]).shape == (4, 3)
+    with pytest.raises(AutobatchError, match="token-id inputs"):
+        build_model("gru", num_classes=3, input_shape=(6,), vocab_size=None)
+
+
+def test_float64_inputs_are_trained_as_float32_and_integer_labels_cast():
+    w = load_workload("tests.userland:float64_int16_dataset")
+    assert w.train.tensors[0].dtype == torch.float32 and w.train.tensors[1].dtype == torch.int64
+    assert w.notes == ("dataset tests.userland:float64_int16_dataset: float64 inputs are trained as float32",)
+
+
+def test_labels_outside_the_classes_name_the_largest():
+    with pytest.raises(AutobatchError, match=r"label 11 is outside \[0, 3\) \(largest label 11"):
+        load_workload("tests.userland:bad_labels_dataset")
+    x, y = userland.blobs(40)
+    items = [(x[i], int(y[i]) + 5 * (i == 3)) for i in range(40)]  # a plain list of pairs, scanned
+    with pytest.raises(AutobatchError, match="largest label"):
+        check_data("plain", items, items, 3)
+
+
+def test_an_empty_split_and_mismatched_target_width_are_refused():
+    with pytest.raises(AutobatchError, match="validation split is empty"):
+        load_workload("tests.userland:empty_val_dataset")
+    x, y = userland.blobs(20)
+    one_hot = torch.nn.functional.one_hot(y, 4).float()
+    with pytest.raises(AutobatchError, match="4 values per sample but num_classes is 3"):
+        check_data("onehot", TensorDataset(x, one_hot), TensorDataset(x, one_hot), 3)
+
+
+def test_a_dataset_factory_or_item_that_raises_is_the_users_error():
+    from autobatch.workloads import in_process
+
+    def broken():
+        raise FileNotFoundError("data/train.csv")
+
+    with in_process({"mine:broken": broken}), pytest.raises(UserCodeError, match="dataset factory mine:broken raised"):
+        load_workload("mine:broken")
+
+    class Bad(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise IndexError("row 0 is corrupt")
+
+    with pytest.raises(UserCodeError, match="item 0.*row 0 is corrupt"):
+        check_data("bad", Bad(), Bad(), 2)

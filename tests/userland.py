@@ -1,0 +1,252 @@
+"""What users bring, importable as ``tests.userland:NAME`` by the CLI in subprocesses: models with
+unusual outputs, datasets with unusual items, step and evaluation functions, broken code."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+
+def blobs(n: int = 240, shape=(6,), num_classes: int = 3, seed: int = 0):
+    """Learnable float32 data: a random prototype per class plus noise; int64 labels."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(num_classes, *shape, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return protos[y] + 0.5 * torch.randn(n, *shape, generator=g), y
+
+
+def split(x, y, frac=0.75):
+    k = int(len(x) * frac)
+    return TensorDataset(x[:k], y[:k]), TensorDataset(x[k:], y[k:])
+
+
+# --- token sequences: the class is which marker token a sequence holds --------------------
+
+VOCAB, LENGTH = 30, 12
+
+
+def token_sequences(n: int = 300, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, VOCAB, (n, LENGTH), generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    positions = torch.randint(0, LENGTH, (n,), generator=g)
+    tokens[torch.arange(n), positions] = y  # tokens 0, 1, 2 mark the class
+    return tokens, y
+
+
+def tokens_dataset():
+    x, y = token_sequences()
+    tr, va = split(x, y)
+    return tr, va, 3
+
+
+class DictSamples(Dataset):
+    """Hugging Face style samples: {"input_ids": ..., "attention_mask": ..., "labels": ...}."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "attention_mask": torch.ones_like(self.x[i]), "labels": self.y[i]}
+
+
+def hf_dataset():
+    x, y = token_sequences()
+    return DictSamples(x[:220], y[:220]), DictSamples(x[220:], y[220:]), 3
+
+
+@dataclass
+class Output:
+    """An object with ``logits`` (and an optional ``loss``), as Hugging Face's ModelOutput."""
+
+    logits: torch.Tensor
+    loss: Optional[torch.Tensor] = None
+
+
+class HFStyle(nn.Module):
+    """``forward(input_ids, attention_mask, labels=None)`` -> an object with logits and, given
+    labels, the loss it computed itself."""
+
+    def __init__(self, num_classes, input_shape):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(VOCAB, 16, mode="mean")
+        self.head = nn.Linear(16, num_classes)
+        self.own_loss_calls = 0
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = self.head(self.embed(input_ids, per_sample_weights=None) * attention_mask[:, :1].float())
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels)
+        return Output(logits=logits, loss=loss)
+
+
+def hf_style(num_classes, input_shape):
+    return HFStyle(num_classes, input_shape)
+
+
+class Outputs(nn.Module):
+    """A linear model returning its logits in the form ``kind`` names."""
+
+    def __init__(self, features: int, num_classes: int, kind: str):
+        super().__init__()
+        self.linear, self.kind = nn.Linear(features, num_classes), kind
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1).float())
+        if self.kind == "tuple":
+            return logits, x
+        if self.kind == "list":
+            return [logits, x]
+        if self.kind == "dict":
+            return {"logits": logits, "hidden": x}
+        if self.kind == "ordered":  # ModelOutput is an OrderedDict subclass
+            return OrderedDict(logits=logits)
+        if self.kind == "object":
+            return Output(logits=logits)
+        if self.kind == "string":
+            return "logits"
+        return logits
+
+
+class TwoInputs(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, num_classes), nn.Linear(2, num_classes)
+
+    def forward(self, left, right):
+        return self.a(left) + self.b(right)
+
+
+class KeywordInputs(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, num_classes), nn.Linear(2, num_classes)
+
+    def forward(self, *, signal, extra):
+        return self.a(signal) + self.b(extra)
+
+
+def bn_model(num_classes, input_shape):
+    """BatchNorm: cannot train on a micro-batch of one sample."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), 16), nn.BatchNorm1d(16),
+                         nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def broken_factory(num_classes, input_shape):
+    raise RuntimeError("cannot build: weights file missing")
+
+
+class BrokenForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 3)
+
+    def forward(self, x):
+        raise ValueError("shapes do not match in my_layer")
+
+
+def broken_forward(num_classes, input_shape):
+    return BrokenForward()
+
+
+def linear(num_classes, input_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), num_classes))
+
+
+def blobs_dataset():
+    x, y = blobs()
+    tr, va = split(x, y)
+    return tr, va, 3
+
+
+def float64_int16_dataset():
+    x, y = blobs()
+    tr, va = split(x.double(), y.to(torch.int16))
+    return tr, va, 3
+
+
+def bad_labels_dataset():
+    x, y = blobs()
+    y[7] = 11
+    tr, va = split(x, y)
+    return tr, va, 3
+
+
+def empty_val_dataset():
+    x, y = blobs()
+    return TensorDataset(x, y), TensorDataset(x[:0], y[:0]), 3
+
+
+# --- a training-step hook and its evaluation function ---------------------------------------
+
+STEP_CALLS = {"step": 0, "eval": 0}
+
+
+def contrastive_step(model, batch):
+    """A loss the conventions do not cover: a margin loss on the logit of the true class."""
+    STEP_CALLS["step"] += 1
+    x, y = batch
+    logits = model(x)
+    true = logits.gather(1, y[:, None])
+    return torch.relu(1.0 - true + logits).mean()
+
+
+def step_accuracy(model, batches):
+    STEP_CALLS["eval"] += 1
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def raising_eval(model, batches):
+    raise KeyError("metric_name")
+
+
+# --- the README's worked step hook: next-token language modelling ---------------------------
+
+def lm_corpus(n: int = 200, length: int = 9, seed: int = 0):
+    """Sequences counting up modulo VOCAB from a random start: the next token is learnable."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, VOCAB, (n, 1), generator=g)
+    tokens = (starts + torch.arange(length)) % VOCAB
+    zeros = torch.zeros(n, dtype=torch.long)
+    return TensorDataset(tokens[:150], zeros[:150]), TensorDataset(tokens[150:], zeros[150:]), 1
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(VOCAB, 32), nn.Linear(32, VOCAB)
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens))
+
+
+def lm_build(num_classes, input_shape):
+    return TinyLM()
+
+
+def step(model, batch):
+    tokens, _ = batch                      # items are (tokens, 0): the target is unused
+    logits = model(tokens[:, :-1])         # (N, L, vocab)
+    return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def next_token_accuracy(model, batches):
+    right = total = 0
+    for tokens, _ in batches:
+        predicted = model(tokens[:, :-1]).argmax(-1)
+        right += (predicted == tokens[:, 1:]).sum().item()
+        total += predicted.numel()
+    return right / total
