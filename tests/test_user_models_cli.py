@@ -69,7 +69,7 @@ def test_the_users_errors_are_one_line_with_exit_2_and_a_traceback_only_when_ask
     args = ("tune", "--dataset", "tests.userland:blobs_dataset", *QUICK, "--n-trials", "2",
             "--storage", sqlite_url)
     proc = run_cli(*args, "--model", "tests.userland:broken_forward", cwd=tmp_path)  # the real CLI
-    _one_line(proc, "forward of BrokenForward raised ValueError: shapes do not match in my_layer")
+    _one_line(proc, "forward of BrokenForward", "raised ValueError: shapes do not match in my_layer")
     debug = run_cli(*args, "--model", "tests.userland:broken_forward", "--debug", cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "in forward" in debug.stderr
 

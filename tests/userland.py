@@ -210,7 +210,11 @@ def step_accuracy(model, batches):
 
 
 def raising_eval(model, batches):
-    raise KeyError("metric_name")
+    """Breaks on validation batches larger than the recipe check's few samples: only trials see it."""
+    for x, _ in batches:
+        if len(x) > 4:
+            raise KeyError("metric_name")
+    return 0.5
 
 
 # --- the README's worked step hook: next-token language modelling ---------------------------
