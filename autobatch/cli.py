@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
     _workload_options(p)
+    p.add_argument("--batch-size-max", type=int, default=256,
+                   help="largest micro-batch to consider (default 256, as tune's search space)")
     p.add_argument("--json", action="store_true")
     _recipe_options(p, lr_rule=False)
     p.set_defaults(func=cmd_probe)
@@ -301,36 +303,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import memory
     from .recipe import TrainRecipe
-    from .train import check_device, resolve_device, step_runner
-    from .units import format_bytes, parse_bytes
+    from .train import check_device, eval_runner, resolve_device, step_runner
+    from .tuning import ProbeProgress, event_line, probe_summary
+    from .units import parse_bytes
     from .workloads import build_model, check_model_name, load_workload
 
     model_name, dataset = args.model or "resnet18", args.dataset or "digits"
     check_model_name(model_name)
-    cap = parse_bytes(args.max_memory) if args.max_memory else None
+    if args.batch_size_max < 1:
+        raise AutobatchError(f"--batch-size-max must be >= 1, got {args.batch_size_max}")
     recipe = TrainRecipe.from_dict(_recipe_overrides(args))
     device = check_device(recipe, resolve_device(args.device or "auto"))
+    cap = parse_bytes(args.max_memory) if args.max_memory else memory.default_cap(device)
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
-    runner = step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=args.step)
-    result = memory.probe(runner, device=device, cap_bytes=cap or memory.default_cap(device))
+    step, step_eval = args.step, getattr(args, "step_eval", None)
+    result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
+                          device=device, cap_bytes=cap, space_max=args.batch_size_max,
+                          dataset_max=len(workload.train), eval_space_max=len(workload.val),
+                          run_eval=eval_runner(model, dataset=workload.val, device=device, recipe=recipe,
+                                               step=step, step_eval=step_eval),
+                          on_point=None if args.json else lambda p, s: _say(event_line(ProbeProgress.of(p, s))))
     if args.json:
         _print_json({"model": model_name, "dataset": dataset, "recipe": recipe.to_dict(), **result.to_dict()})
         return 0
-    mm = result.model
-    print(f"{model_name} on {dataset} ({result.device}, {recipe.optimizer}, {recipe.precision}):")
-    print(f"  fixed            {format_bytes(mm.fixed_bytes)}")
-    print(f"  per sample       {format_bytes(mm.per_sample_bytes)}")
-    print(f"  probe sizes      {', '.join(str(p.batch_size) for p in result.points)}"
-          + (f"; checked at {result.check.batch_size}: {100 * result.check_error:.1f}% error"
-             if result.check is not None and result.check_error is not None else ""))
-    if result.cap_bytes:
-        print(f"  cap              {format_bytes(result.cap_bytes)}")
-        print(f"  largest micro-batch under the cap: {result.max_batch_size}")
-    else:
-        print("  cap              none (CPU without --max-memory)")
-    print(f"  probe time       {result.seconds:.1f}s")
+    source = "--max-memory" if args.max_memory else f"{device.type} memory available" if device.type == "cpu" \
+        else f"{device.type} memory"
+    print(probe_summary(result, f"{model_name} on {dataset} ({result.device}, {recipe.optimizer}, "
+                                f"{recipe.precision}):", source))
     return 0
 
 

@@ -35,7 +35,13 @@ REQUESTED_BATCH_SIZE = "requested_batch_size"
 REQUESTED_ACCUMULATION_STEPS = "requested_accumulation_steps"
 MEMORY_ACTION = "memory_action"               # "none" | "reaccumulated" | "pruned"
 PREDICTED_PEAK_BYTES = "predicted_peak_bytes"
-MEASURED_PEAK_BYTES = "measured_peak_bytes"
+MEASURED_PEAK_BYTES = "measured_peak_bytes"          # the trial's peak: max of the phases below
+MEASURED_TRAIN_PEAK_BYTES = "measured_train_peak_bytes"  # its measured training steps
+MEASURED_EVAL_PEAK_BYTES = "measured_eval_peak_bytes"    # its first evaluation
+EVAL_BATCH_SIZE = "eval_batch_size"                      # evaluation batch used
+PEAK_RSS_BYTES = "peak_rss_bytes"                        # CPU: the process's peak resident set
+MEMORY_FAILED_PHASE = "memory_failed_phase"              # "train" | "eval": ran out of / over the cap
+MEMORY_PREDICTION_ERROR = "memory_prediction_error"      # (predicted - measured) / measured
 THROUGHPUT = "throughput"                     # training samples / s, evaluation excluded
 TRAIN_TIME_S = "train_time_s"                 # training time, evaluation excluded
 EVAL_TIME_S = "eval_time_s"
@@ -66,6 +72,7 @@ STOP_INFEASIBLE = "infeasible"    # this configuration cannot train: its first s
                                   # BatchNorm at micro-batch 1), or its effective batch exceeds the data
 STOP_ERROR = "error"              # the user's code raised while training or evaluating: failed,
                                   # never re-queued
+STOP_OVER_CAP = "over_cap"        # trained, but its measured peak went over the memory cap
 
 # --- Study user attributes ---------------------------------------------------------------
 STUDY_SPEC = "autobatch_spec"           # dict: what the study searches (identity on resume)
@@ -97,6 +104,19 @@ class EvalPoint:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeakReadings:
+    """A trial's memory by phase (bytes; None where not measured): the peak of its measured
+    training steps and of its first evaluation (at ``eval_batch_size``), the process's peak
+    resident set (CPU), and the phase that ran out of memory or went over the cap, if any."""
+
+    train_bytes: Optional[int] = None
+    eval_bytes: Optional[int] = None
+    eval_batch_size: Optional[int] = None
+    rss_bytes: Optional[int] = None
+    failed_phase: Optional[str] = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrialResult:
     """What one trial measured. Immutable; ``to_attrs`` gives the trial user attributes."""
 
@@ -111,6 +131,7 @@ class TrialResult:
     stop_detail: str = ""
     metric: str = "accuracy"       # the name of what ``EvalPoint.metric`` measures
     direction: str = "maximize"    # "maximize" | "minimize": which way the metric is better
+    peaks: PeakReadings = PeakReadings()
 
     @property
     def throughput(self) -> float:
@@ -173,6 +194,11 @@ def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
         EPOCH_TIME_S: train_size / throughput if throughput > 0 else None,
         SAMPLES_SEEN: result.samples_seen,
         MEASURED_PEAK_BYTES: result.measured_peak_bytes,
+        MEASURED_TRAIN_PEAK_BYTES: result.peaks.train_bytes,
+        MEASURED_EVAL_PEAK_BYTES: result.peaks.eval_bytes,
+        EVAL_BATCH_SIZE: result.peaks.eval_batch_size,
+        PEAK_RSS_BYTES: result.peaks.rss_bytes,
+        MEMORY_FAILED_PHASE: result.peaks.failed_phase,
         METRIC: result.metric,
         VAL_METRIC: result.final_metric,
         BEST_VAL_METRIC: result.best_metric,

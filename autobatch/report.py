@@ -31,6 +31,7 @@ from matplotlib.ticker import NullFormatter, PercentFormatter, ScalarFormatter
 
 from . import records as R
 from .errors import AutobatchError
+from .memory import MemoryModel
 from .recommender import Recommendation, recommend_study, trials_frame
 from .search import StudySpec
 from .storage import StudyLike, describe, open_study
@@ -230,12 +231,12 @@ def plot_memory(df: pd.DataFrame, memory_model: Optional[dict]) -> tuple[Figure,
 
     fig = _figure()
     ax = fig.add_subplot()
-    if "fixed_bytes" in mm and "per_sample_bytes" in mm:
-        b = np.linspace(0, max(sizes) * 1.05, 200)
-        data["fit_batch"], data["fit_peak_mib"] = b, _mib(mm["fixed_bytes"] + mm["per_sample_bytes"] * b)
+    if "fixed_bytes" in mm or "form" in mm:  # the training step's fitted form (any form)
+        model = MemoryModel.from_dict(mm)
+        b = np.unique(np.linspace(1, max(sizes) * 1.05, 200).astype(int))
+        data["fit_batch"], data["fit_peak_mib"] = b, _mib([model.predict(int(x)) for x in b])
         ax.plot(b, data["fit_peak_mib"], color="tab:blue", lw=1.5, zorder=2,
-                label=(f"fitted: {format_bytes(mm['fixed_bytes'])} + "
-                       f"{format_bytes(mm['per_sample_bytes'])} × batch"))
+                label=f"fitted ({model.form}): {model.describe()}")
     if mm.get("cap_bytes"):
         data["cap_mib"] = mm["cap_bytes"] / MiB
         fits = f", largest micro-batch {mm['max_batch_size']}" if mm.get("max_batch_size") else ""

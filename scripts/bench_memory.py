@@ -1,184 +1,322 @@
-"""Benchmark of the memory model: prediction error at micro-batch sizes not used in the fit.
+"""Benchmark of the memory probe on a zoo of models: prediction error at the largest micro-batch
+used, probe sizes and time, each model's short trial against its cap, and the peers' answers.
 
     python scripts/bench_memory.py [--quick] [--out DIR]
 
-Fits ``peak(b) = fixed + per_sample * b`` from probes at (2, 8) for torchvision models at
-two input sizes, then measures held-out sizes and reports the relative error of the
-prediction, with probe times. A second part checks whether the probed peak drifts when the
-same probe is repeated in one process around unrelated training (fragmentation, leaks).
-Returns a Markdown section for BENCHMARKS.md; raw numbers go to ``DIR/bench_memory.json``.
+For every model of the zoo (torchvision resnet18, mobilenet_v3_small, efficientnet_b0; the
+registry's small_cnn and mlp; and, written here, a 1-D CNN, a GRU over token ids and a model
+whose memory is quadratic in the batch) the probe of ``autobatch tune`` runs as tune runs it
+(``autobatch.memory.probe`` with the study's step and evaluation runners, a cap, the space's
+largest micro-batch and the data set's size). Then, independently of the probe:
+
+- the peak is measured again at the boundary (the largest micro-batch the study will try) and at
+  the largest power of two below it that the probe did not measure (held out), and compared with
+  the fitted prediction;
+- one short trial (``train_trial``: 2 optimizer steps and one evaluation, at the largest power of
+  two the study may train, with the evaluation batch the probe chose) runs under the cap: its
+  measured peak against the prediction and the cap ("over" would be a trial over its cap);
+- Lightning's ``Tuner.scale_batch_size`` (power mode) and accelerate's
+  ``find_executable_batch_size`` run on the same model in a subprocess capped with ``RLIMIT_AS``
+  at the same number of bytes above its post-setup address space (``_memory_peers.py``): their
+  answer and cost beside the probe's.
+
+Recipes: SGD (momentum 0.9, Nesterov, weight decay 5e-4) and AdamW, fp32 and bf16 (CPU autocast);
+quick mode runs SGD fp32 and AdamW bf16. The cap of each run is the model's peak at micro-batch 2
+under that recipe (measured first) plus a headroom per model, so that the limit falls inside the
+space. CPU, one thread. Returns a Markdown section for
+BENCHMARKS.md; raw numbers go to ``DIR/bench_memory.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import pathlib
-import platform
 import sys
 import time
+from typing import Callable, Optional
 
 import torch
-import torchvision
+from torch import nn
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from autobatch.memory import (  # noqa: E402
-    fit_memory_model,
-    measure_step_peak,
-    relative_error,
-)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from autobatch.memory import largest_power_of_two_at_most, measure_step_peak, probe, relative_error  # noqa: E402
 from autobatch.recipe import TrainRecipe  # noqa: E402
-from autobatch.train import step_runner  # noqa: E402
+from autobatch.records import TrialConfig  # noqa: E402
+from autobatch.train import eval_runner, step_runner, train_trial  # noqa: E402
+from autobatch.workloads import Workload, build_model  # noqa: E402
 
-MiB = 2**20
-FIT_SIZES = (2, 8)
-STEPS = 2
-MODELS = ("resnet18", "mobilenet_v3_small")
-RESOLUTIONS = (32, 64)
-
-
-SGD = TrainRecipe(optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+KiB, MiB = 2**10, 2**20
+CPU = torch.device("cpu")
+NUM_CLASSES = 10
 
 
-def build(name: str) -> torch.nn.Module:
+# --- models the registry lacks ------------------------------------------------------------
+
+class Conv1dNet(nn.Sequential):
+    """A 1-D CNN over signals of shape (1, L) (MNIST-1D: L = 40)."""
+
+    def __init__(self, length: int = 40) -> None:
+        super().__init__(nn.Conv1d(1, 64, 5, padding=2), nn.ReLU(), nn.Conv1d(64, 64, 5, padding=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, NUM_CLASSES))
+
+
+class TokenGRU(nn.Module):
+    """Embedding + GRU over sequences of token ids (int64, shape (L,)), classifying from the last
+    hidden state."""
+
+    def __init__(self, vocab: int = 1000, width: int = 128) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.embed, self.gru = nn.Embedding(vocab, 64), nn.GRU(64, width, batch_first=True)
+        self.head = nn.Linear(width, NUM_CLASSES)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.embed(ids))
+        return self.head(out[:, -1])
+
+
+class BatchAttention(nn.Module):
+    """Attention across the samples of a batch (8 heads): score matrices of b x b per head, so
+    activation memory grows with the square of the micro-batch."""
+
+    def __init__(self, features: int = 64, heads: int = 8) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.head = nn.Linear(features, 3 * features), nn.Linear(features, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        q, k, v = (t.reshape(b, self.heads, -1).transpose(0, 1) for t in self.qkv(x).chunk(3, dim=-1))
+        scores = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)   # (heads, b, b)
+        return self.head((scores @ v).transpose(0, 1).reshape(b, -1))
+
+
+def _registry_model(name: str, shape: tuple[int, ...]) -> nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, num_classes=10)
+    return build_model(name, num_classes=NUM_CLASSES, input_shape=shape)
 
 
-def measure(model, batch_size: int, resolution: int):
-    cpu = torch.device("cpu")
+def _own_model(cls: type) -> nn.Module:
+    torch.manual_seed(0)
+    return cls()
+
+
+# Factories are partials of module-level functions: picklable, for the peers' subprocesses.
+def registry(name: str, shape: tuple[int, ...]) -> Callable[[], nn.Module]:
+    return functools.partial(_registry_model, name, shape)
+
+
+def own(cls: type) -> Callable[[], nn.Module]:
+    return functools.partial(_own_model, cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    headroom: int            # bytes: the cap is the peak at micro-batch 2 (per recipe) plus this
+    space_max: int           # the study's largest micro-batch
+    quick_space_max: int
+    train_size: int = 1024
+    val_size: int = 256
+    vocab: int = 0             # > 0: inputs are token ids in [0, vocab)
+    peer_cap: int = 384 * MiB  # address-space headroom for the peers (SGD fp32; a process maps more than tensors)
+
+
+# Headrooms put each model's limit inside its quick space under SGD fp32 (mlp's makes field case
+# c20's 320 KiB cap).
+ZOO = (
+    Case("resnet18", registry("resnet18", (3, 32, 32)), (3, 32, 32), 21 * MiB, 256, 64),
+    Case("mobilenet_v3_small", registry("mobilenet_v3_small", (3, 32, 32)), (3, 32, 32), 26 * MiB, 256, 128),
+    Case("efficientnet_b0", registry("efficientnet_b0", (3, 32, 32)), (3, 32, 32), 45 * MiB, 256, 32),
+    Case("small_cnn", registry("small_cnn", (3, 32, 32)), (3, 32, 32), 63 * MiB, 1024, 512),
+    Case("mlp (digits)", registry("mlp", (1, 8, 8)), (1, 8, 8), 144 * KiB, 1024, 1024, train_size=1437,
+         val_size=360, peer_cap=320 * KiB),
+    Case("cnn1d (mnist1d)", own(Conv1dNet), (1, 40), 15 * MiB, 1024, 512),
+    Case("gru (token ids)", own(TokenGRU), (32,), 30 * MiB, 1024, 256, vocab=1000),
+    Case("batch attention (quadratic)", own(BatchAttention), (64,), 16 * MiB, 4096, 1024),
+)
+RECIPES = {"sgd fp32": TrainRecipe(), "adamw fp32": TrainRecipe(optimizer="adamw"),
+           "sgd bf16": TrainRecipe(precision="bf16"), "adamw bf16": TrainRecipe(optimizer="adamw", precision="bf16")}
+QUICK_RECIPES = ("sgd fp32", "adamw bf16")
+PEERS_QUICK = ("mobilenet_v3_small", "mlp (digits)")
+
+
+def workload(case: Case) -> Workload:
     gen = torch.Generator().manual_seed(0)
-    images = TensorDataset(torch.randn(64, 3, resolution, resolution, generator=gen),
-                           torch.randint(0, 10, (64,), generator=gen))
-    runner = step_runner(model, dataset=images, device=cpu, recipe=SGD, steps=STEPS)
-    return measure_step_peak(runner, batch_size=batch_size, device=cpu)
+    def split(n: int) -> TensorDataset:
+        inputs = (torch.randint(0, case.vocab, (n, *case.shape), generator=gen) if case.vocab
+                  else torch.randn(n, *case.shape, generator=gen))
+        return TensorDataset(inputs, torch.randint(0, NUM_CLASSES, (n,), generator=gen))
+    return Workload(case.name, split(case.train_size), split(case.val_size), NUM_CLASSES, case.shape,
+                    vocab_size=case.vocab or None)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+def probe_case(case: Case, recipe_name: str, quick: bool) -> dict:
+    model, data, recipe = case.make(), workload(case), RECIPES[recipe_name]
+    kw = dict(dataset=data.train, device=CPU, recipe=recipe)
+    space_max = case.quick_space_max if quick else case.space_max
+    cap = measure_step_peak(step_runner(model, **kw), batch_size=2, device=CPU).peak_bytes + case.headroom
+    result = probe(step_runner(model, **kw), device=CPU, cap_bytes=cap, space_max=space_max,
+                   dataset_max=len(data.train), eval_space_max=len(data.val),
+                   run_eval=eval_runner(model, dataset=data.val, device=CPU, recipe=recipe))
+    est, boundary = result.estimate, result.boundary
+    row = {"model": case.name, "recipe": recipe_name, "cap": cap, "space_max": space_max, "form": result.model.form,
+           "model_text": result.model.describe(), "sizes": [p.batch_size for p in result.points],
+           "fits": [p.fits for p in result.points], "eval_sizes": [p.batch_size for p in result.eval_points],
+           "boundary": boundary, "max_batch_size": result.max_batch_size, "converged": result.converged,
+           "validation_error": result.validation_error, "probe_s": result.seconds,
+           "train_probe_s": sum(p.seconds for p in result.points),
+           "eval_max": est.eval_max_batch_size, "per_sample_at_boundary": result.per_sample_bytes}
+    # Independent measurements: the boundary again, and a held-out size below it.
+    again = measure_step_peak(step_runner(model, **kw), batch_size=boundary, device=CPU)
+    row.update(boundary_predicted=est.train.predict(boundary), boundary_measured=again.peak_bytes,
+               boundary_error=relative_error(est.train.predict(boundary), again.peak_bytes),
+               boundary_rss=again.rss_bytes)
+    held = largest_power_of_two_at_most(boundary)
+    while held in row["sizes"] and held > 1:
+        held //= 2
+    if held >= 1 and held not in row["sizes"]:
+        point = measure_step_peak(step_runner(model, **kw), batch_size=held, device=CPU)
+        row.update(held_out=held, held_out_error=relative_error(est.train.predict(held), point.peak_bytes))
+    # One short trial at the largest power of two the study may train, under the cap.
+    b = largest_power_of_two_at_most(min(space_max, result.max_batch_size or space_max))
+    config = TrialConfig(batch_size=b, learning_rate=0.01)
+    trial = train_trial(case.make(), data, config, train_samples=2 * b, checkpoints=(2 * b,), device=CPU,
+                        recipe=recipe, eval_batch_size=est.eval_batch(b), memory_cap=cap)
+    row.update(trial_batch=b, trial_eval_batch=est.eval_batch(b), trial_predicted=est.predict(b),
+               trial_measured=trial.measured_peak_bytes, trial_rss=trial.peaks.rss_bytes,
+               trial_stop=trial.stop_reason, trial_over_cap=bool(trial.measured_peak_bytes
+                                                                 and trial.measured_peak_bytes > cap))
+    return row
 
 
-def accuracy_rows(held_out: tuple[int, ...]) -> list[dict]:
-    rows = []
-    for name in MODELS:
-        model = build(name)
-        for resolution in RESOLUTIONS:
-            fit = [measure(model, b, resolution) for b in FIT_SIZES]
-            line = fit_memory_model([(p.batch_size, p.peak_bytes) for p in fit])
-            for point in fit + [measure(model, b, resolution) for b in held_out]:
-                predicted = line.predict(point.batch_size)
-                rows.append({
-                    "model": name, "resolution": resolution, "batch_size": point.batch_size,
-                    "fit": point.batch_size in FIT_SIZES,
-                    "fixed_bytes": line.fixed_bytes, "per_sample_bytes": line.per_sample_bytes,
-                    "predicted_bytes": predicted, "measured_bytes": point.peak_bytes,
-                    "error": relative_error(predicted, point.peak_bytes),
-                    "seconds": point.seconds,
-                })
-    return rows
+def peers_case(case: Case, quick: bool) -> tuple[dict, list[dict]]:
+    """The peers at ``case.peer_cap``, and the probe's own answer at that cap (training part)."""
+    import _memory_peers as peers
+
+    model, data = case.make(), workload(case).train
+    ours = probe(step_runner(model, dataset=data, device=CPU), device=CPU,
+                 cap_bytes=case.peer_cap, space_max=len(data), dataset_max=len(data))
+    mine = {"model": case.name, "cap": case.peer_cap, "answer": ours.max_batch_size, "boundary": ours.boundary,
+            "tried": " ".join(f"{p.batch_size}{'+' if p.fits and p.peak_bytes <= case.peer_cap else '-'}"
+                              for p in ours.points),
+            "steps": 2 * len(ours.points), "wall_s": ours.seconds,
+            "stopped_by": ours.reason if ours.converged else f"unconverged: {ours.reason}"}
+    cap = case.peer_cap
+    runs = [("lightning", lambda: peers.lightning_scale_batch_size(case.make, data, "power", 2, 25, cap))]
+    if not quick:
+        runs.append(("lightning-binsearch",
+                     lambda: peers.lightning_scale_batch_size(case.make, data, "binsearch", 2, 25, cap)))
+    runs.append(("accelerate", lambda: peers.accelerate_find_executable(case.make, data, len(data), cap)))
+    out = []
+    for label, call in runs:
+        a = call()
+        out.append({"model": case.name, "peer": label, "answer": a.answer, "verified": a.answer_verified,
+                    "largest_run": a.largest_batch_run, "steps": a.steps, "samples": a.samples,
+                    "wall_s": a.wall_s, "stopped_by": a.stopped_by,
+                    "tried": " ".join(f"{t.batch_size}{'+' if t.ok else '-'}" for t in a.trials)})
+    return mine, out
 
 
-def drift(train_steps: int, repeats: int) -> dict:
-    """Probe, train another model for ``train_steps``, repeat the probe ``repeats`` times."""
-    probed = build("resnet18")
-    first = measure(probed, 8, 32).peak_bytes
-    rss_before = rss_bytes()
-    other = build("mobilenet_v3_small")
-    optimizer = torch.optim.Adam(other.parameters(), lr=1e-3)
-    keep = []  # hold a little state across steps, as a training loop's logging does
-    for step in range(train_steps):
-        batch = torch.randn(16 + step % 3 * 8, 3, 32, 32)  # varying shapes fragment more
-        loss = torch.nn.functional.cross_entropy(other(batch), torch.randint(0, 10, (len(batch),)))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % 50 == 0:
-            keep.append(loss.detach())
-    rss_after = rss_bytes()
-    after = [measure(probed, 8, 32).peak_bytes for _ in range(repeats)]
-    return {"first_bytes": first, "after_bytes": after, "train_steps": train_steps,
-            "rss_before_training": rss_before, "rss_after_training": rss_after,
-            "rss_after_probes": rss_bytes()}
+def _mib(n: Optional[float]) -> str:
+    return "–" if n is None else f"{n / MiB:.2f}" if n < 10 * MiB else f"{n / MiB:.0f}"
 
 
-def plain_step_seconds(name: str, batch_size: int, resolution: int) -> float:
-    """The same ``STEPS`` training steps without the profiler, for its overhead."""
-    model = build(name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        x = torch.randn(batch_size, 3, resolution, resolution)
-        torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (batch_size,))).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-    return time.perf_counter() - start
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}%"
 
 
-def render(rows: list[dict], drift_result: dict, overhead: dict, quick: bool) -> str:
+def render(rows: list[dict], our_rows: list[dict], peer_rows: list[dict], quick: bool, seconds: float) -> str:
     lines = [
-        "## Memory model: prediction error at held-out micro-batch sizes",
+        "## Memory: the probe on a zoo of models",
         "",
-        f"Device: CPU ({platform.processor() or platform.machine()}, 1 thread), torch "
-        f"{torch.__version__}, torchvision {torchvision.__version__}; mode: "
-        f"{'quick' if quick else 'full'}. Peak = exact tensor bytes from the profiler's "
-        f"allocation events over {STEPS} complete training steps (SGD, momentum 0.9), on a "
-        f"deep copy. Fit from micro-batches {FIT_SIZES}; error = (predicted - measured) / "
-        "measured, positive = over-predicted.",
+        f"CPU, 1 thread, torch {torch.__version__}; mode: {'quick' if quick else 'full'}; recipes "
+        f"{', '.join(QUICK_RECIPES if quick else RECIPES)} (SGD: momentum 0.9, Nesterov, weight decay 5e-4; "
+        "bf16: CPU autocast). Cap: the run's peak at micro-batch 2 plus a headroom per model. Peaks are "
+        "exact tensor bytes (profiler allocation events) of 2 complete training steps on real batches "
+        "on a copy. *Boundary*: the largest micro-batch the study will try, min(space max, training "
+        "set, predicted limit under the cap). Errors are (predicted - measured) / measured of a fresh "
+        "measurement, positive = safe side; *validation* is the newest probe point against the fit of "
+        "the points before it (large where the plan ran out of sizes while the fit was still moving); "
+        "*held out*: the largest power of two below the boundary the probe did "
+        "not measure. *Trial*: 2 steps + 1 evaluation at the largest power of two under the limit, "
+        "with the evaluation batch the probe chose, its measured peak against the cap; RSS: the "
+        "process's peak resident set during that trial (interpreter and libraries included). MiB throughout.",
         "",
-        "| model | input | fixed MiB | per sample KiB | micro-batch | predicted MiB | "
-        "measured MiB | error | probe s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | recipe | cap | space max | probe sizes (eval sizes) | form | boundary "
+        "| predicted / measured at boundary "
+        "| error | validation | held out | probe s (train) | trial b (eval b): predicted / measured (RSS) | over cap |",
+        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        error = "fit" if r["fit"] else f"{100 * r['error']:+.3f}%"
+        sizes = ", ".join(f"{b}{'' if ok else '✗'}" for b, ok in zip(r["sizes"], r["fits"]))
+        held = f"{r['held_out']}: {_pct(r['held_out_error'])}" if r.get("held_out") else "–"
         lines.append(
-            f"| {r['model']} | {r['resolution']}x{r['resolution']} | {r['fixed_bytes'] / MiB:.1f} | "
-            f"{r['per_sample_bytes'] / 1024:.1f} | {r['batch_size']} | "
-            f"{r['predicted_bytes'] / MiB:.1f} | {r['measured_bytes'] / MiB:.1f} | {error} | "
-            f"{r['seconds']:.2f} |"
-        )
-    held = [r for r in rows if not r["fit"]]
-    worst = max(held, key=lambda r: abs(r["error"]))
-    lines += ["", f"Largest held-out error: {100 * abs(worst['error']):.3f}% "
-              f"({abs(worst['predicted_bytes'] - worst['measured_bytes']):.0f} B) over "
-              f"{len(held)} held-out points."]
-    for (name, b, res), (probed, plain) in overhead.items():
-        lines.append(f"Profiler overhead, {name} {res}x{res} micro-batch {b}: probe {probed:.2f} s"
-                     f" vs {plain:.2f} s for the same {STEPS} steps unprofiled.")
-    d = drift_result
-    after = d["after_bytes"]
-    lines += [
-        "",
-        "### Drift of the probed peak within one process",
-        "",
-        f"resnet18 32x32 micro-batch 8 probed once ({d['first_bytes']} B), then "
-        f"mobilenet_v3_small trained {d['train_steps']} steps (Adam, varying batch shapes), then "
-        f"the same probe repeated {len(after)} times: min {min(after)} B, max {max(after)} B, "
-        f"largest difference from the first {max(abs(a - d['first_bytes']) for a in after)} B. "
-        f"Process RSS over the training: {d['rss_before_training'] / MiB:.0f} MiB -> "
-        f"{d['rss_after_training'] / MiB:.0f} MiB (what an RSS-based probe would have mixed in), "
-        f"{d['rss_after_probes'] / MiB:.0f} MiB after the repeated probes.",
-    ]
+            f"| {r['model']} | {r['recipe']} | {_mib(r['cap'])} | {r['space_max']} "
+            f"| {sizes} ({', '.join(map(str, r['eval_sizes']))}) "
+            f"| {r['form']} | {r['boundary']} | {_mib(r['boundary_predicted'])} / {_mib(r['boundary_measured'])} "
+            f"| {_pct(r['boundary_error'])} | {_pct(r['validation_error'])} | {held} "
+            f"| {r['probe_s']:.1f} ({r['train_probe_s']:.1f}) | {r['trial_batch']} ({r['trial_eval_batch']}): "
+            f"{_mib(r['trial_predicted'])} / {_mib(r['trial_measured'])} (RSS {_mib(r['trial_rss'])}) "
+            f"| {'**yes**' if r['trial_over_cap'] else 'no'} |")
+    worst = max(rows, key=lambda r: abs(r["boundary_error"]))
+    over = sum(r["trial_over_cap"] for r in rows)
+    lines += ["", f"Largest error at the boundary: {_pct(worst['boundary_error'])} ({worst['model']}); "
+              f"most probe sizes: {max(len(r['sizes']) for r in rows)}; "
+              f"longest probe {max(r['probe_s'] for r in rows):.1f} s "
+              f"(5% of a 10-minute budget is 30 s); trials over their cap: {over} of {len(rows)}. "
+              "Fitted forms: " + "; ".join(f"{r['model']} ({r['recipe']}): {r['model_text']}" for r in rows) + "."]
+    if peer_rows:
+        lines += ["", "### The peers on the same models", "",
+                  "Each peer runs in a fresh process whose address space may grow by the cap over what it "
+                  "holds after setup (`RLIMIT_AS`): a real allocation failure past it, counting everything "
+                  "the process allocates (libraries' buffers too), not only tensors; so the caps here are "
+                  "larger than the tensor caps above, and autobatch's probe is run again at the same number "
+                  "(its tensor accounting), with the training set as the largest micro-batch, as the peers "
+                  "have it. Lightning doubles from 2 with 3 steps per size (`power` mode); accelerate starts "
+                  "at the data set's size and retries at 0.9x on an out-of-memory error. Sizes tried: + ran "
+                  "(autobatch: and measured under the cap), - failed.", "",
+                  "| model | cap MiB | who | answer | sizes tried | steps | wall s | stopped by |",
+                  "| --- | ---: | --- | ---: | --- | ---: | ---: | --- |"]
+        for mine in our_rows:
+            lines.append(f"| {mine['model']} | {_mib(mine['cap'])} | autobatch | {mine['answer']} | {mine['tried']} "
+                         f"| {mine['steps']} | {mine['wall_s']:.1f} | {mine['stopped_by']} |")
+            for p in (p for p in peer_rows if p["model"] == mine["model"]):
+                lines.append(f"| | | {p['peer']} | {p['answer'] if p['answer'] is not None else '–'} | {p['tried']} "
+                             f"| {p['steps']} | {p['wall_s']:.1f} | {p['stopped_by']} |")
+    lines += ["", f"_Memory section computed in {seconds:.0f} s._"]
     return "\n".join(lines) + "\n"
 
 
 def run(quick: bool, out_dir: pathlib.Path) -> str:
+    started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rows = accuracy_rows((4, 16, 32) if quick else (4, 12, 16, 24, 32, 64))
-        drift_result = drift(train_steps=200, repeats=3 if quick else 10)
-        overhead = {}
-        for r in rows:
-            if r["batch_size"] == 32 and r["resolution"] == 64:
-                overhead[(r["model"], 32, 64)] = (r["seconds"], plain_step_seconds(r["model"], 32, 64))
+        rows = []
+        for case in ZOO:
+            for recipe_name in QUICK_RECIPES if quick else RECIPES:
+                print(f"   memory: {case.name} {recipe_name}", file=sys.stderr, flush=True)
+                rows.append(probe_case(case, recipe_name, quick))
+        our_rows, peer_rows = [], []
+        for case in ZOO:
+            if not quick or case.name in PEERS_QUICK:
+                print(f"   memory peers: {case.name}", file=sys.stderr, flush=True)
+                mine, theirs = peers_case(case, quick)
+                our_rows.append(mine)
+                peer_rows += theirs
     finally:
         torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_memory.json").write_text(json.dumps(
-        {"rows": rows, "drift": drift_result, "quick": quick, "device": "cpu"}, indent=2))
-    return render(rows, drift_result, overhead, quick)
+        {"rows": rows, "autobatch_at_peer_caps": our_rows, "peers": peer_rows, "quick": quick}, indent=2, default=str))
+    return render(rows, our_rows, peer_rows, quick, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

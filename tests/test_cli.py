@@ -144,6 +144,12 @@ def test_probe_prints_the_memory_model(tmp_path):
     proc = run_cli("probe", "--model", "small_cnn", "--max-memory", "64MiB", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["per_sample_bytes"] > 0 and out["max_batch_size"] > 0 and out["cap_bytes"] == 64 * 2**20
-    human = run_cli("probe", "--model", "small_cnn", cwd=tmp_path)
-    assert "per sample" in human.stdout and "largest micro-batch" not in human.stdout
+    assert out["per_sample_bytes_at_boundary"] > 0 and out["max_batch_size"] > 0 and out["cap_bytes"] == 64 * 2**20
+    assert out["form"] in ("affine", "two_regime", "quadratic", "piecewise") and len(out["sizes"]) <= 5
+    assert out["boundary"] == min(256, out["max_batch_size"]) and out["boundary"] in out["sizes"]
+    assert out["eval_model"] and out["eval_max_batch_size"] >= 1
+    human = run_cli("probe", "--model", "small_cnn", "--batch-size-max", "64", cwd=tmp_path)
+    assert "per sample" in human.stdout and "at micro-batch 64" in human.stdout
+    # on CPU the default cap is the memory available to the process
+    assert "(cpu memory available)" in human.stdout and "largest micro-batch under the cap" in human.stdout
+    assert "training step at 2:" in human.stderr and "evaluation at" in human.stderr  # progress

@@ -1,6 +1,8 @@
 import copy
 import json
-import random
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,19 +13,19 @@ from torch.profiler import ProfilerActivity, profile
 from autobatch import memory
 from autobatch.errors import AutobatchError
 from autobatch.memory._measure import _cpu_allocations
-from autobatch.memory._probe import _fit_points
 from autobatch.recipe import TrainRecipe
-from autobatch.train import step_runner
+from autobatch.train import eval_runner, step_runner
 from autobatch.memory import (
+    MemoryEstimate,
     MemoryModel,
-    ProbePoint,
     fit_memory_model,
+    is_out_of_memory,
     largest_power_of_two_at_most,
     measure_step_peak,
     probe,
-    relative_error,
     running_peak,
 )
+from tests.conftest import REPO
 
 MiB = 2**20
 CPU = torch.device("cpu")
@@ -66,84 +68,13 @@ def param_bytes(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-# --- Pure math ---------------------------------------------------------------------------
-
-def test_fit_two_points_is_exact():
-    m = fit_memory_model([(2, 1000 + 2 * 300), (8, 1000 + 8 * 300)])
-    assert m.fixed_bytes == pytest.approx(1000)
-    assert m.per_sample_bytes == pytest.approx(300)
-    assert m.predict(32) == pytest.approx(1000 + 32 * 300)
-
-
-def test_fit_exact_line_through_many_points():
-    m = fit_memory_model([(b, 5e8 + 3e6 * b) for b in (1, 2, 4, 8, 16)])
-    assert m.fixed_bytes == pytest.approx(5e8)
-    assert m.per_sample_bytes == pytest.approx(3e6)
-
-
-def test_fit_noisy_line_is_close():
-    rng = random.Random(0)
-    points = [(b, 5e8 + 3e6 * b + rng.gauss(0, 1e5)) for b in range(1, 65)]
-    m = fit_memory_model(points)
-    assert m.per_sample_bytes == pytest.approx(3e6, rel=0.01)
-    assert m.fixed_bytes == pytest.approx(5e8, rel=0.001)
-
+# --- Pure helpers ------------------------------------------------------------------------
 
 def test_fit_needs_two_distinct_sizes():
-    with pytest.raises(AutobatchError):
-        fit_memory_model([(4, 100.0), (4, 110.0)])
-    with pytest.raises(AutobatchError):
-        fit_memory_model([])
-
-
-def test_fit_negative_slope_is_clamped_to_the_largest_peak():
-    m = fit_memory_model([(2, 1010.0), (8, 1000.0)])
-    assert m.per_sample_bytes == 0.0
-    assert m.fixed_bytes == 1010.0
-
-
-@pytest.mark.parametrize(
-    "cap, expected",
-    [
-        (1000 + 10 * 300, 10),       # exactly on the line
-        (1000 + 10 * 300 - 1, 9),    # one byte short
-        (1000 + 10 * 300 + 299, 10),
-        (1000 + 300, 1),
-        (1000 + 299, 0),             # between fixed and predict(1)
-        (999, 0),                    # cap below fixed
-        (0, 0),
-    ],
-)
-def test_max_batch_size_is_the_inverse(cap, expected):
-    m = MemoryModel(fixed_bytes=1000, per_sample_bytes=300)
-    assert m.max_batch_size(cap) == expected
-    if expected:
-        assert m.predict(expected) <= cap < m.predict(expected + 1)
-
-
-def test_max_batch_size_float_rounding():
-    m = MemoryModel(fixed_bytes=0.1, per_sample_bytes=0.2)
-    b = m.max_batch_size(0.7)
-    assert m.predict(b) <= 0.7 < m.predict(b + 1)
-
-
-def test_max_batch_size_without_per_sample_growth_is_unbounded():
-    m = MemoryModel(fixed_bytes=1000, per_sample_bytes=0)
-    assert m.max_batch_size(2000) == memory.UNBOUNDED_BATCH_SIZE
-    assert m.max_batch_size(999) == 0
-
-
-def test_memory_model_round_trip_and_reading_a_probe_dict():
-    m = MemoryModel(fixed_bytes=1.5e8, per_sample_bytes=4.5e5)
-    assert MemoryModel.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    assert MemoryModel.from_dict({**m.to_dict(), "cap_bytes": 1, "device": "cpu"}) == m
-
-
-def test_relative_error_is_signed():
-    assert relative_error(110, 100) == pytest.approx(0.10)
-    assert relative_error(90, 100) == pytest.approx(-0.10)
     with pytest.raises(ValueError):
-        relative_error(1, 0)
+        fit_memory_model([(4, 100.0), (4, 110.0)])
+    with pytest.raises(ValueError):
+        fit_memory_model([])
 
 
 @pytest.mark.parametrize("n, expected", [(0, 0), (1, 1), (2, 2), (3, 2), (63, 32), (64, 64), (65, 64)])
@@ -222,7 +153,7 @@ def test_probe_leaves_weights_optimizer_and_rng_untouched():
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()
 
-    probe(runner(model), device=CPU, sizes=(2, 4), check_size=8)
+    probe(runner(model), device=CPU, space_max=8)
 
     assert not model.training
     assert torch.equal(torch.get_rng_state(), rng)
@@ -237,48 +168,144 @@ def test_probe_leaves_weights_optimizer_and_rng_untouched():
             assert torch.equal(after["state"][key][name], value), (key, name)
 
 
-def test_probe_fits_checks_and_inverts():
+def test_probe_measures_at_the_boundary_and_inverts():
     model = small_cnn()
-    result = probe(runner(model), device=CPU, cap_bytes=64 * MiB, sizes=(2, 8), check_size=32)
-    assert [p.batch_size for p in result.points] == [2, 8]
-    assert result.check is not None and result.check.batch_size == 32
-    assert abs(result.check_error) < 0.05
-    assert result.max_batch_size == result.model.max_batch_size(64 * MiB) > 32
+    seen = []
+    result = probe(runner(model), device=CPU, cap_bytes=8 * MiB, space_max=1024,
+                   run_eval=eval_runner(model, input_shape=SHAPE, num_classes=10, device=CPU, recipe=RECIPE),
+                   eval_space_max=300, on_point=lambda point, step: seen.append((point, step)))
+    sizes = [p.batch_size for p in result.points]
+    assert len(sizes) <= 5 and sizes[:2] == [2, 8] and result.converged
+    assert result.boundary == result.max_batch_size == result.model.max_batch_size(8 * MiB)
+    assert 32 < result.boundary < 1024 and result.boundary in sizes   # measured where it is used
+    assert 0 <= result.boundary_error <= 0.05
+    # the limit holds for real: the boundary fits, one sample more does not (or barely)
+    assert measure(model, result.boundary).peak_bytes <= 8 * MiB
+    assert [p for p, _ in seen] == [*result.points, *result.eval_points]
+    assert all(p.rss_bytes is not None and p.phase == "train" for p in result.points)
+    assert seen[len(result.points) - 1][1].done and seen[-1][1].done
+    # evaluation: measured up to 4x the largest micro-batch, at most the validation set, under the cap
+    e = result.estimate
+    assert e.eval is not None and [p.phase for p in result.eval_points] == ["eval"] * len(result.eval_points)
+    assert max(p.batch_size for p in result.eval_points) == e.eval_max_batch_size <= 300
+    assert e.eval.predict(e.eval_max_batch_size) <= 8 * MiB
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["sizes"] == [2, 8] and data["device"] == "cpu"
+    assert data["sizes"] == sizes and data["device"] == "cpu" and data["form"] == result.model.form
     assert MemoryModel.from_dict(data) == result.model
+    assert MemoryEstimate.from_dict(data) == e
+
+
+def test_evaluation_peak_grows_with_its_batch_and_holds_the_training_state():
+    model = small_cnn()
+    run = eval_runner(model, input_shape=SHAPE, num_classes=10, device=CPU, recipe=RECIPE)
+    small, large = (measure_step_peak(run, batch_size=b, device=CPU, phase="eval") for b in (8, 512))
+    assert small.fits and large.peak_bytes > small.peak_bytes
+    assert small.peak_bytes >= 2 * param_bytes(model)            # parameters + momentum
+    # no activations kept for backward: evaluation at 4x the batch costs less than 4x training
+    assert large.peak_bytes - small.peak_bytes < 4 * (measure(model, 128).peak_bytes - measure(model, 2).peak_bytes)
+
+
+class Blowup(nn.Module):
+    """A layer whose activation is absurdly large above ``limit`` samples: the CPU allocator
+    really fails to allocate it (a PiB), as it fails for a real model past the machine's memory."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            x = x + x.new_empty(2**48)[: 1].sum()
+        return x
+
+
+def test_cpu_allocation_failure_is_out_of_memory_and_bisected():
+    model = nn.Sequential(Blowup(20), small_cnn())
+    point = measure(model, 64)
+    assert not point.fits and point.peak_bytes is None
+    result = probe(runner(model), device=CPU, cap_bytes=2**40, space_max=256)
+    sizes = [p.batch_size for p in result.points]
+    assert sizes[:3] == [2, 8, 32] and not result.points[2].fits and len(sizes) <= 5
+    assert 8 <= result.max_batch_size <= 20 and result.estimate.too_big <= 32
+    assert result.boundary == result.max_batch_size and result.boundary in sizes  # measured, not guessed
+    assert all(p.fits for p in result.points if p.batch_size <= 20)
+
+
+def test_out_of_memory_classifier():
+    with pytest.raises(RuntimeError) as cpu:
+        torch.empty(2**50, dtype=torch.uint8)
+    assert is_out_of_memory(cpu.value)
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1.2 GB)"))
+    assert is_out_of_memory(RuntimeError("XPU out of memory."))
+    assert not is_out_of_memory(ValueError("Expected more than 1 value per channel when training"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+    try:
+        try:
+            raise cpu.value
+        except RuntimeError as inner:
+            raise RuntimeError("could not create a primitive") from inner
+    except RuntimeError as wrapped:
+        assert is_out_of_memory(wrapped)
 
 
 def test_cap_below_micro_batch_one_is_a_user_error():
     model = small_cnn()
-    with pytest.raises(AutobatchError, match=r"micro-batch 1 needs \(measured .*\)"):
-        probe(runner(model), device=CPU, cap_bytes=1000, check_size=None)
+    with pytest.raises(AutobatchError, match=r"below what micro-batch 1 needs \(measured .*\)"):
+        probe(runner(model), device=CPU, cap_bytes=1000)
 
 
-def fake_measure(limit, calls):
-    """A device where sizes above ``limit`` run out of memory."""
-    def measure_(size):
-        calls.append(size)
-        fits = size <= limit
-        return ProbePoint(batch_size=size, peak_bytes=100 + size if fits else None,
-                          reserved_bytes=None, fits=fits, seconds=0.0)
-    return measure_
+def test_default_cap_on_cpu_is_the_available_memory_less_a_margin():
+    available = memory.available_cpu_memory()
+    cap = memory.default_cap(CPU)
+    assert 0 < cap < available["available"] <= available["mem_available"]
+    assert cap == available["available"] - memory.cpu_margin(available["available"])
+    assert memory.cpu_margin(10 * 2**30) == 2 * 2**30 and memory.cpu_margin(300 * MiB) == 150 * MiB
 
 
-def test_sizes_that_do_not_fit_are_replaced_by_smaller_ones():
-    calls = []
-    points = _fit_points(fake_measure(5, calls), (2, 8), CPU)
-    assert [p.batch_size for p in points] == [2, 4]
-    assert calls == [2, 8, 4]
+def test_default_cap_follows_an_address_space_limit():
+    code = ("import resource, torch; from autobatch import memory; "
+            "from autobatch.memory._cap import address_space_headroom; "
+            "soft = memory.available_cpu_memory(); "
+            "vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024; "
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + 600 * 2**20, resource.RLIM_INFINITY)); "
+            "a = memory.available_cpu_memory(); print(a['address_space'], a['available'], memory.default_cap('cpu'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    headroom, available, cap = map(int, done.stdout.split())
+    assert 500 * MiB < headroom <= 600 * MiB and available == headroom
+    assert cap == headroom - memory.cpu_margin(headroom)
 
 
-def test_nothing_fits_is_a_user_error():
-    with pytest.raises(AutobatchError, match="does not fit"):
-        _fit_points(fake_measure(1, []), (2, 8), CPU)
+def test_cgroup_headroom_v1_and_v2(tmp_path):
+    from autobatch.memory._cap import cgroup_headroom
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "memory.max").write_text("1073741824\n")
+    (tmp_path / "job" / "memory.current").write_text("73741824\n")
+    (tmp_path / "cg").write_text("0::/job\n")
+    assert cgroup_headroom(tmp_path, tmp_path / "cg") == 10**9
+    (tmp_path / "job" / "memory.max").write_text("max\n")
+    assert cgroup_headroom(tmp_path, tmp_path / "cg") is None
+    (tmp_path / "memory" / "box").mkdir(parents=True)
+    (tmp_path / "memory" / "box" / "memory.limit_in_bytes").write_text(str(2**31))
+    (tmp_path / "memory" / "box" / "memory.usage_in_bytes").write_text(str(2**30))
+    (tmp_path / "cg1").write_text("4:memory:/box\n1:cpu:/\n")
+    assert cgroup_headroom(tmp_path, tmp_path / "cg1") == 2**30
+    (tmp_path / "memory" / "box" / "memory.limit_in_bytes").write_text("9223372036854771712")
+    assert cgroup_headroom(tmp_path, tmp_path / "cg1") is None
 
 
-def test_default_cap_is_none_on_cpu():
-    assert memory.default_cap(CPU) is None
+def test_trial_meter_counts_what_is_alive_and_what_the_phase_allocates():
+    meter = memory.TrialMeter(CPU)
+    kept = torch.ones(MiB // 4)                       # 1 MiB alive before the phase
+    with meter.phase("train", lambda: memory.live_tensor_bytes([kept, kept[:10]])):
+        scratch = torch.empty(MiB)                    # 4 MiB inside it
+        del scratch
+    assert meter.peaks["train"] == 5 * MiB and meter.peak_bytes() == 5 * MiB
+    assert meter.rss_bytes is None or meter.rss_bytes > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -295,3 +322,21 @@ def test_cuda_probe_and_out_of_memory():
     assert torch.cuda.max_memory_allocated(cuda) == before
     total = torch.cuda.get_device_properties(cuda).total_memory
     assert 0 < memory.default_cap(cuda) < total
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_probe_measures_at_the_boundary_and_the_trial_meter_keeps_the_whole_peak():
+    cuda = torch.device("cuda")
+    model = small_cnn()
+    result = probe(runner(model, device=cuda), device=cuda, cap_bytes=64 * MiB, space_max=8192)
+    assert result.boundary in [p.batch_size for p in result.points]
+    assert result.boundary_error is not None and 0 <= result.boundary_error <= 0.05
+    again = measure_step_peak(runner(model, device=cuda), batch_size=result.boundary, device=cuda)
+    assert again.peak_bytes <= 64 * MiB
+    meter = memory.TrialMeter(cuda)
+    with meter.phase("train", lambda: 0):
+        torch.empty(16 * MiB, dtype=torch.uint8, device=cuda)
+    with meter.phase("eval", lambda: 0):
+        torch.empty(4 * MiB, dtype=torch.uint8, device=cuda)
+    assert meter.peaks["train"] >= 16 * MiB > meter.peaks["eval"] >= 4 * MiB
+    assert meter.peak_bytes() >= 16 * MiB                  # the whole trial's peak survives the reset

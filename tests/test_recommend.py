@@ -203,10 +203,45 @@ def test_stored_memory_model_is_used_and_checked(frame):
     rec = _recommend(frame, memory_model=stored, priority="accuracy")
     memory = rec.diagnostics["memory"]
     assert memory["source"] == "stored" and memory["measured_peaks"] == len(frame)
+    assert memory["form"] == "affine"  # a legacy {fixed, per_sample} dict reads as affine
     assert memory["residual_mean_bytes"] > 0  # the model under-predicts: reported
-    assert rec.predicted_peak_bytes == pytest.approx(law.fixed + 0.9 * law.per_sample * rec.batch_size)
-    assert rec.peak_bytes_interval[1] >= law.peak(rec.batch_size)  # the interval owns the bias
+    # measured where trials measured: the trials' peak at this micro-batch, not the low model
+    measured = frame[frame["batch_size"] == rec.batch_size]["measured_peak_bytes"].max()
+    assert rec.predicted_peak_bytes == pytest.approx(measured)
+    assert rec.peak_bytes_interval[0] <= law.peak(rec.batch_size) <= rec.peak_bytes_interval[1]
     assert rec.batch_size <= 64 and rec.constraints["memory_model_max_batch_size"] == 64
+
+
+def test_memory_between_measured_sizes_comes_from_the_stored_estimate():
+    from autobatch.recommender import fit_memory
+
+    stored = {"form": "two_regime", "step_bytes": 9e6, "step_per_sample_bytes": 264.0,
+              "fixed_bytes": 8.5e6, "per_sample_bytes": 64e3, "cap_bytes": 2**30, "max_batch_size": 99,
+              "eval_model": {"form": "affine", "fixed_bytes": 8e6, "per_sample_bytes": 30e3},
+              "eval_max_batch_size": 500}
+    fit = fit_memory([8, 32], [9.2e6, 10.6e6], stored)
+    assert fit.predict([8, 32]).tolist() == [9.2e6, 10.6e6]            # measured
+    # not measured: max(training step, evaluation at min(4 x 16, 500))
+    assert fit.predict([16])[0] == pytest.approx(max(9e6 + 264 * 16, 8.5e6 + 64e3 * 16, 8e6 + 30e3 * 64))
+    assert fit.predict([256])[0] == pytest.approx(max(8.5e6 + 64e3 * 256, 8e6 + 30e3 * 500))
+    lo, hi = fit.interval([1, 8, 32, 256])
+    assert (lo >= 0).all() and (lo <= fit.predict([1, 8, 32, 256])).all()
+    assert hi[3] / lo[3] > hi[2] / lo[2]                                # wider beyond what was measured
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0])
+def test_memory_interval_never_goes_below_zero(scale):
+    from autobatch.recommender import fit_memory
+
+    sizes = [8, 8, 16, 32, 64, 128]
+    peaks = [scale * v for v in (1e5, 3e7, 2e5, 9e7, 1e6, 4e8)]      # wild: factors of 300 apart
+    for stored in (None, {"fixed_bytes": 1e5, "per_sample_bytes": 10.0}):
+        fit = fit_memory(sizes, peaks, stored)
+        lo, hi = fit.interval(np.array([1, 8, 100, 128, 4096]))
+        assert (lo >= 0).all() and (hi >= lo).all()
+        for b, y in zip(sizes, peaks):
+            low, high = fit.interval([b])
+            assert low[0] <= y <= high[0]
 
 
 # --- constraints and priorities ----------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
+from autobatch.memory import MemoryModel
 from autobatch.recommender import recommend, trials_frame
 from autobatch.report import (MiB, pareto_mask, plot_accuracy_map, plot_curves, plot_memory,
                               plot_tradeoff, write_report)
@@ -88,10 +89,11 @@ def test_memory_plot_fit_cap_probes_and_pruned(study):
     df = trials_frame(study)
     mm = study.user_attrs[R.STUDY_MEMORY_MODEL]
     _, data = plot_memory(df, mm)
-    expected = (mm["fixed_bytes"] + mm["per_sample_bytes"] * data["fit_batch"]) / MiB
+    model = MemoryModel.from_dict(mm)
+    expected = [model.predict(int(b)) / MiB for b in data["fit_batch"]]
     assert np.allclose(data["fit_peak_mib"], expected)
     assert data["cap_mib"] == mm["cap_bytes"] / MiB == 3.0
-    probes = [*mm["points"], mm["check"]]
+    probes = [p for p in mm["points"] if p["peak_bytes"]]
     assert list(data["probe_batch"]) == [p["batch_size"] for p in probes]
     assert np.allclose(data["probe_peak_mib"], [p["peak_bytes"] / MiB for p in probes])
     measured = [t for t in study.trials if t.user_attrs.get(R.MEASURED_PEAK_BYTES)]

@@ -5,8 +5,9 @@ measuring window is not counted."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
-from typing import Optional
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Optional
 
 import torch
 from torch._C._profiler import _EventType  # what torch.profiler._memory_profiler reads too
@@ -94,3 +95,68 @@ def measure_cuda(run: Callable[[], None], device: torch.device) -> tuple[int, in
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - allocated_before,
             torch.cuda.max_memory_reserved(device) - reserved_before)
+
+
+class TrialMeter:
+    """Peak memory of a trial, by phase: the measured training steps and the first evaluation.
+
+    ``with meter.phase("train", live_bytes):`` around a piece of work records its peak:
+    CPU: ``live_bytes`` (tensor bytes alive before it: parameters, buffers, gradients,
+    optimizer state) plus the exact tensor accounting inside it (``PeakWindow``); CUDA: the
+    allocator's peak over the phase (everything allocated on the device, the dataset included),
+    with the peak over the whole trial kept across the resets; other devices: not measured.
+    ``peak_bytes()`` is the largest of what was seen (CUDA: the whole trial's allocator peak).
+    ``rss_bytes`` (CPU) is the process's peak resident set since the meter started.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        from ._cap import reset_peak_resident
+
+        self.device = torch.device(device)
+        self.peaks: dict[str, int] = {}
+        self._cuda_max = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._rss = self.device.type == "cpu" and reset_peak_resident()
+
+    @contextmanager
+    def phase(self, name: str, live_bytes: Callable[[], int]) -> Iterator[None]:
+        kind = self.device.type
+        if kind == "cpu":
+            before = live_bytes()
+            with PeakWindow() as window:
+                yield
+            self._record(name, before + window.peak_bytes)
+        elif kind == "cuda":
+            self._cuda_max = max(self._cuda_max, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            self._record(name, torch.cuda.max_memory_allocated(self.device))
+        else:
+            yield
+
+    def _record(self, name: str, nbytes: int) -> None:
+        self.peaks[name] = max(nbytes, self.peaks.get(name, 0))
+        self._cuda_max = max(self._cuda_max, nbytes if self.device.type == "cuda" else 0)
+
+    def peak_bytes(self) -> Optional[int]:
+        if self.device.type == "cuda":
+            return max(self._cuda_max, torch.cuda.max_memory_allocated(self.device))
+        return max(self.peaks.values()) if self.peaks else None
+
+    @property
+    def rss_bytes(self) -> Optional[int]:
+        from ._cap import peak_resident_bytes
+
+        return peak_resident_bytes() if self._rss else None
+
+
+def live_tensor_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (non-tensors are skipped): what is
+    alive before a measuring window, counted once however many views share a storage."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

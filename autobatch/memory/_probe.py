@@ -1,50 +1,66 @@
-"""The memory probe: peaks measured at a few micro-batch sizes, the model fitted to them, and
-the largest micro-batch under a cap.
+"""The memory probe: peaks measured at micro-batch sizes chosen adaptively (``plan_probe``), the
+forms fitted to them, and the largest micro-batch under a cap; then the same for evaluation at
+the evaluation batch.
 
-The probe measures a *step runner*: ``run_steps(b)`` runs complete training steps at micro-batch
-``b`` on a copy of the model (``autobatch.train.step_runner`` makes one from the study's recipe),
-so memory knows nothing of how training is done. The user's weights, optimizer, RNG state and the
-allocator's peak statistics are left as they were.
+The probe measures *runners*: ``run_steps(b)`` runs complete training steps at micro-batch ``b``
+on a copy of the model (``autobatch.train.step_runner`` makes one from the study's recipe),
+``run_eval(e)`` an evaluation forward pass at batch ``e`` beside the training state
+(``autobatch.train.eval_runner``), so memory knows nothing of how training is done. The user's
+weights, optimizer, RNG state and the allocator's peak statistics are left as they were.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from ..errors import AutobatchError, UserCodeError
+from ..errors import AutobatchError
 from ..units import format_bytes
+from ._cap import peak_resident_bytes, reset_peak_resident
+from ._estimate import EVAL_BATCH_FACTOR, MemoryEstimate, store_models
+from ._forms import Affine, MemoryModel, relative_error
 from ._measure import _release_cuda, measure_cpu, measure_cuda
-from ._model import MemoryModel, fit_memory_model, relative_error
+from ._oom import is_out_of_memory
+from ._plan import ProbeStep, plan_probe
 
-MiB = 2**20
-StepRunner = Callable[[int], None]  # runs complete training steps at a micro-batch size
+StepRunner = Callable[[int], None]  # runs complete training steps (or an evaluation) at a batch size
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProbePoint:
-    """One measured micro-batch size. Bytes are the growth over what was live before."""
+    """One measured batch size. Bytes are the growth over what was live before."""
 
     batch_size: int
-    peak_bytes: Optional[int]       # None when it did not fit
+    peak_bytes: Optional[int]       # tensor bytes; None when it did not fit (out of memory)
     reserved_bytes: Optional[int]   # CUDA allocator's reserved growth; None on CPU
     fits: bool
     seconds: float
+    rss_bytes: Optional[int] = None  # CPU: the process's peak resident set during it (all of it)
+    phase: str = "train"            # "train" (training steps) or "eval" (evaluation batch)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def measure_step_peak(run_steps: StepRunner, *, batch_size: int, device: torch.device) -> ProbePoint:
+OnPoint = Callable[[ProbePoint, ProbeStep], None]  # progress: the point and the plan after it
+
+
+def measure_step_peak(run_steps: StepRunner, *, batch_size: int, device: torch.device,
+                      phase: str = "train") -> ProbePoint:
     """Peak memory of ``run_steps(batch_size)``: the growth over what was live before.
 
-    On CUDA an out-of-memory gives ``fits=False``; the allocator's cache and peak statistics
-    are cleared afterwards so the next user starts clean.
+    An allocation failure on any device (``is_out_of_memory``: CUDA's ``OutOfMemoryError``,
+    CPU's ``DefaultCPUAllocator``, MPS/XPU) gives ``fits=False``; other exceptions propagate.
+    On CUDA the allocator's cache and peak statistics are cleared afterwards so the next user
+    starts clean. On CPU the process's peak resident set during the run (``VmHWM``, reset at its
+    start: the interpreter, libraries and allocator caches included) is reported beside the
+    tensor bytes.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -57,143 +73,178 @@ def measure_step_peak(run_steps: StepRunner, *, batch_size: int, device: torch.d
         run_steps(batch_size)
 
     start = time.perf_counter()
-    peak = reserved = None
+    peak = reserved = rss = None
+    rss_window = not is_cuda and reset_peak_resident()
     # Dropout in the copy draws from the global RNG: restore it so the probe is invisible.
     with torch.random.fork_rng(devices=[device] if is_cuda else [],
                                device_type="cuda" if is_cuda else None):
-        if not is_cuda:
-            peak, reserved = measure_cpu(run)
-        else:
-            try:
-                peak, reserved = measure_cuda(run, device)
-            except torch.OutOfMemoryError:
-                pass  # the frames holding the copy die with the exception, cleared below
-            finally:
+        try:
+            peak, reserved = measure_cuda(run, device) if is_cuda else measure_cpu(run)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            del exc  # its traceback holds the frames holding the copy
+        finally:
+            gc.collect()
+            if is_cuda:
                 _release_cuda(device)
                 torch.cuda.reset_peak_memory_stats(device)
-    return ProbePoint(batch_size=batch_size, peak_bytes=peak, reserved_bytes=reserved,
-                      fits=peak is not None, seconds=time.perf_counter() - start)
+    if rss_window and peak is not None:
+        rss = peak_resident_bytes()
+    return ProbePoint(batch_size=batch_size, peak_bytes=peak, reserved_bytes=reserved, fits=peak is not None,
+                      seconds=time.perf_counter() - start, rss_bytes=rss, phase=phase)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeResult:
-    """What ``probe`` measured and fitted. Immutable; ``to_dict`` is its JSON form."""
+    """What ``probe`` measured and fitted. Immutable; ``to_dict`` is its JSON form, stored as the
+    study attribute ``memory_model`` (``MemoryEstimate.from_dict`` reads it back)."""
 
-    model: MemoryModel
-    points: tuple[ProbePoint, ...]      # the points the model was fitted to
-    check: Optional[ProbePoint]         # a size not used in the fit
-    check_error: Optional[float]        # signed relative error of the prediction at ``check``
-    cap_bytes: Optional[int]
-    max_batch_size: Optional[int]       # None when there is no cap
+    estimate: MemoryEstimate            # training and evaluation models, limits, cap
+    points: tuple[ProbePoint, ...]      # training-step measurements in the order taken
+    eval_points: tuple[ProbePoint, ...]  # evaluation measurements in the order taken
+    boundary: int                       # largest micro-batch the study will try (see plan_probe)
+    boundary_error: Optional[float]     # final fit vs the measurement at the boundary, if measured
+    validation_error: Optional[float]   # the newest point vs the fit of the points before it
+    converged: bool
+    reason: str
+    space_max: int
+    eval_space_max: Optional[int]
     seconds: float
     device: str
 
+    @property
+    def model(self) -> MemoryModel:
+        return self.estimate.train
+
+    @property
+    def cap_bytes(self) -> Optional[int]:
+        return self.estimate.cap_bytes
+
+    @property
+    def max_batch_size(self) -> Optional[int]:
+        return self.estimate.max_batch_size()
+
+    @property
+    def per_sample_bytes(self) -> float:
+        """Bytes one more sample adds at the boundary (the figure to compare at large batch)."""
+        return self.model.per_sample_at(max(1, self.boundary))
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able; the study attribute ``memory_model`` (``MemoryModel.from_dict`` reads it)."""
-        return {
-            **self.model.to_dict(),
-            "cap_bytes": self.cap_bytes,
-            "max_batch_size": self.max_batch_size,
-            "sizes": [p.batch_size for p in self.points],
-            "points": [p.to_dict() for p in self.points],
-            "check": self.check.to_dict() if self.check else None,
-            "check_error": self.check_error,
-            "seconds": self.seconds,
-            "device": self.device,
+        e = self.estimate
+        base = {
+            "probe": {"train": e.train.to_dict(), "eval": e.eval.to_dict() if e.eval else None,
+                      "eval_max_batch_size": e.eval_max_batch_size, "too_big": e.too_big},
+            "boundary": self.boundary, "boundary_error": self.boundary_error,
+            "validation_error": self.validation_error, "converged": self.converged,
+            "reason": self.reason, "per_sample_bytes_at_boundary": self.per_sample_bytes,
+            "sizes": [p.batch_size for p in self.points], "points": [p.to_dict() for p in self.points],
+            "eval_sizes": [p.batch_size for p in self.eval_points],
+            "eval_points": [p.to_dict() for p in self.eval_points],
+            "space_max": self.space_max, "eval_space_max": self.eval_space_max,
+            "seconds": self.seconds, "device": self.device,
         }
+        return store_models(base, e)
 
 
-def _fit_points(measure: Callable[[int], ProbePoint], sizes: Sequence[int],
-                device: torch.device) -> list[ProbePoint]:
-    """Measure ``sizes``; if some do not fit, halve below the smallest failure until 2 fit."""
-    fitting: dict[int, ProbePoint] = {}
-    too_big: Optional[int] = None  # smallest size that did not fit
-    for size in sorted(set(sizes)):
-        if too_big is None or size < too_big:
-            point = measure(size)
-            if point.fits:
-                fitting[size] = point
-            else:
-                too_big = size
-    candidate = too_big
-    while len(fitting) < 2 and candidate is not None and candidate > 1:
-        candidate //= 2
-        if candidate not in fitting:
-            point = measure(candidate)
-            if point.fits:
-                fitting[candidate] = point
-    if len(fitting) < 2:
-        fits = ", ".join(str(b) for b in sorted(fitting)) or "none"
-        raise AutobatchError(
-            f"the model does not fit in {device} memory at 2 micro-batch sizes (fitting: {fits});"
-            " use a smaller model or input size"
-        )
-    return [fitting[b] for b in sorted(fitting)]
+@dataclass(frozen=True)
+class _Phase:
+    model: MemoryModel
+    points: tuple[ProbePoint, ...]
+    step: ProbeStep
+    too_big: Optional[int]       # smallest size not to use: measured out of memory or over the
+                                 # cap, or above the largest fitting size when the fit misses that
 
 
-def _confirm_below_minimum(measure: Callable[[int], ProbePoint], fitted: MemoryModel,
-                           cap_bytes: int) -> int:
-    """The line says micro-batch 1 is over the cap: measure it, then return 1 or refuse."""
-    try:
-        one: Optional[ProbePoint] = measure(1)
-    except (ValueError, UserCodeError):  # e.g. BatchNorm cannot train on one sample: keep the line's word
-        one = None
-    if one is None:
-        needs = f"predicted {format_bytes(fitted.predict(1))}"
-    elif not one.fits:
-        needs = "out of memory"
-    elif one.peak_bytes <= cap_bytes:
-        return 1
-    else:
-        needs = f"measured {format_bytes(one.peak_bytes)}"
-    raise AutobatchError(
-        f"memory cap {format_bytes(cap_bytes)} is below what micro-batch 1 needs ({needs});"
-        " raise --max-memory or use a smaller model or input"
-    )
+def _run_plan(measure: Callable[[int], ProbePoint], on_point: Optional[OnPoint], cap: Optional[int],
+              **plan: Any) -> _Phase:
+    """Measure what ``plan_probe`` asks until it is done; a model even from fewer than 2 sizes."""
+    points: list[ProbePoint] = []
+    measured: list[tuple[int, Optional[float]]] = []
+    step = plan_probe(measured, cap_bytes=cap, **plan)
+    while not step.done:
+        point = measure(step.next_size)
+        points.append(point)
+        measured.append((point.batch_size, point.peak_bytes))
+        step = plan_probe(measured, cap_bytes=cap, **plan)
+        if on_point is not None:
+            on_point(point, step)
+    fitted = [p for p in points if p.fits]
+    model = step.model
+    if model is None and fitted:  # one size measured (a one-size space): proportional, safe side
+        p = max(fitted, key=lambda q: q.batch_size)
+        model = Affine(fixed_bytes=float(p.peak_bytes), per_sample_bytes=p.peak_bytes / p.batch_size)
+    failed = [p.batch_size for p in points if not p.fits or (cap is not None and p.peak_bytes > cap)]
+    too_big = min(failed, default=None)
+    if too_big is not None and model is not None and (cap is None or model.max_batch_size(cap) >= too_big):
+        # The model cannot see this failure: nothing above the largest size measured to fit
+        # (the plan's boundary) is known to fit.
+        too_big = min(too_big, step.boundary + 1)
+    return _Phase(model=model, points=tuple(points), step=step, too_big=too_big)
+
+
+def _nothing_fits(phase: _Phase, cap: Optional[int], device: torch.device, what: str) -> AutobatchError:
+    one = next((p for p in phase.points if p.batch_size == 1), None)
+    needs = ("out of memory" if one is None or not one.fits else f"measured {format_bytes(one.peak_bytes)}")
+    if cap is None:
+        return AutobatchError(f"{what} 1 does not fit in {device} memory ({needs}); "
+                              "use a smaller model or input")
+    return AutobatchError(f"memory cap {format_bytes(cap)} is below what {what} 1 needs ({needs});"
+                          " raise --max-memory or use a smaller model or input")
 
 
 def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[int] = None,
-          sizes: Sequence[int] = (2, 8), check_size: Optional[int] = 32) -> ProbeResult:
-    """Fit the memory model at ``sizes``, check it at ``check_size``, invert it under the cap.
+          space_max: int = 256, dataset_max: Optional[int] = None,
+          run_eval: Optional[StepRunner] = None, eval_space_max: Optional[int] = None,
+          on_point: Optional[OnPoint] = None, max_sizes: int = 5) -> ProbeResult:
+    """Measure the training step where the study will use it, fit, and invert under the cap;
+    then the same for evaluation.
 
-    Sizes that run out of memory are replaced by halving below the smallest failure. A cap
-    that even micro-batch 1 exceeds is an ``AutobatchError`` naming what 1 needs.
+    Training: ``plan_probe`` picks the sizes (from 2, growing x4 until the activations dominate,
+    then the boundary ``min(space_max, dataset_max, predicted limit under the cap)``, bisecting
+    on out-of-memory; at most ``max_sizes``). Evaluation (when ``run_eval`` is given): the same
+    plan from batch ``2 * EVAL_BATCH_FACTOR`` up to ``EVAL_BATCH_FACTOR * boundary`` (at most
+    ``eval_space_max``, the validation set); the evaluation batch of a micro-batch ``b`` is then
+    ``min(EVAL_BATCH_FACTOR * b, the largest evaluation batch under the cap)``. ``on_point`` sees
+    every measurement with the plan after it. ``AutobatchError`` when not even batch 1 fits.
     """
     start = time.perf_counter()
     device = torch.device(device)
 
-    def measure(size: int) -> ProbePoint:
-        return measure_step_peak(run_steps, batch_size=size, device=device)
+    def measure(runner: StepRunner, phase: str) -> Callable[[int], ProbePoint]:
+        def one(size: int) -> ProbePoint:
+            try:
+                return measure_step_peak(runner, batch_size=size, device=device, phase=phase)
+            except Exception as exc:
+                if size > 1:
+                    raise
+                # e.g. BatchNorm cannot train on one sample: the cap leaves nothing measurable
+                raise AutobatchError(f"batch 2 does not fit under the cap and batch 1 cannot run "
+                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+        return one
 
-    points = _fit_points(measure, sizes, device)
-    fitted = fit_memory_model([(p.batch_size, p.peak_bytes) for p in points])
-    check = check_error = None
-    if check_size and check_size not in {p.batch_size for p in points}:
-        check = measure(check_size)
-        if check.fits:
-            check_error = relative_error(fitted.predict(check_size), check.peak_bytes)
-    max_batch = None
-    if cap_bytes is not None:
-        max_batch = fitted.max_batch_size(cap_bytes)
-        if max_batch == 0:
-            max_batch = _confirm_below_minimum(measure, fitted, cap_bytes)
-    return ProbeResult(model=fitted, points=tuple(points), check=check, check_error=check_error,
-                       cap_bytes=cap_bytes, max_batch_size=max_batch,
-                       seconds=time.perf_counter() - start, device=str(device))
-
-
-def default_cap(device: torch.device) -> Optional[int]:
-    """The cap when none is given: CUDA total memory less a margin; None (no cap) on CPU.
-
-    The margin is ``max(10% of total, 512 MiB)``. The probe counts tensor bytes, but the
-    process also holds the CUDA context (a few hundred MiB, invisible to the allocator), the
-    caching allocator's rounding and fragmentation over a long run, and cuDNN/cuBLAS
-    workspaces whose size depends on the algorithm picked. The fixed floor covers the context
-    on small cards; the 10% covers what grows with the card. An OOM costs a whole trial, while
-    a 10% lower cap moves the largest power-of-two micro-batch down one step at most.
-    """
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    return int(total - max(total // 10, 512 * MiB))
+    train = _run_plan(measure(run_steps, "train"), on_point, cap_bytes, space_max=space_max,
+                      dataset_max=dataset_max, max_sizes=max_sizes)
+    if train.step.boundary == 0 or train.model is None:
+        raise _nothing_fits(train, cap_bytes, device, "micro-batch")
+    boundary = train.step.boundary
+    at_boundary = next((p for p in train.points if p.batch_size == boundary and p.fits), None)
+    estimate = MemoryEstimate(train=train.model, cap_bytes=cap_bytes, too_big=train.too_big)
+    evaluation = None
+    if run_eval is not None:
+        evaluation = _run_plan(measure(run_eval, "eval"), on_point, cap_bytes,
+                               space_max=EVAL_BATCH_FACTOR * boundary, dataset_max=eval_space_max,
+                               start=2 * EVAL_BATCH_FACTOR, max_sizes=max_sizes)
+        if evaluation.step.boundary == 0 or evaluation.model is None:
+            raise _nothing_fits(evaluation, cap_bytes, device, "evaluation batch")
+        # The plan's boundary: the largest evaluation batch needed (4x the largest micro-batch,
+        # at most the validation set) or, below it, the largest under the cap / out of memory.
+        estimate = dataclasses.replace(estimate, eval=evaluation.model,
+                                       eval_max_batch_size=evaluation.step.boundary)
+    return ProbeResult(
+        estimate=estimate, points=train.points, eval_points=evaluation.points if evaluation else (),
+        boundary=boundary,
+        boundary_error=relative_error(train.model.predict(boundary), at_boundary.peak_bytes) if at_boundary else None,
+        validation_error=train.step.validation_error, converged=train.step.converged, reason=train.step.reason,
+        space_max=space_max, eval_space_max=eval_space_max, seconds=time.perf_counter() - start,
+        device=str(device))

@@ -8,11 +8,12 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..recipe import TrainRecipe
 from ._batches import copy_to, sample_batch
 from ._build import make_compute_loss, make_optimizer, make_precision
+from ._evaluate import evaluate
 from ._step import train_step
 
 
@@ -57,5 +58,34 @@ def step_runner(model: nn.Module, *, dataset: Dataset, device: torch.device,
         for _ in range(steps):
             train_step(replica, optimizer, next_batch, accumulation_steps=1, compute_loss=compute_loss,
                        precision=precision, free_grads=False)
+
+    return run
+
+
+def eval_runner(model: nn.Module, *, dataset: Dataset, device: torch.device, recipe: TrainRecipe = TrainRecipe(),
+                step: Optional[str] = None, step_eval: Optional[str] = None) -> Callable[[int], None]:
+    """``run(e)``: one evaluation at batch ``e`` beside the training state, on a deep copy of
+    ``model``; everything it allocates dies on return.
+
+    What a trial holds while it evaluates: the parameters and the optimizer state (made by one
+    step on zero gradients, which are then freed, as ``train_step`` frees them); then
+    ``autobatch.train.evaluate`` itself (the conventions or the user's ``step`` / ``step_eval``,
+    the recipe's metric and autocast, ``torch.no_grad``, eval mode) on ``e`` real samples of
+    ``dataset`` (the validation split, repeated when it is smaller) in one batch. The
+    state-making step sets a floor (parameters + gradients + state) that the fit's two-regime
+    form absorbs.
+    """
+    device = torch.device(device)
+
+    def run(batch_size: int) -> None:
+        replica = copy.deepcopy(model).to(device)
+        optimizer = make_optimizer(replica.parameters(), recipe=recipe)
+        for p in replica.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        chunk = Subset(dataset, [i % len(dataset) for i in range(batch_size)])
+        evaluate(replica, chunk, batch_size, device, recipe, step=step, step_eval=step_eval, num_workers=0)
 
     return run

@@ -9,19 +9,22 @@ every batch size and accumulation setting, so trials are compared like with like
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import nullcontext
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..memory import PeakWindow
-from ..recipe import TrainRecipe
 from ..errors import AutobatchError
+from ..memory import EVAL_BATCH_FACTOR, TrialMeter, is_out_of_memory, live_tensor_bytes
+from ..recipe import TrainRecipe
 from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_ERROR, STOP_INFEASIBLE,
-                       STOP_OUT_OF_MEMORY, STOP_PRUNED, EvalPoint, TrialConfig, TrialResult)
+                       STOP_OUT_OF_MEMORY, STOP_OVER_CAP, STOP_PRUNED, EvalPoint, PeakReadings, TrialConfig,
+                       TrialResult)
+from ..units import format_bytes
 from ..workloads import Workload
 from ._batches import MicroBatches
 from ._build import make_compute_loss, make_optimizer, make_precision, make_scheduler
@@ -29,7 +32,7 @@ from ._evaluate import evaluate
 from ._step import train_step
 
 DIVERGENCE_FACTOR = 4.0  # smoothed loss this many times its start: diverged
-EVAL_BATCH_FACTOR = 4    # evaluation needs no activations for backward: larger batches fit
+MEASURED_STEPS = 2       # optimizer steps measured: the first allocates the state, the second runs with it
 
 OnEval = Callable[[EvalPoint], bool]  # returns True to stop the trial (pruned)
 
@@ -42,6 +45,13 @@ def eval_points(train_samples: int, n_evals: int) -> tuple[int, ...]:
 def resident_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[object]:
+    """Parameters, buffers, gradients and optimizer state: what lives between steps."""
+    params = list(model.parameters())
+    return itertools.chain(params, model.buffers(), (p.grad for p in params),
+                           (v for state in optimizer.state.values() for v in state.values()))
 
 
 def sync(device: torch.device) -> None:
@@ -65,6 +75,8 @@ def train_trial(
     step: Optional[str] = None,
     step_eval: Optional[str] = None,
     num_workers: Optional[int] = None,
+    eval_batch_size: Optional[int] = None,
+    memory_cap: Optional[int] = None,
 ) -> TrialResult:
     """Train ``model`` with ``config`` for ``train_samples`` samples; evaluate at ``checkpoints``.
 
@@ -73,9 +85,15 @@ def train_trial(
     precision, the loss and the metric the curve records (``EvalPoint.metric``).
 
     ``on_eval`` sees each evaluation and may stop the trial (a pruner). ``deadline`` (unix
-    time) cuts the trial off as ``budget``. Peak memory: on CUDA the allocator's own peak over
-    the whole trial; on CPU the exact tensor accounting of the first optimizer step (which
-    allocates the optimizer state) plus the parameters and buffers that existed before it.
+    time) cuts the trial off as ``budget``. Evaluation runs at ``eval_batch_size`` (default
+    ``EVAL_BATCH_FACTOR * batch_size``).
+
+    Memory (``autobatch.memory.TrialMeter``): on CUDA the allocator's peak over the whole trial;
+    on CPU the exact tensor accounting of the first ``MEASURED_STEPS`` optimizer steps and of the
+    first evaluation, each plus the tensors alive before it. A measured phase over
+    ``memory_cap`` stops the trial as ``over_cap``; an allocation failure on any device
+    (``is_out_of_memory``, also when the user's code raised it) stops it as ``out_of_memory``;
+    either names the phase.
 
     ``step`` / ``step_eval`` are the user's training-step and evaluation functions (see
     ``make_compute_loss`` and ``evaluate``); ``num_workers`` the loader's worker processes, shut
@@ -93,13 +111,13 @@ def train_trial(
     scheduler = make_scheduler(optimizer, total_steps, recipe)
     compute_loss = make_compute_loss(recipe, step=step)
     batches = MicroBatches(workload.train, b, device, seed, num_workers=num_workers, name=f"dataset {workload.name}")
-    eval_batch = b * EVAL_BATCH_FACTOR
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    eval_batch = eval_batch_size or b * EVAL_BATCH_FACTOR
+    meter, phase = TrialMeter(device), "train"
+    live = lambda: live_tensor_bytes(state_tensors(model, optimizer))  # noqa: E731
 
     curve: list[EvalPoint] = []
     samples, train_time, eval_time = 0, 0.0, 0.0
-    first_loss, smooth_loss, peak_bytes = None, None, None
+    first_loss, smooth_loss = None, None
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
@@ -107,15 +125,15 @@ def train_trial(
 
     try:
         for step_index in range(total_steps):
-            window = PeakWindow() if (step_index == 0 and device.type == "cpu") else nullcontext()
-            with window:
+            with meter.phase("train", live) if step_index < MEASURED_STEPS else nullcontext():
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
                                        compute_loss=compute_loss, precision=precision)
             scheduler.step()
-            if isinstance(window, PeakWindow):
-                peak_bytes = resident_bytes(model) + window.peak_bytes
             samples += b * k
             steps_done += 1
+            if over := _over_cap(meter, "train", memory_cap):
+                stop, detail = STOP_OVER_CAP, f"training step at micro-batch {b} {over}"
+                break
 
             loss_value = step_loss.item()
             if not math.isfinite(loss_value):
@@ -135,8 +153,14 @@ def train_trial(
                 sync(device)
                 now = time.perf_counter()
                 train_time += now - segment
-                value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe, step=step,
-                                           step_eval=step_eval, num_workers=num_workers)
+                phase = "eval"
+                with meter.phase("eval", live) if not curve else nullcontext():
+                    value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe, step=step,
+                                               step_eval=step_eval, num_workers=num_workers)
+                if over := _over_cap(meter, "eval", memory_cap):
+                    stop, detail = STOP_OVER_CAP, f"evaluation at batch {eval_batch} {over}"
+                    break
+                phase = "train"
                 prune = False
                 # One step may pass several checkpoints (an effective batch larger than their
                 # spacing): each is reported, so every trial has every checkpoint.
@@ -150,25 +174,45 @@ def train_trial(
                 if prune:
                     stop, detail = STOP_PRUNED, f"pruned at {point.samples_seen} samples seen"
                     break
-    except torch.OutOfMemoryError as exc:  # typed: only a real allocator OOM
-        stop, detail = STOP_OUT_OF_MEMORY, str(exc).splitlines()[0][:200]
+    except Exception as exc:
+        if is_out_of_memory(exc):  # an allocation failure on any device, in the user's code too
+            where = f"training step at micro-batch {b}" if phase == "train" else f"evaluation at batch {eval_batch}"
+            stop, detail = STOP_OUT_OF_MEMORY, f"{where}: {_first_line(exc)}"
+        elif isinstance(exc, AutobatchError):  # the user's code or output (UserCodeError and kin): a result
+            stop = STOP_INFEASIBLE if steps_done == 0 else STOP_ERROR
+            detail = (f"micro-batch {b} cannot train this model: {exc}" if steps_done == 0 else str(exc))[:500]
+        else:
+            raise
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    except AutobatchError as exc:  # the user's code or output (UserCodeError and kin): a result
-        stop = STOP_INFEASIBLE if steps_done == 0 else STOP_ERROR
-        detail = (f"micro-batch {b} cannot train this model: {exc}" if steps_done == 0 else str(exc))[:500]
-        optimizer.zero_grad(set_to_none=True)
     finally:
         batches.close()
 
     sync(device)
     end = time.perf_counter()
     train_time += end - segment
-    if device.type == "cuda":
-        peak_bytes = torch.cuda.max_memory_allocated(device)
+    failed = phase if stop in (STOP_OUT_OF_MEMORY, STOP_OVER_CAP) else None
+    peaks = PeakReadings(train_bytes=meter.peaks.get("train"), eval_bytes=meter.peaks.get("eval"),
+                         eval_batch_size=eval_batch, rss_bytes=meter.rss_bytes, failed_phase=failed)
     return TrialResult(
         config=config, curve=tuple(curve), samples_seen=samples, train_time_s=train_time,
-        eval_time_s=eval_time, wall_time_s=end - started, measured_peak_bytes=peak_bytes,
-        stop_reason=stop, stop_detail=detail, metric=recipe.metric, direction=recipe.direction,
+        eval_time_s=eval_time, wall_time_s=end - started, measured_peak_bytes=meter.peak_bytes(),
+        stop_reason=stop, stop_detail=detail, metric=recipe.metric, direction=recipe.direction, peaks=peaks,
     )
+
+
+def _over_cap(meter: TrialMeter, phase: str, cap: Optional[int]) -> str:
+    """``"measured X > cap Y"`` when ``phase``'s measured peak is over ``cap``, else ``""``."""
+    peak = meter.peaks.get(phase)
+    if cap is None or peak is None or peak <= cap:
+        return ""
+    return f"measured {format_bytes(peak)} > cap {format_bytes(cap)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the allocation failure inside ``exc`` (a wrapper's cause, if wrapped)."""
+    inner = exc
+    while inner is not None and not (isinstance(inner, MemoryError) or "memory" in str(inner).lower()):
+        inner = inner.__cause__ or inner.__context__
+    return (str(inner or exc).splitlines() or [""])[0][:200]

@@ -7,17 +7,17 @@ in-process); ``run_worker`` is the loop every worker runs (``autobatch worker`` 
 (``callback(run, event)``); ``event_line`` renders them as the CLI's lines.
 """
 
-from ._events import (Callback, Event, Note, PlanMade, ProbeDone, ProbeStarted, RecommendationMade, StudyReady,
-                      StudyResumed, TrialFinished, TrialStarted, TuneRun)
+from ._events import (Callback, Event, Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, RecommendationMade,
+                      StudyReady, StudyResumed, TrialFinished, TrialStarted, TuneRun)
 from ._objective import TrialContext, run_trial
 from ._prepare import deadline_of, prepare_study, probe_workload
-from ._progress import event_line
+from ._progress import event_line, probe_summary
 from ._python import tune as tune_objects
 from ._tune import TuneOutcome, default_study_name, final_answer, set_limits, tune
 from ._worker import POLL_SECONDS, counts, heartbeat, next_trial_id, run_worker
 
-__all__ = ["Callback", "Event", "Note", "POLL_SECONDS", "PlanMade", "ProbeDone", "ProbeStarted",
+__all__ = ["Callback", "Event", "Note", "POLL_SECONDS", "PlanMade", "ProbeDone", "ProbeProgress", "ProbeStarted",
            "RecommendationMade", "StudyReady", "StudyResumed", "TrialContext", "TrialFinished", "TrialStarted",
            "TuneOutcome", "TuneRun", "counts", "deadline_of", "default_study_name", "event_line", "final_answer",
-           "heartbeat", "next_trial_id", "prepare_study", "probe_workload", "run_trial", "run_worker",
-           "set_limits", "tune", "tune_objects"]
+           "heartbeat", "next_trial_id", "prepare_study", "probe_summary", "probe_workload", "run_trial",
+           "run_worker", "set_limits", "tune", "tune_objects"]

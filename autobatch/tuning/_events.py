@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from optuna.trial import FrozenTrial
 
-from ..memory import ProbeResult
+from ..memory import MemoryModel, ProbePoint, ProbeResult, ProbeStep
 from ..records import TrialConfig
 from ..search import StudySpec
 
@@ -29,6 +29,27 @@ class Note:
 class ProbeStarted:
     model: str
     device: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeProgress:
+    """One size the memory probe measured, and the fit of everything measured so far."""
+
+    phase: str                         # "train" (training steps) or "eval" (evaluation batch)
+    batch_size: int
+    peak_bytes: Optional[int]          # tensor bytes; None: out of memory
+    rss_bytes: Optional[int]           # CPU: the process's peak resident set during it
+    seconds: float
+    model: Optional[MemoryModel]       # fit so far (None before 2 sizes)
+    boundary: int                      # the largest batch the fit says the study will use
+    next_size: Optional[int]           # the next size to measure; None: this phase is done
+
+    @classmethod
+    def of(cls, point: ProbePoint, step: ProbeStep) -> "ProbeProgress":
+        """The event for ``probe``'s ``on_point(point, step)``."""
+        return cls(phase=point.phase, batch_size=point.batch_size, peak_bytes=point.peak_bytes,
+                   rss_bytes=point.rss_bytes, seconds=point.seconds, model=step.model,
+                   boundary=step.boundary, next_size=step.next_size)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,12 +20,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
-from ..memory import MemoryModel
+from ..memory import MemoryEstimate
 from ..records import EvalPoint
 from ..search import StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialStarted, TuneRun
+from ._memcheck import check_measured, current_estimate, over_memory, refit_study_memory
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
 
@@ -41,7 +42,7 @@ class TrialContext:
     spec: StudySpec
     workload: Workload
     device: torch.device
-    memory_model: Optional[MemoryModel] = None
+    memory_model: Optional[MemoryEstimate] = None
     deadline: Optional[float] = None
     num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
 
@@ -56,23 +57,21 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     Raises ``StudyFailedError`` when the study should stop (see the module docstring)."""
     spec = ctx.spec
     config, _ = suggest(trial, spec.space)
-    predicted = ctx.memory_model.predict(config.batch_size) if ctx.memory_model else None
+    # memory: the study's latest (refit) estimate; prune before training what will not fit
+    estimate = current_estimate(study, ctx.memory_model)
+    predicted = estimate.predict(config.batch_size) if estimate else None
     attrs = R.configuration_attrs(config, device=str(ctx.device), predicted_peak_bytes=predicted)
     cap = spec.max_memory_bytes
-    if predicted is not None and cap:
-        over = (predicted - cap) / cap
-        R.set_memory_constraint(trial, over)
-        if over > 0:  # never trained: pruned before its first step, the sampler told why
-            attrs.update({R.MEMORY_ACTION: "pruned", R.STOP_REASON: R.STOP_OVER_MEMORY,
-                          R.STOP_DETAIL: f"micro-batch {config.batch_size} predicted at "
-                          f"{predicted / 2**20:.1f} MiB > cap {cap / 2**20:.1f} MiB",
-                          R.SAMPLES_SEEN: 0})
-            R.write_attrs(trial, attrs)
-            return study.tell(trial, state=TrialState.PRUNED)
-    else:
-        R.set_memory_constraint(trial, 0.0)
+    why = over_memory(estimate, config.batch_size, cap)
+    if why is not None:  # never trained: pruned before its first step, the sampler told why
+        R.set_memory_constraint(trial, why.over)
+        attrs.update({R.MEMORY_ACTION: "pruned", R.STOP_REASON: R.STOP_OVER_MEMORY,
+                      R.STOP_DETAIL: why.detail, R.SAMPLES_SEEN: 0})
+        R.write_attrs(trial, attrs)
+        return study.tell(trial, state=TrialState.PRUNED)
     attrs[R.MEMORY_ACTION] = "none"
     if spec.train_size and config.effective_batch_size > spec.train_size:
+        R.set_memory_constraint(trial, (predicted - cap) / cap if predicted and cap else 0.0)
         attrs.update({R.STOP_REASON: R.STOP_INFEASIBLE, R.SAMPLES_SEEN: 0,
                       R.STOP_DETAIL: f"effective batch {config.effective_batch_size} ({config.batch_size} x "
                                      f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
@@ -104,8 +103,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
                          seed=seed, on_eval=on_eval, deadline=ctx.deadline, step=spec.step,
-                         step_eval=spec.step_eval, num_workers=ctx.num_workers)
+                         step_eval=spec.step_eval, num_workers=ctx.num_workers,
+                         eval_batch_size=estimate.eval_batch(config.batch_size) if estimate else None,
+                         memory_cap=cap)
     R.write_attrs(trial, R.result_attrs(result, train_size=spec.train_size))
+    # memory: the measured peak against the cap and the prediction; the estimate refit from it
+    over_cap = check_measured(trial, result, predicted, cap)
+    refit_study_memory(study)
+    if over_cap or result.stop_reason == R.STOP_OVER_CAP:
+        return study.tell(trial, state=TrialState.PRUNED)
     if result.stop_reason == R.STOP_COMPLETED:
         return study.tell(trial, result.final_metric)
     if result.stop_reason == R.STOP_BUDGET:

@@ -12,23 +12,29 @@ import torch
 
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
-from ..memory import ProbeResult, default_cap, probe
+from ..memory import ProbeResult, default_cap, is_out_of_memory, probe
 from ..search import (StudySpec, TuneSettings, enqueue_baselines, fit_reserve, fit_space_to_data, make_pruner,
                       plan_train_samples, seconds_per_sample)
 from ..storage import find_study
-from ..train import check_recipe, eval_points, measure_throughput, step_runner
+from ..train import check_recipe, eval_points, eval_runner, measure_throughput, step_runner
 from ..units import format_bytes
 from ..workloads import Workload, build_model
-from ._events import Note, PlanMade, ProbeDone, ProbeStarted, StudyResumed, TuneRun
+from ._events import Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyResumed, TuneRun
 from ._worker import counts
 
 
 def probe_workload(settings: TuneSettings, workload: Workload, device: torch.device,
                    run: TuneRun) -> tuple[ProbeResult, list[int], float]:
     """Memory model and throughput: what the plan and the memory-aware search rest on. Returns
-    the probe, the space's micro-batch sizes that fit, and the mean seconds per sample. The
-    probe trains on real batches of the training set; a smallest micro-batch the model cannot
-    train (BatchNorm at 1) is said once and left to the trials, which record it infeasible."""
+    the probe, the space's micro-batch sizes that fit, and the mean seconds per sample.
+
+    The probe trains on real batches of the training set and evaluates real validation samples:
+    training steps up to the largest micro-batch the study will try (the space's largest, at most
+    the training set, at most what fits under the cap: ``--max-memory``, else the device's
+    memory, on CPU the memory available), evaluation up to its batch; each measurement is a
+    ``ProbeProgress`` event. A smallest micro-batch the model cannot train (BatchNorm at 1) is
+    said once and left to the trials, which record it infeasible.
+    """
     started = time.perf_counter()
     model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
@@ -36,31 +42,52 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
                  step=settings.step, step_eval=settings.step_eval)
     cap = settings.max_memory_bytes or default_cap(device)
     run.emit(ProbeStarted(model=settings.model, device=str(device)))
-    runner = step_runner(model, dataset=workload.train, device=device, recipe=settings.recipe, step=settings.step)
-    result = probe(runner, device=device, cap_bytes=cap)
-    sizes = [b for b in settings.space.batch_sizes if result.max_batch_size is None or b <= result.max_batch_size]
-    if not sizes:
-        raise AutobatchError(
-            f"no batch size in the search space fits under {format_bytes(cap)}: the largest micro-batch "
-            f"that fits is {result.max_batch_size}; lower batch_size_min or raise --max-memory")
-
-    def throughput(b: int) -> float:
-        return measure_throughput(model, workload, b, device, recipe=settings.recipe, step=settings.step,
-                                  num_workers=settings.num_workers)
-
-    while True:
-        try:
-            smallest = (sizes[0], throughput(sizes[0]))
-            break
-        except UserCodeError as exc:
-            if len(sizes) == 1:
-                raise
-            run.emit(Note(text=f"micro-batch {sizes[0]} cannot train this model ({exc}); "
-                               f"trials at it are recorded infeasible"))
-            sizes = sizes[1:]
-    measured = (smallest,) + ((sizes[-1], throughput(sizes[-1])),) * (sizes[-1] != sizes[0])
+    train = step_runner(model, dataset=workload.train, device=device, recipe=settings.recipe, step=settings.step)
+    evaluation = eval_runner(model, dataset=workload.val, device=device, recipe=settings.recipe,
+                             step=settings.step, step_eval=settings.step_eval)
+    result = probe(train, device=device, cap_bytes=cap, space_max=max(settings.space.batch_sizes),
+                   dataset_max=len(workload.train), run_eval=evaluation, eval_space_max=len(workload.val),
+                   on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
+    result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
     run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started))
     return result, sizes, seconds_per_sample(measured, sizes)
+
+
+def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: Workload, model: torch.nn.Module,
+                        device: torch.device, run: TuneRun, cap: Optional[int]
+                        ) -> tuple[ProbeResult, list[int], tuple[tuple[int, float], ...]]:
+    """Throughput at the smallest and largest space sizes that fit. A smallest size the model
+    cannot train (``UserCodeError``) is said once and the next one timed; a size that runs out of
+    memory here (the probe measured below it, or the cap is above what the machine holds) bounds
+    the micro-batch like a probe failure, and the next smaller size is timed."""
+    measured: dict[int, float] = {}
+    skip_smallest = 0
+    while True:
+        limit = result.max_batch_size
+        sizes = [b for b in settings.space.batch_sizes if limit is None or b <= limit][skip_smallest:]
+        if not sizes:
+            failed = f" ({result.estimate.too_big} did not fit)" if result.estimate.too_big else ""
+            raise AutobatchError(
+                f"no batch size in the search space fits under {format_bytes(cap)}: the largest micro-batch "
+                f"that fits is {limit}{failed}; lower batch_size_min or raise --max-memory")
+        b = 0
+        try:
+            for b in sorted({sizes[0], sizes[-1]} - set(measured)):
+                measured[b] = measure_throughput(model, workload, b, device, recipe=settings.recipe,
+                                                 step=settings.step, num_workers=settings.num_workers)
+            return result, sizes, tuple(sorted((s, measured[s]) for s in {sizes[0], sizes[-1]}))
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                run.emit(Note(text=f"micro-batch {b} ran out of memory while timing it "
+                                   f"({str(exc).splitlines()[0][:120]}); larger micro-batches are not tried"))
+                too_big = min(b, result.estimate.too_big or b)
+                result = dataclasses.replace(result, estimate=dataclasses.replace(result.estimate, too_big=too_big))
+            elif isinstance(exc, UserCodeError) and b == sizes[0] and len(sizes) > 1:
+                run.emit(Note(text=f"micro-batch {b} cannot train this model ({exc}); "
+                                   f"trials at it are recorded infeasible"))
+                skip_smallest += 1
+            else:
+                raise
 
 
 def prepare_study(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_name: str,

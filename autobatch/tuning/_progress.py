@@ -8,8 +8,10 @@ from typing import Optional
 from optuna.trial import TrialState
 
 from .. import records as R
+from ..memory import EVAL_BATCH_FACTOR, ProbeResult
 from ..units import format_bytes, format_duration
-from ._events import (Note, PlanMade, ProbeDone, ProbeStarted, StudyReady, StudyResumed, TrialFinished)
+from ._events import (Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyReady, StudyResumed,
+                      TrialFinished)
 
 
 def event_line(event: object) -> Optional[str]:
@@ -18,14 +20,10 @@ def event_line(event: object) -> Optional[str]:
         return event.text
     if isinstance(event, ProbeStarted):
         return f"probing memory of {event.model} on {event.device} ..."
+    if isinstance(event, ProbeProgress):
+        return probe_line(event)
     if isinstance(event, ProbeDone):
-        probe, mm = event.probe, event.probe.model
-        fits = (f", largest micro-batch under {format_bytes(probe.cap_bytes)}: {probe.max_batch_size}"
-                if probe.cap_bytes else "")
-        memory = (f"memory: {format_bytes(mm.fixed_bytes)} + {format_bytes(mm.per_sample_bytes)}/sample"
-                  f"{fits} ({probe.seconds:.1f}s)")
-        speed = "throughput: " + ", ".join(f"{thr:.0f} samples/s at batch {b}" for b, thr in event.throughput)
-        return f"{memory}\n{speed}"
+        return probe_done_lines(event)
     if isinstance(event, StudyResumed):
         return f"resuming study {event.study_name!r}: {event.completed} completed trials so far"
     if isinstance(event, PlanMade):
@@ -52,3 +50,58 @@ def trial_line(event: TrialFinished) -> str:
     return (f"trial {frozen.number}: b={a.get(R.BATCH_SIZE)} x{a.get(R.ACCUMULATION_STEPS)} "
             f"lr={a.get(R.LEARNING_RATE, 0):.3g} -> {what} | {best} | "
             f"{c['complete']} done, {c['pruned']} pruned, {c['waiting']} queued{left}")
+
+
+def probe_line(event: ProbeProgress) -> str:
+    """``  probe train b=32: 12.0 MiB (RSS +13.1 MiB) 0.4s | fit: ... | next 128``"""
+    what = "training step" if event.phase == "train" else "evaluation"
+    peak = "out of memory" if event.peak_bytes is None else format_bytes(event.peak_bytes)
+    rss = f" (process RSS {format_bytes(event.rss_bytes)})" if event.rss_bytes is not None else ""
+    fit = f" | fit: {event.model.describe()}" if event.model is not None else ""
+    nxt = f" | next {event.next_size}" if event.next_size else f" | done, up to {event.boundary}"
+    return f"  {what} at {event.batch_size}: {peak}{rss} in {event.seconds:.1f}s{fit}{nxt}"
+
+
+def probe_done_lines(event: ProbeDone) -> str:
+    """The memory estimate (training, evaluation, cap, largest micro-batch) and the throughput."""
+    probe = event.probe
+    estimate, sizes = probe.estimate, ", ".join(str(p.batch_size) for p in probe.points)
+    checked = (f", {100 * probe.boundary_error:+.1f}% at the boundary {probe.boundary}"
+               if probe.boundary_error is not None else f", boundary {probe.boundary} not measured")
+    lines = [f"memory: {probe.model.describe()} ({probe.model.form}); "
+             f"{format_bytes(probe.per_sample_bytes)}/sample at micro-batch {probe.boundary}"
+             f" (sizes {sizes}{checked}; {probe.seconds:.1f}s)"]
+    if estimate.eval is not None:
+        lines.append(f"evaluation memory: {estimate.eval.describe()} ({estimate.eval.form}); "
+                     f"evaluation batch min({EVAL_BATCH_FACTOR} x micro-batch, {estimate.eval_max_batch_size})")
+    if probe.cap_bytes:
+        lines.append(f"largest micro-batch under {format_bytes(probe.cap_bytes)}: {probe.max_batch_size}")
+    lines.append("throughput: " + ", ".join(f"{thr:.0f} samples/s at batch {b}" for b, thr in event.throughput))
+    return "\n".join(lines)
+
+
+def probe_summary(probe: ProbeResult, title: str, cap_source: str) -> str:
+    """``autobatch probe``'s answer: the fitted form, the per-sample figure at the boundary, the
+    sizes measured, the process's resident set beside the tensors, evaluation, cap and limit."""
+    mm, estimate = probe.model, probe.estimate
+    at = next((p for p in probe.points if p.batch_size == probe.boundary and p.fits), None)
+    sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (out of memory)") for p in probe.points)
+    measured = (f"; at {probe.boundary}: predicted {format_bytes(mm.predict(probe.boundary))}, "
+                f"measured {format_bytes(at.peak_bytes)}" if at else "")
+    lines = [title, f"  form             {mm.form}: {mm.describe()}",
+             f"  per sample       {format_bytes(probe.per_sample_bytes)} at micro-batch {probe.boundary}",
+             f"  probe sizes      {sizes}{measured} ({probe.reason})"]
+    if at is not None and at.rss_bytes is not None:
+        lines.append(f"  process memory   resident set peaked at {format_bytes(at.rss_bytes)} during micro-batch "
+                     f"{probe.boundary} (its tensors: {format_bytes(at.peak_bytes)}; the rest is the "
+                     "interpreter, libraries and allocator caches)")
+    if estimate.eval is not None:
+        eval_sizes = ", ".join(str(p.batch_size) for p in probe.eval_points)
+        lines.append(f"  evaluation       {estimate.eval.form}: {estimate.eval.describe()}; batch up to "
+                     f"{estimate.eval_max_batch_size} (sizes {eval_sizes})")
+    if probe.cap_bytes:
+        lines += [f"  cap              {format_bytes(probe.cap_bytes)} ({cap_source})",
+                  f"  largest micro-batch under the cap: {probe.max_batch_size}"]
+    else:
+        lines.append("  cap              none")
+    return "\n".join(lines + [f"  probe time       {probe.seconds:.1f}s"])

@@ -24,7 +24,7 @@ from .. import records as R
 from .._optuna_internals import backend, study_id
 from .._optuna_internals import trial_id as trial_id_of
 from ..errors import AutobatchError
-from ..memory import MemoryModel
+from ..memory import MemoryEstimate
 from ..search import StudySpec, make_pruner, make_sampler
 from ..storage import StorageLostError, fail_stale_trials, requeue
 from ..train import resolve_device
@@ -58,7 +58,7 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     workload = workload or load_workload(spec.dataset, data_dir=data_dir, seed=spec.seed)
     ctx = TrialContext(spec=spec, workload=workload,
                        device=resolve_device(device_name),
-                       memory_model=MemoryModel.from_dict(memory) if memory else None, deadline=deadline,
+                       memory_model=MemoryEstimate.from_dict(memory) if memory else None, deadline=deadline,
                        num_workers=num_workers)
     # The sampler's seed moves on with the study: a resumed study must not replay the
     # configurations of its first start-up trials.

@@ -1,0 +1,91 @@
+"""Memory around one trial: the study's current estimate, the check before training (predicted
+over the cap, or at a size a trial found not to fit), and the check after it (the measured peak
+against the cap and the prediction), then the estimate refit from every trial's measured peaks
+so that later proposals use corrected predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import optuna
+
+from .. import records as R
+from ..memory import MemoryEstimate, TrialPeaks, refit, relative_error
+from ..records import TrialResult
+from ..units import format_bytes
+
+
+@dataclass(frozen=True)
+class OverMemory:
+    """Why a configuration will not fit: ``over`` (> 0) is the constraint value for the sampler."""
+
+    over: float
+    detail: str
+
+
+def current_estimate(study: optuna.Study, fallback: Optional[MemoryEstimate]) -> Optional[MemoryEstimate]:
+    """The estimate as last refit and stored with the study (another worker may have refit it);
+    ``fallback`` when the study has none."""
+    data = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
+    return MemoryEstimate.from_dict(data) if data else fallback
+
+
+def over_memory(estimate: Optional[MemoryEstimate], batch_size: int, cap: Optional[int]) -> Optional[OverMemory]:
+    """Why micro-batch ``batch_size`` should not train under ``cap``, or None when it should."""
+    if estimate is None or not cap:
+        return None
+    predicted = estimate.predict(batch_size)
+    over = (predicted - cap) / cap
+    if estimate.too_big is not None and batch_size >= estimate.too_big:
+        return OverMemory(max(over, 0.01), f"micro-batch {batch_size}: micro-batch {estimate.too_big} "
+                                           "did not fit in an earlier trial (out of memory or over the cap)")
+    if over > 0:
+        return OverMemory(over, f"micro-batch {batch_size} predicted at {format_bytes(predicted)} "
+                                f"> cap {format_bytes(cap)}")
+    return None
+
+
+def check_measured(trial: optuna.Trial, result: TrialResult, predicted: Optional[float],
+                   cap: Optional[int]) -> bool:
+    """Compare the trial's measured peak with the cap and the prediction; store both and the
+    trial's memory constraint (set once, as Optuna allows: measured over cap, else predicted,
+    else 0). True when the trial went over the cap: it is then infeasible (violated constraint,
+    reason stored) whatever its training did."""
+    measured = result.measured_peak_bytes
+    if measured and predicted:
+        trial.set_user_attr(R.MEMORY_PREDICTION_ERROR, relative_error(predicted, measured))
+    peak = measured or predicted
+    over = (peak - cap) / cap if peak and cap else 0.0
+    R.set_memory_constraint(trial, over)
+    if not measured or over <= 0:
+        return False
+    if result.stop_reason != R.STOP_OVER_CAP:  # e.g. a CUDA peak after the measured phases
+        trial.set_user_attr(R.STOP_REASON, R.STOP_OVER_CAP)
+        trial.set_user_attr(R.STOP_DETAIL, f"measured peak {format_bytes(measured)} > cap {format_bytes(cap)}"
+                            + (f" (after: {result.stop_detail})" if result.stop_detail else ""))
+    return True
+
+
+def trial_peaks(trial: optuna.trial.FrozenTrial) -> Optional[TrialPeaks]:
+    """What a stored trial measured, or None when it measured nothing."""
+    a = trial.user_attrs
+    if a.get(R.BATCH_SIZE) is None:
+        return None
+    peaks = TrialPeaks(batch_size=int(a[R.BATCH_SIZE]), train_bytes=a.get(R.MEASURED_TRAIN_PEAK_BYTES),
+                       eval_batch_size=a.get(R.EVAL_BATCH_SIZE), eval_bytes=a.get(R.MEASURED_EVAL_PEAK_BYTES),
+                       failed=a.get(R.MEMORY_FAILED_PHASE))
+    return peaks if (peaks.train_bytes or peaks.eval_bytes or peaks.failed) else None
+
+
+def refit_study_memory(study: optuna.Study) -> Optional[MemoryEstimate]:
+    """Refit the stored estimate from every trial's measured peaks, store it, return it."""
+    data = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
+    if not data:
+        return None
+    measured = [p for p in map(trial_peaks, study.get_trials(deepcopy=False)) if p is not None]
+    if not measured:
+        return MemoryEstimate.from_dict(data)
+    updated = refit(data, measured)
+    study.set_user_attr(R.STUDY_MEMORY_MODEL, updated)
+    return MemoryEstimate.from_dict(updated)

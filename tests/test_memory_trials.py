@@ -1,0 +1,192 @@
+"""Memory where trials run: each trial's measured peak against the cap and the prediction, the
+evaluation batch chosen under the cap, allocation failures as out-of-memory results, and the
+study's estimate refit from measured peaks. Small data, a few steps, CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from autobatch import records as R
+from autobatch.memory import MemoryEstimate, MemoryModel
+from autobatch.records import TrialConfig
+from autobatch.search import SearchSpace, TuneSettings
+from autobatch.storage import open_study
+from autobatch.train import train_trial
+from autobatch.tuning import ProbeProgress, TrialFinished, TuneRun, event_line, run_worker, tune
+from autobatch.workloads import build_model, load_workload
+
+CPU = torch.device("cpu")
+KiB, MiB = 2**10, 2**20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_workload("digits", seed=0)
+
+
+def mlp(workload):
+    torch.manual_seed(0)
+    return build_model("mlp", num_classes=workload.num_classes, input_shape=workload.input_shape)
+
+
+def trial(workload, model, batch_size=32, **kwargs):
+    config = TrialConfig(batch_size=batch_size, learning_rate=0.05)
+    return train_trial(model, workload, config, train_samples=6 * batch_size, checkpoints=(2 * batch_size,),
+                       device=CPU, **kwargs)
+
+
+def test_a_trial_measures_training_and_evaluation_separately(digits):
+    result = trial(digits, mlp(digits), eval_batch_size=100)
+    peaks = result.peaks
+    assert result.stop_reason == R.STOP_COMPLETED and peaks.eval_batch_size == 100
+    assert peaks.train_bytes > 0 and peaks.eval_bytes > 0 and peaks.failed_phase is None
+    assert result.measured_peak_bytes == max(peaks.train_bytes, peaks.eval_bytes)
+    assert peaks.rss_bytes is None or peaks.rss_bytes > result.measured_peak_bytes  # resident set, side by side
+    bigger = trial(digits, mlp(digits), eval_batch_size=300).peaks
+    assert bigger.eval_bytes > peaks.eval_bytes and bigger.train_bytes == peaks.train_bytes
+
+
+def test_a_training_step_over_the_cap_stops_the_trial(digits):
+    result = trial(digits, mlp(digits), memory_cap=64 * KiB)
+    assert result.stop_reason == R.STOP_OVER_CAP and result.peaks.failed_phase == "train"
+    assert "measured" in result.stop_detail and "> cap 64.0 KiB" in result.stop_detail
+    assert result.samples_seen <= 2 * 32 and not result.curve          # stopped at once
+
+
+def test_an_evaluation_over_the_cap_stops_the_trial(digits):
+    free = trial(digits, mlp(digits), eval_batch_size=350).peaks
+    assert free.eval_bytes > free.train_bytes
+    cap = (free.train_bytes + free.eval_bytes) // 2
+    result = trial(digits, mlp(digits), eval_batch_size=350, memory_cap=cap)
+    assert result.stop_reason == R.STOP_OVER_CAP and result.peaks.failed_phase == "eval"
+    assert result.stop_detail.startswith("evaluation at batch 350")
+
+
+class Blowup(nn.Module):
+    """Asks the CPU allocator for a PiB once the batch passes ``limit``: a real allocation failure."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            x = x + x.new_empty(2**48)[:1].sum()
+        return self.inner(x)
+
+
+def test_a_cpu_allocation_failure_is_an_out_of_memory_result(digits):
+    result = trial(digits, Blowup(mlp(digits), 16), batch_size=32)
+    assert result.stop_reason == R.STOP_OUT_OF_MEMORY and result.peaks.failed_phase == "train"
+    assert "can't allocate memory" in result.stop_detail
+    evaluation = trial(digits, Blowup(mlp(digits), 40), batch_size=32, eval_batch_size=128)
+    assert evaluation.stop_reason == R.STOP_OUT_OF_MEMORY and evaluation.peaks.failed_phase == "eval"
+
+
+def test_probe_progress_is_shown_line_by_line():
+    event = ProbeProgress(phase="train", batch_size=32, peak_bytes=3 * MiB, rss_bytes=4 * MiB, seconds=0.5,
+                          model=MemoryModel.from_dict({"fixed_bytes": MiB, "per_sample_bytes": 64 * KiB}),
+                          boundary=117, next_size=117)
+    line = event_line(event)
+    assert "training step at 32: 3.0 MiB" in line and "process RSS 4.0 MiB" in line
+    assert "fit: 1.0 MiB + 64.0 KiB/sample" in line and "next 117" in line
+    oom = event_line(ProbeProgress(phase="eval", batch_size=8, peak_bytes=None, rss_bytes=None, seconds=0.1,
+                                   model=None, boundary=4, next_size=None))
+    assert "evaluation at 8: out of memory" in oom and "done, up to 4" in oom
+
+
+def test_no_completed_trial_over_the_cap_and_the_estimate_is_refit(tmp_path):
+    """A study whose stored model under-predicts 4x: trials that go over the cap are infeasible
+    (pruned, reason stored, violated constraint), the refit estimate then prunes such sizes
+    before training, and no completed trial measured over the cap."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    events = []
+    settings = TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.1, n_trials=None,
+                            storage=url, study_name="s", max_memory_bytes=256 * KiB, baselines=False,
+                            space=SearchSpace(batch_size_min=16, batch_size_max=128), create_only=True)
+    tune(settings, callbacks=[lambda run, e: events.append(e)])
+    assert any(isinstance(e, ProbeProgress) for e in events)
+    study = open_study(url, "s")
+    probed = study.user_attrs[R.STUDY_MEMORY_MODEL]
+    assert probed["eval_model"] and probed["eval_max_batch_size"] >= 1
+    low = MemoryModel.from_dict(probed)
+    # Replace the stored estimate by one that under-predicts 4x (as the old 2-point fit did).
+    wrong = {**probed, "form": "affine", "fixed_bytes": low.predict(1) / 4, "per_sample_bytes": 1.0,
+             "probe": {**probed["probe"], "train": {"form": "affine", "fixed_bytes": low.predict(1) / 4,
+                                                    "per_sample_bytes": 1.0}, "too_big": None},
+             "too_big": None, "eval_model": None, "eval_max_batch_size": 200}
+    wrong["probe"]["eval"] = None
+    wrong["probe"]["eval_max_batch_size"] = 200
+    study.set_user_attr(R.STUDY_MEMORY_MODEL, wrong)
+    for b in (128, 128, 16):
+        study.enqueue_trial({R.PARAM_BATCH_LOG2: b.bit_length() - 1, R.PARAM_LR_MULTIPLIER: 1.0,
+                             R.PARAM_ACCUM_LOG2: 0})
+    finished = []
+
+    def stop_after_three(run, event):
+        if isinstance(event, TrialFinished):
+            finished.append(event.trial.number)
+            if len(finished) == 3:
+                run.stop()
+
+    run_worker(study, device_name="cpu", worker_seed=0, run=TuneRun([stop_after_three]))
+    trials = open_study(url, "s").get_trials(deepcopy=False)
+    assert len(trials) == 3
+    first, second = trials[0], trials[1]
+    cap = 256 * KiB
+    assert first.state == TrialState.PRUNED and first.user_attrs[R.STOP_REASON] == R.STOP_OVER_CAP
+    assert first.user_attrs[R.MEMORY_FAILED_PHASE] == "train"
+    assert first.system_attrs["constraints"][0] > 0
+    assert first.user_attrs[R.MEMORY_PREDICTION_ERROR] < -0.5           # the wrong model, caught
+    assert second.user_attrs[R.STOP_REASON] == R.STOP_OVER_MEMORY     # refit: pruned before training
+    assert second.user_attrs[R.SAMPLES_SEEN] == 0
+    refit = MemoryEstimate.from_dict(open_study(url, "s").user_attrs[R.STUDY_MEMORY_MODEL])
+    assert refit.max_batch_size() < 128 and refit.too_big == 128
+    for t in trials:
+        measured = t.user_attrs.get(R.MEASURED_PEAK_BYTES)
+        if t.state == TrialState.COMPLETE:
+            assert measured is not None and measured <= cap, (t.number, measured)
+        if measured is not None and measured > cap:
+            assert t.state == TrialState.PRUNED and t.user_attrs[R.STOP_REASON] == R.STOP_OVER_CAP
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+
+
+def wide_cnn(num_classes, input_shape):
+    """Field case c15's model: large activations, evaluation at 4x the batch costs more than training."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(input_shape[0], 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def test_c15_the_evaluation_batch_is_chosen_under_the_cap():
+    from autobatch.memory import probe
+    from autobatch.train import eval_runner, step_runner
+
+    workload = load_workload("synthetic:1000x3x8x8", seed=0)
+    model = wide_cnn(workload.num_classes, workload.input_shape)
+    shape = dict(input_shape=workload.input_shape, num_classes=10, device=CPU)
+    free = probe(step_runner(model, **shape), device=CPU, cap_bytes=None, space_max=32,
+                 run_eval=eval_runner(model, **shape), eval_space_max=len(workload.val))
+    train32, eval128 = free.estimate.predict_parts(32)
+    assert free.estimate.eval_batch(32) == 128 and eval128 > train32   # evaluation is the larger
+    cap = int((train32 + eval128) / 2)
+    capped = probe(step_runner(model, **shape), device=CPU, cap_bytes=cap, space_max=32,
+                   run_eval=eval_runner(model, **shape), eval_space_max=len(workload.val))
+    estimate = capped.estimate
+    assert capped.max_batch_size >= 32 and estimate.eval_batch(32) < 128
+    assert estimate.predict(32) <= cap
+    result = trial(workload, model, batch_size=32, eval_batch_size=estimate.eval_batch(32), memory_cap=cap)
+    assert result.stop_reason == R.STOP_COMPLETED
+    assert result.peaks.eval_bytes <= cap and result.measured_peak_bytes <= cap
+    assert result.peaks.eval_bytes > result.peaks.train_bytes      # the evaluation really was the binding part
