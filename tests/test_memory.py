@@ -60,6 +60,13 @@ def runner(model, shape=SHAPE, device=CPU, **kwargs):
     return step_runner(model, dataset=dataset, device=device, recipe=RECIPE, **kwargs)
 
 
+def eval_run(model, shape=SHAPE, device=CPU):
+    """An evaluation at a batch size beside the training state: what the probe measures for it."""
+    gen = torch.Generator().manual_seed(1)
+    dataset = TensorDataset(torch.randn(64, *shape, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    return eval_runner(model, dataset=dataset, device=device, recipe=RECIPE)
+
+
 def measure(model, batch_size, **kwargs):
     return measure_step_peak(runner(model, **kwargs), batch_size=batch_size, device=CPU)
 
@@ -172,7 +179,7 @@ def test_probe_measures_at_the_boundary_and_inverts():
     model = small_cnn()
     seen = []
     result = probe(runner(model), device=CPU, cap_bytes=8 * MiB, space_max=1024,
-                   run_eval=eval_runner(model, input_shape=SHAPE, num_classes=10, device=CPU, recipe=RECIPE),
+                   run_eval=eval_run(model),
                    eval_space_max=300, on_point=lambda point, step: seen.append((point, step)))
     sizes = [p.batch_size for p in result.points]
     assert len(sizes) <= 5 and sizes[:2] == [2, 8] and result.converged
@@ -197,7 +204,7 @@ def test_probe_measures_at_the_boundary_and_inverts():
 
 def test_evaluation_peak_grows_with_its_batch_and_holds_the_training_state():
     model = small_cnn()
-    run = eval_runner(model, input_shape=SHAPE, num_classes=10, device=CPU, recipe=RECIPE)
+    run = eval_run(model)
     small, large = (measure_step_peak(run, batch_size=b, device=CPU, phase="eval") for b in (8, 512))
     assert small.fits and large.peak_bytes > small.peak_bytes
     assert small.peak_bytes >= 2 * param_bytes(model)            # parameters + momentum
@@ -260,7 +267,8 @@ def test_default_cap_on_cpu_is_the_available_memory_less_a_margin():
     available = memory.available_cpu_memory()
     cap = memory.default_cap(CPU)
     assert 0 < cap < available["available"] <= available["mem_available"]
-    assert cap == available["available"] - memory.cpu_margin(available["available"])
+    # MemAvailable moves between the two readings (other processes): equal within 2%
+    assert cap == pytest.approx(available["available"] - memory.cpu_margin(available["available"]), rel=0.02)
     assert memory.cpu_margin(10 * 2**30) == 2 * 2**30 and memory.cpu_margin(300 * MiB) == 150 * MiB
 
 

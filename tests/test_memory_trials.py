@@ -175,14 +175,15 @@ def test_c15_the_evaluation_batch_is_chosen_under_the_cap():
 
     workload = load_workload("synthetic:1000x3x8x8", seed=0)
     model = wide_cnn(workload.num_classes, workload.input_shape)
-    shape = dict(input_shape=workload.input_shape, num_classes=10, device=CPU)
-    free = probe(step_runner(model, **shape), device=CPU, cap_bytes=None, space_max=32,
-                 run_eval=eval_runner(model, **shape), eval_space_max=len(workload.val))
+    train = dict(dataset=workload.train, device=CPU)
+    evaluation = dict(dataset=workload.val, device=CPU)
+    free = probe(step_runner(model, **train), device=CPU, cap_bytes=None, space_max=32,
+                 run_eval=eval_runner(model, **evaluation), eval_space_max=len(workload.val))
     train32, eval128 = free.estimate.predict_parts(32)
     assert free.estimate.eval_batch(32) == 128 and eval128 > train32   # evaluation is the larger
     cap = int((train32 + eval128) / 2)
-    capped = probe(step_runner(model, **shape), device=CPU, cap_bytes=cap, space_max=32,
-                   run_eval=eval_runner(model, **shape), eval_space_max=len(workload.val))
+    capped = probe(step_runner(model, **train), device=CPU, cap_bytes=cap, space_max=32,
+                   run_eval=eval_runner(model, **evaluation), eval_space_max=len(workload.val))
     estimate = capped.estimate
     assert capped.max_batch_size >= 32 and estimate.eval_batch(32) < 128
     assert estimate.predict(32) <= cap
