@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import AutobatchError
+from ..errors import AutobatchError, UserCodeError
 from ..units import format_bytes
 from ._cap import peak_resident_bytes, reset_peak_resident
 from ._estimate import EVAL_BATCH_FACTOR, MemoryEstimate, store_models
@@ -112,6 +112,7 @@ class ProbeResult:
     eval_space_max: Optional[int]
     seconds: float
     device: str
+    eval_note: Optional[str] = None     # why evaluation was not measured, when it was not
 
     @property
     def model(self) -> MemoryModel:
@@ -141,7 +142,7 @@ class ProbeResult:
             "sizes": [p.batch_size for p in self.points], "points": [p.to_dict() for p in self.points],
             "eval_sizes": [p.batch_size for p in self.eval_points],
             "eval_points": [p.to_dict() for p in self.eval_points],
-            "space_max": self.space_max, "eval_space_max": self.eval_space_max,
+            "space_max": self.space_max, "eval_space_max": self.eval_space_max, "eval_note": self.eval_note,
             "seconds": self.seconds, "device": self.device,
         }
         return store_models(base, e)
@@ -231,10 +232,14 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
     at_boundary = next((p for p in train.points if p.batch_size == boundary and p.fits), None)
     estimate = MemoryEstimate(train=train.model, cap_bytes=cap_bytes, too_big=train.too_big)
     evaluation = None
-    if run_eval is not None:
-        evaluation = _run_plan(measure(run_eval, "eval"), on_point, cap_bytes,
-                               space_max=EVAL_BATCH_FACTOR * boundary, dataset_max=eval_space_max,
-                               start=2 * EVAL_BATCH_FACTOR, max_sizes=max_sizes)
+    eval_note = None
+    try:
+        evaluation = None if run_eval is None else _run_plan(
+            measure(run_eval, "eval"), on_point, cap_bytes, space_max=EVAL_BATCH_FACTOR * boundary,
+            dataset_max=eval_space_max, start=2 * EVAL_BATCH_FACTOR, max_sizes=max_sizes)
+    except UserCodeError as exc:  # the user's evaluation code raised: the trials record it, per trial
+        eval_note = f"evaluation memory not measured: {exc}"
+    if evaluation is not None:
         if evaluation.step.boundary == 0 or evaluation.model is None:
             raise _nothing_fits(evaluation, cap_bytes, device, "evaluation batch")
         # The plan's boundary: the largest evaluation batch needed (4x the largest micro-batch,
@@ -246,5 +251,6 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
         boundary=boundary,
         boundary_error=relative_error(train.model.predict(boundary), at_boundary.peak_bytes) if at_boundary else None,
         validation_error=train.step.validation_error, converged=train.step.converged, reason=train.step.reason,
+        eval_note=eval_note,
         space_max=space_max, eval_space_max=eval_space_max, seconds=time.perf_counter() - start,
         device=str(device))

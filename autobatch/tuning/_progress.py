@@ -74,6 +74,8 @@ def probe_done_lines(event: ProbeDone) -> str:
     if estimate.eval is not None:
         lines.append(f"evaluation memory: {estimate.eval.describe()} ({estimate.eval.form}); "
                      f"evaluation batch min({EVAL_BATCH_FACTOR} x micro-batch, {estimate.eval_max_batch_size})")
+    if probe.eval_note:
+        lines.append(probe.eval_note)
     if probe.cap_bytes:
         lines.append(f"largest micro-batch under {format_bytes(probe.cap_bytes)}: {probe.max_batch_size}")
     lines.append("throughput: " + ", ".join(f"{thr:.0f} samples/s at batch {b}" for b, thr in event.throughput))
