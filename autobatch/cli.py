@@ -138,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", type=Path)
-    p.add_argument("--seed", type=int, help="sampler seed (default: derived per process)")
+    p.add_argument("--seed", type=int, help="sampler seed base (default: the study's; each trial adds its number)")
     p.add_argument("--num-workers", type=int, help="data loader worker processes per trial")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PATH",
+                   help="a pkg.module:function (or pkg.module:*, imagefolder:PATH) the study may run here; "
+                        "repeatable; also $AUTOBATCH_ALLOW_IMPORTS")
+    p.add_argument("--config", type=Path, help="the study file: its model, dataset, step and recipe paths are allowed")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
@@ -287,15 +291,21 @@ def recipe_line(recipe: dict) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .search import load_config
     from .storage import open_study
-    from .tuning import TuneRun, run_worker
+    from .tuning import TuneRun, allowed_imports, run_worker
 
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
-    seed = args.seed if args.seed is not None else os.getpid()
-    study = open_study(args.storage, args.study_name)  # workers never create the schema
-    n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=seed,
-                   run=TuneRun([_print_event]), num_workers=args.num_workers)
+    given = list(args.allow_import)
+    if args.config:  # the paths of the user's own study file
+        values = load_config(args.config)
+        named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")]
+        named += [v for v in (values.get("recipe") or {}).values() if isinstance(v, str)]
+        given += [path for path in named if path and ":" in path]
+    study = open_study(args.storage, args.study_name, read_only=False)  # never creates the schema or a file
+    n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
+                   run=TuneRun([_print_event]), num_workers=args.num_workers, allowed=allowed_imports(given))
     _say(f"worker done: {n} trials run")
     return 0
 

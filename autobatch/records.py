@@ -4,19 +4,28 @@ Optuna stores what autobatch measures as trial and study *user attributes*, so t
 ``optuna.load_study``, pandas and optuna-dashboard read the same facts autobatch does. This
 module is the one owner of that layout: the attribute names, the records that cross module
 boundaries (``TrialConfig``, ``EvalPoint``, ``TrialResult``), how a result is written to a trial
-(``configuration_attrs``, ``result_attrs``, ``write_attrs``, ``set_memory_constraint``) and how
+(``configuration_attrs``, ``result_attrs``, ``memory_constraint``, ``write_attrs``, ``finish_trial``) and how
 trials are read back (``trial_row``, ``read_trials``). Torch-free.
+
+Over 400 lines: the one owner of the trial record, from its names to writing it in one
+transaction and reading it back; split, its halves would share every name.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
+import math
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import optuna
+from optuna.trial import TrialState
 
-from ._optuna_internals import trial_id
+from ._optuna_internals import (add_reports_in_session, cached_frozen, rdb_backend, rdb_models, rdb_session, reset_trial_cache, set_attrs_in_session,
+                                set_value_in_session, trial_id)
 
 if TYPE_CHECKING:  # pandas is imported when a table is made, not with this module
     import pandas as pd
@@ -73,6 +82,8 @@ STOP_INFEASIBLE = "infeasible"    # this configuration cannot train: its first s
 STOP_ERROR = "error"              # the user's code raised while training or evaluating: failed,
                                   # never re-queued
 STOP_OVER_CAP = "over_cap"        # trained, but its measured peak went over the memory cap
+STOP_INTERRUPTED = "interrupted"  # Ctrl-C or an error in the worker: its configuration re-queued
+STOP_WORKER_LOST = "worker_lost"  # its worker stopped beating (killed): failed, configuration re-queued
 
 # --- Study user attributes ---------------------------------------------------------------
 STUDY_SPEC = "autobatch_spec"           # dict: what the study searches (identity on resume)
@@ -80,6 +91,7 @@ STUDY_DEADLINE = "deadline_unix"        # float: study-wide end of budget
 STUDY_MAX_TRIALS = "max_trials"         # int | None: study-wide trial count
 STUDY_MEMORY_MODEL = "memory_model"     # dict: fixed_bytes, per_sample_bytes, cap_bytes, ...
 STUDY_RECOMMENDATION = "recommendation" # dict: the latest Recommendation, as JSON
+STUDY_THROUGHPUT = "probe_throughput"   # [[micro-batch, training samples/s], ...]: the probe's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +171,7 @@ class TrialResult:
 # --- writing ---------------------------------------------------------------------------------
 
 LEGACY_CONSTRAINTS = "constraints"      # the system attribute list optuna-dashboard 0.21 reads
+MEMORY_CONSTRAINT = "constraints:memory"  # system attribute: Optuna 5's per-key constraint
 OOM_CONSTRAINT = "constraints:oom"      # system attribute: the trial ran out of memory
 MILESTONE_TARGETS = (0.5, 0.8, 0.9, 0.95)
 _FRACTION_METRIC = re.compile(r"accuracy|top[1-9][0-9]*_accuracy")  # as recipe.topk reads them
@@ -211,10 +224,133 @@ def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
     }
 
 
-def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Store ``attrs`` as the trial's user attributes."""
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+def write_attrs(trial: optuna.Trial, attrs: dict[str, Any],
+                system_attrs: Optional[dict[str, Any]] = None) -> None:
+    """Store ``attrs`` as the trial's user attributes (and ``system_attrs`` as system ones): one
+    transaction on an RDB storage (Optuna commits each attribute on its own), one call each on
+    any other storage."""
+    rdb = rdb_backend(trial.storage)
+    if rdb is None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        for key, value in (system_attrs or {}).items():
+            trial.storage.set_trial_system_attr(trial_id(trial), key, value)
+        return
+    write = getattr(rdb, "write_trial_attrs", None) or (lambda *a, **k: write_in_rdb(rdb, *a, **k))
+    write(trial_id(trial), user_attrs=attrs, system_attrs=system_attrs)
+    own = cached_frozen(trial)  # what Trial.set_user_attr would keep, so the trial reads it back
+    own.user_attrs.update(attrs)
+    own.system_attrs.update(system_attrs or {})
+
+
+def write_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, user_attrs: dict[str, Any],
+                 system_attrs: Optional[dict[str, Any]] = None) -> None:
+    """User and system attributes of a running trial, as one transaction (one upsert each)."""
+    models = rdb_models()
+    with rdb_session(rdb) as session:
+        row = models.TrialModel.find_or_raise_by_id(trial_id_, session)
+        rdb.check_trial_is_updatable(trial_id_, row.state)
+        set_attrs_in_session(rdb, session, trial_id_, user_attrs)
+        set_attrs_in_session(rdb, session, trial_id_, system_attrs or {}, system=True)
+
+
+LIVE_REPORTS_S = 30.0  # a trial running longer writes each report as it comes
+
+
+class Reports:
+    """A trial's reports (validation metric by samples seen). Each is kept on the trial at once,
+    where the pruner reads it, and stored with the trial's result in one transaction
+    (``finish_trial``); once the trial has run ``live_after_s``, each is stored as it comes, so a
+    long trial's curve shows in optuna-dashboard while it trains. On storages other than RDB
+    every report is stored at once (``Trial.report``)."""
+
+    def __init__(self, trial: optuna.Trial, live_after_s: float = LIVE_REPORTS_S) -> None:
+        self.trial, self.pending = trial, {}
+        self.live_at = time.monotonic() + live_after_s
+        self.deferred = rdb_backend(trial.storage) is not None
+
+    def add(self, value: float, step: int) -> None:
+        if self.deferred and time.monotonic() < self.live_at:
+            self.pending[int(step)] = float(value)
+            cached_frozen(self.trial).intermediate_values[int(step)] = float(value)
+            return
+        for old_step, old_value in self.pending.items():
+            self.trial.report(old_value, old_step)
+        self.pending = {}
+        self.trial.report(value, step)
+
+
+def finish_trial(trial: optuna.Trial, state: TrialState, value: Optional[float], attrs: dict[str, Any],
+                 system_attrs: Optional[dict[str, Any]] = None,
+                 reports: Optional[Reports] = None) -> optuna.trial.FrozenTrial:
+    """Tell the study the trial's end together with what it measured: its user ``attrs`` (and
+    ``system_attrs``), its state and value, in one transaction on an RDB storage. A worker killed
+    at any moment leaves the trial either finished with its measurements or RUNNING without
+    them (then failed by its heartbeat), never a result on an unfinished trial. ``value``: the
+    metric for COMPLETE, the last reported value (or None) for PRUNED, None for FAIL.
+
+    As ``Study.tell`` does, the sampler's ``after_trial`` runs before the write. Returns the
+    finished trial as stored. Raises ``UpdateFinishedTrialError`` when the trial was already
+    finished (another worker failed it as stale). ``reports``: those not stored yet go along."""
+    study, storage = trial.study, trial.storage
+    pending = reports.pending if reports is not None else {}
+    rdb = rdb_backend(storage)
+    if rdb is None:
+        write_attrs(trial, attrs, system_attrs)
+        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+        raise ValueError(f"a COMPLETE trial needs a finite value, got {value!r}")
+    values = None if value is None or not math.isfinite(value) else [float(value)]
+    reset_trial_cache(study)
+    frozen = copy.deepcopy(cached_frozen(trial))  # the trial as it stands: no storage read
+    try:
+        study.sampler.after_trial(study, frozen, state, values)
+    finally:
+        finish = getattr(rdb, "finish_trial", None) or (lambda *a, **k: finish_in_rdb(rdb, *a, **k))
+        finish(trial_id(trial), state=state, values=values, user_attrs=attrs, system_attrs=system_attrs or {},
+               reports=pending)
+    # The finished trial as stored, built from what was written (a read would return the same).
+    frozen.user_attrs = {**frozen.user_attrs, **attrs}
+    frozen.system_attrs = {**frozen.system_attrs, **(system_attrs or {})}
+    frozen.state, frozen.values = state, values
+    frozen.datetime_complete = datetime.datetime.now()
+    return frozen
+
+
+def finish_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, state: TrialState,
+                  values: Optional[list[float]], user_attrs: dict[str, Any],
+                  system_attrs: dict[str, Any], reports: Optional[dict[int, float]] = None) -> bool:
+    """``finish_trial``'s write: attributes, reports, value, state and end time in one transaction."""
+    models = rdb_models()
+    with rdb_session(rdb) as session:
+        row = models.TrialModel.find_or_raise_by_id(trial_id_, session, for_update=True)
+        rdb.check_trial_is_updatable(trial_id_, row.state)
+        set_attrs_in_session(rdb, session, trial_id_, user_attrs)
+        set_attrs_in_session(rdb, session, trial_id_, system_attrs, system=True)
+        add_reports_in_session(rdb, session, trial_id_, reports or {})
+        for value in values or ():
+            set_value_in_session(rdb, session, row, value)
+        row.state = state
+        row.datetime_complete = datetime.datetime.now()
+    return True
+
+
+def memory_constraint(value: float) -> dict[str, Any]:
+    """System attributes for the trial's memory feasibility (<= 0 fits), as the samplers read it
+    (Optuna 5's per-key ``constraints:memory``, what ``Trial.set_constraint`` writes) and as
+    optuna-dashboard 0.21 reads it (the legacy ``constraints`` list)."""
+    return {MEMORY_CONSTRAINT: float(value), LEGACY_CONSTRAINTS: [float(value)]}
+
+
+OUT_OF_MEMORY = {OOM_CONSTRAINT: 1.0}  # system attributes: the trial ran out of memory
+TRAINABLE_CONSTRAINT = "constraints:trainable"
+
+
+def infeasible_constraint(memory_over: float) -> dict[str, Any]:
+    """System attributes of a configuration that cannot train at all: a violated constraint for
+    the sampler under its own key, the memory constraint kept as it was (and in the legacy list)."""
+    return {MEMORY_CONSTRAINT: float(memory_over), TRAINABLE_CONSTRAINT: 1.0,
+            LEGACY_CONSTRAINTS: [float(memory_over), 1.0]}
 
 
 def set_memory_constraint(trial: optuna.Trial, value: float) -> None:

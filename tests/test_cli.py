@@ -51,12 +51,12 @@ def test_tune_end_to_end_and_resume(tmp_path, sqlite_url):
     df = study.trials_dataframe()
     assert "user_attrs_throughput" in df.columns
 
-    again = run_cli("tune", *FAST, "--n-trials", "2", "--storage", sqlite_url, "--study-name", "e2e", cwd=tmp_path)
+    again = run_cli("tune", *FAST, "--n-trials", "6", "--storage", sqlite_url, "--study-name", "e2e", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "resuming study 'e2e'" in again.stderr
     assert "recommended for e2e" in again.stdout
     trials = optuna.load_study(study_name="e2e", storage=sqlite_url).trials
-    assert len(trials) == 6
+    assert len(trials) == 6  # --n-trials is the study's total, not more
     # a resumed study moves on: its sampler does not replay the first run's proposals
     assert [t.params for t in trials[4:]] != [t.params for t in trials[2:4]]
 

@@ -74,17 +74,31 @@ def test_pruning_prunes_bad_learning_rates_early(tmp_path, sqlite_url):
         assert set(t.intermediate_values) <= set(eval_points)
 
 
-def test_budget_ends_the_run_within_margin_and_records_the_cut_off(tmp_path, sqlite_url):
-    started = time.time()
-    # Trials far longer than the budget: the deadline certainly falls inside one (with short
-    # trials it can fall in the gap between two, and then nothing needs cutting off).
+def test_budget_too_short_for_the_planned_trials_is_refused(tmp_path, sqlite_url):
+    # Trials far longer than the budget: refused up front with a budget that fits, nothing stored.
     proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--budget", "60s", "--epochs", "1000",
                    "--storage", sqlite_url, "--study-name", "budget", cwd=tmp_path)
-    elapsed = time.time() - started
-    assert proc.returncode == 0, proc.stderr
-    assert elapsed < 60 + 10, f"{elapsed:.1f}s"  # interpreter start-up and imports are outside the budget
-    study = optuna.load_study(study_name="budget", storage=sqlite_url)
-    cut = [t for t in study.trials if t.user_attrs.get(R.STOP_REASON) == R.STOP_BUDGET]
+    assert proc.returncode == 2, proc.stderr
+    assert "too short" in proc.stderr and "pass --budget" in proc.stderr and "Traceback" not in proc.stderr
+    assert optuna.get_all_study_names(sqlite_url) == []
+
+
+def test_a_trial_mispredicted_to_fit_is_cut_off_at_the_deadline_and_recorded(tmp_path, sqlite_url):
+    """The probe said trials are quick (here: a made-up, far too fast throughput); the deadline
+    still holds: the trial is cut off, recorded as ``budget`` and FAIL, not a result."""
+    from autobatch.search import TuneSettings
+    from autobatch.storage import open_study
+    from autobatch.tuning import run_worker, set_limits, tune
+
+    tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=1000, n_trials=2,
+                      storage=sqlite_url, study_name="budget", baselines=False, create_only=True))
+    study = open_study(sqlite_url, "budget", read_only=False)
+    study.set_user_attr(R.STUDY_THROUGHPUT, [[8, 1e9], [256, 1e9]])
+    set_limits(study, deadline=time.time() + 8, n_trials=2)
+    started = time.time()
+    run_worker(study, device_name="cpu")
+    assert time.time() - started < 8 + 10
+    cut = [t for t in study.get_trials() if t.user_attrs.get(R.STOP_REASON) == R.STOP_BUDGET]
     assert len(cut) == 1, [t.user_attrs.get(R.STOP_REASON) for t in study.trials]
     assert cut[0].state == TrialState.FAIL and cut[0].value is None  # not a result
     assert "budget" in cut[0].user_attrs[R.STOP_DETAIL]

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.storage import MAX_RETRIES, requeue
+from autobatch.storage import claim_trial
 from autobatch.tuning import next_trial_id
-from autobatch.tuning._worker import _pop_waiting
 from autobatch.storage import ENV_HEARTBEAT, fail_stale_trials, mask_url, open_storage, resolve_url
 from autobatch.storage._urls import _encode_password
 from tests.conftest import REPO, run_cli
@@ -86,10 +86,10 @@ def test_cli_study_reads_back_identically_with_vanilla_optuna_and_resumes(url, s
             assert sorted(t.intermediate_values) == spec["eval_points"]
     assert json.loads(proc.stdout)["study_name"] == study_name
 
-    again = run_cli("tune", *FAST, "--n-trials", "2", "--storage", url, "--study-name", study_name, cwd=tmp_path)
+    again = run_cli("tune", *FAST, "--n-trials", "5", "--storage", url, "--study-name", study_name, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"resuming study '{study_name}'" in again.stderr
-    assert len(_vanilla(url, study_name).trials) == 5
+    assert len(_vanilla(url, study_name).trials) == 5  # --n-trials is the study's total
 
 
 def test_every_field_round_trips_exactly(url, study_name):
@@ -119,46 +119,71 @@ def test_every_field_round_trips_exactly(url, study_name):
 
 _CONTENDER = """
 import sys, optuna
-from autobatch.storage import open_storage
-from autobatch.tuning._worker import _pop_waiting
+from autobatch import records as R
+from autobatch.storage import claim_trial, open_storage
 url, name, mode = sys.argv[1:4]
 study = optuna.load_study(study_name=name, storage=open_storage(url, create_tables=False))
 got = []
-if mode == "pop":
-    while (trial_id := _pop_waiting(study)) is not None:
-        got.append(trial_id)
-else:
-    got = [study._storage.create_new_trial(study._study_id) for _ in range(10)]
+while len(got) < 30:
+    claim = claim_trial(study._storage, study._study_id, limit_key=R.STUDY_MAX_TRIALS, deadline_key=R.STUDY_DEADLINE)
+    if claim.trial_id is None:
+        break
+    got.append(claim.trial_id)
+    if mode == "finish":  # half of them finish at once: finished trials count too
+        study.tell(claim.number, 0.5)
 print(",".join(map(str, got)))
 """
 
 
-@pytest.mark.parametrize("mode", ["pop", "create"])
-def test_concurrent_workers_never_share_a_slot_or_a_trial_number(url, study_name, mode):
+@pytest.mark.parametrize("mode", ["run", "finish"])
+def test_concurrent_workers_take_exactly_the_count_never_a_trial_twice(url, study_name, mode):
+    """Four processes claim trials of one study at once: queued ones first, then new ones, and
+    together exactly the study's count, each trial once, numbered once; no slot queue written."""
     study = optuna.create_study(study_name=study_name, storage=open_storage(url))
-    if mode == "pop":
-        for _ in range(40):
-            study.enqueue_trial({}, skip_if_exists=False)
+    for _ in range(5):  # what a start queues: baselines (and re-queued configurations)
+        study.enqueue_trial({}, skip_if_exists=False)
+    study.set_user_attr(R.STUDY_MAX_TRIALS, 40)
     procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, url, study_name, mode], cwd=REPO,
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
              for _ in range(4)]
     taken = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0
         taken += [int(x) for x in out.strip().split(",") if x]
-    assert len(taken) == 40 and len(set(taken)) == 40  # every slot taken exactly once
+    assert len(taken) == 40 and len(set(taken)) == 40  # the count exactly, every trial taken once
     trials = _vanilla(url, study_name).trials
     assert sorted(t.number for t in trials) == list(range(40))
-    assert all(t.state == TrialState.RUNNING for t in trials)
+    expected = TrialState.COMPLETE if mode == "finish" else TrialState.RUNNING
+    assert all(t.state == expected for t in trials)
+
+
+def test_a_claim_is_refused_at_the_count_and_near_the_deadline(url, study_name):
+    study = optuna.create_study(study_name=study_name, storage=open_storage(url))
+    claim = lambda **kw: claim_trial(study._storage, study._study_id, limit_key=R.STUDY_MAX_TRIALS,  # noqa: E731
+                                     deadline_key=R.STUDY_DEADLINE, **kw)
+    study.set_user_attr(R.STUDY_MAX_TRIALS, 2)
+    first = claim()
+    assert first.trial_id is not None and first.counts["running"] == 0
+    study.tell(first.number, state=TrialState.FAIL)  # a failure is no result: it does not count
+    second, third = claim(), claim()
+    assert second.trial_id is not None and third.trial_id is not None
+    assert claim().why == "count"
+    study.set_user_attr(R.STUDY_MAX_TRIALS, None)
+    study.set_user_attr(R.STUDY_DEADLINE, time.time() + 60)
+    assert claim(seconds_needed=120).why == "deadline"  # a trial that would not finish is not started
+    assert claim(seconds_needed=10).trial_id is not None
+    beats = study._storage._backend._get_stale_trial_ids  # each claimed trial got its first heartbeat
+    assert beats(study._study_id) == []
 
 
 def test_a_dead_workers_trial_is_failed_and_its_configuration_queued_again(url, study_name, monkeypatch):
     monkeypatch.setenv(ENV_HEARTBEAT, "1")  # grace: 3 s
     study = optuna.create_study(study_name=study_name, storage=open_storage(url))
-    study.enqueue_trial({}, skip_if_exists=False)
-    study.enqueue_trial({}, skip_if_exists=False)
-    dead, alive = _pop_waiting(study), _pop_waiting(study)
+    study.set_user_attr(R.STUDY_MAX_TRIALS, 2)
+    claim = lambda: claim_trial(study._storage, study._study_id, limit_key=R.STUDY_MAX_TRIALS,  # noqa: E731
+                                deadline_key=R.STUDY_DEADLINE).trial_id
+    dead, alive = claim(), claim()
     storage = study._storage
     storage.set_trial_param(dead, "x", 3, IntDistribution(0, 5))
     end = time.monotonic() + 5.5  # SQLite's clock has whole seconds: > 3 s means 5 to be sure
@@ -168,14 +193,15 @@ def test_a_dead_workers_trial_is_failed_and_its_configuration_queued_again(url, 
         time.sleep(0.5)
     trials = study.get_trials(deepcopy=False)
     assert storage.get_trial(dead).state == TrialState.FAIL
+    assert storage.get_trial(dead).user_attrs[R.STOP_REASON] == R.STOP_WORKER_LOST  # never "completed"
     assert storage.get_trial(alive).state == TrialState.RUNNING
     (retry,) = [t for t in trials if t.state == TrialState.WAITING]
     assert retry.params == {"x": 3} and retry.system_attrs["failed_trial"] == storage.get_trial(dead).number
     # the live trial finishes: the next worker runs the re-queued configuration, then the study is done
     study.tell(storage.get_trial(alive).number, 1.0)
-    assert next_trial_id(study, counted=True, deadline=None) == retry._trial_id
+    assert next_trial_id(study) == retry._trial_id
     study.tell(retry.number, 1.0)
-    assert next_trial_id(study, counted=True, deadline=None) is None
+    assert next_trial_id(study) is None
 
 
 def test_requeue_keeps_the_configuration_and_drops_what_the_dead_trial_measured(url, study_name):
@@ -274,9 +300,11 @@ def test_local_workers_get_the_url_by_environment_not_argv(monkeypatch):
     seen = {}
     monkeypatch.setattr(_tune.subprocess, "Popen", lambda cmd, **kw: seen.update(cmd=cmd, **kw))
     url = f"postgresql+psycopg2://u:{PASSWORD}@h:5432/db"
-    _tune._spawn_worker("s", url, TuneSettings(storage=url, seed=7), 2)
+    _tune._spawn_worker("s", url, TuneSettings(storage=url, seed=7, model="mypkg.nets:build"), 2)
     assert PASSWORD not in " ".join(seen["cmd"]) and seen["env"]["AUTOBATCH_STORAGE"] == url
-    assert seen["cmd"][seen["cmd"].index("--seed") + 1] == "2007"  # a seed of its own
+    # allowed the code this run was given, no other; its sampler seeds come from trial numbers
+    assert seen["cmd"][seen["cmd"].index("--allow-import") + 1] == "mypkg.nets:build"
+    assert "--seed" not in seen["cmd"]
 
 
 @pytest.mark.parametrize("command", ["tune", "worker"])

@@ -157,19 +157,20 @@ def test_study_deadline_holds_for_all_workers_together(workers):
 
     workers.create(n_trials=1, epochs=2, baselines=False)
     study = workers.study()
-    deadline = time.time() + 20  # the workers' start (seconds) included
+    deadline = time.time() + 40  # the workers' start included (imports take 10-20 s on a busy machine)
     set_limits(study, deadline=deadline, n_trials=None)  # the one queued slot runs first, then new trials
     procs = [workers.start(), workers.start()]
     for proc in procs:
         code, log = workers.wait(proc, timeout=90)
         assert code == 0 and "Traceback" not in log, log
-    assert time.time() < deadline + 15  # trials are cut off at the deadline, not run to the end
+    assert time.time() < deadline + 15  # trials end by the deadline, not after it
     trials = workers.study().get_trials(deepcopy=False)
     assert len(trials) >= 3
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # created concurrently, numbered once
     for t in trials:
         assert t.state in FINISHED or t.user_attrs.get(R.STOP_REASON) == R.STOP_BUDGET, (t.number, t.state)
         assert t.datetime_start.timestamp() < deadline
+        assert t.datetime_complete.timestamp() < deadline + 5  # none started that could not finish
 
 
 def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_configuration_rerun(workers):
@@ -227,13 +228,15 @@ def test_live_trial_failed_by_another_worker_does_not_kill_its_worker(workers):
 
 
 def test_worker_without_a_free_slot_waits_for_running_trials_then_exits(workers):
+    from autobatch.storage import claim_trial
+
     workers.create(n_trials=1, epochs=0.5, baselines=False)
     study = workers.study()
     storage = study._storage
-    (slot,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    # This test process plays a live worker holding the only slot, beating every half second.
-    storage.record_heartbeat(slot._trial_id)
-    assert storage.set_trial_state_values(slot._trial_id, state=TrialState.RUNNING)
+    # This test process plays a live worker holding the study's only trial, beating every half second.
+    claim = claim_trial(storage, study._study_id, limit_key=R.STUDY_MAX_TRIALS, deadline_key=R.STUDY_DEADLINE)
+    slot = storage.get_trial(claim.trial_id)
+    assert slot.state == TrialState.RUNNING
     proc = workers.start()
     end = time.monotonic() + 12  # the worker's start, then well past the 3 s grace period
     while time.monotonic() < end:
@@ -310,7 +313,7 @@ def test_postgres_restart_mid_study_workers_carry_on(restartable_postgres, worke
     procs = [workers.start(AUTOBATCH_HEARTBEAT_S="2") for _ in range(2)]
     _wait_for(lambda: len(_finished(workers.study())) >= 2, 120, "two finished trials")
     before = _finished(workers.study())
-    assert workers.study().get_trials(deepcopy=False, states=(TrialState.WAITING,))  # not done yet
+    assert len(before) < 8  # not done yet
     _pg_ctl("stop")  # a restart with a real outage: several seconds without a database
     time.sleep(3)
     _pg_ctl("start")

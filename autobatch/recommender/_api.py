@@ -11,8 +11,9 @@ import pandas as pd
 from .. import records as R
 from ..errors import AutobatchError
 from ..records import read_trials
-from ..search import StudySpec
+from ..search import StudySpec, resume_command
 from ..storage import StudyLike, open_study
+from ..storage import describe as describe_storage
 from ..units import parse_bytes, parse_duration
 from ._choice import (apply_constraints, candidates, describe, metric_interval, pareto_front, picks, rationale,
                       speed_tolerance, supported, time_to_target)
@@ -49,19 +50,23 @@ def recommend(study_name: Optional[str] = None, storage: StudyLike = None, *,
 
 def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = None,
                     max_epoch_time: Union[float, str, None] = None,
-                    min_accuracy: Optional[float] = None, priority: str = "balanced") -> Recommendation:
-    """``recommend`` for an open study."""
+                    min_accuracy: Optional[float] = None, priority: str = "balanced",
+                    storage: Optional[str] = None) -> Recommendation:
+    """``recommend`` for an open study. ``storage``: its URL as the user gave it, for the
+    command an error names (default: where the study is, password left to the environment)."""
     _check_priority(priority)
     spec_data = study.user_attrs.get(R.STUDY_SPEC)
     if not spec_data:
         raise AutobatchError(f"study {study.study_name!r} has no {R.STUDY_SPEC!r} attribute; "
                              "was it created by autobatch tune?")
     spec = StudySpec.from_dict(spec_data)
+    df = read_trials(study, spec.space.multiplier_for)
+    more = resume_command(study.study_name, storage or describe_storage(study), "--n-trials",
+                          str(len(df) + 2 * MIN_TRIALS))
     return recommend_from_frame(
-        read_trials(study, spec.space.multiplier_for), spec,
-        study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
+        df, spec, study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
         max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
-        priority=priority)
+        priority=priority, more_trials=more)
 
 
 def publish(study: optuna.Study, rec: Recommendation) -> None:
@@ -81,9 +86,10 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          study_name: str, max_memory: Union[int, str, None] = None,
                          max_epoch_time: Union[float, str, None] = None,
                          min_accuracy: Optional[float] = None,
-                         priority: str = "balanced") -> Recommendation:
+                         priority: str = "balanced", more_trials: str = "") -> Recommendation:
     """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
-    study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics."""
+    study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics.
+    ``more_trials``: the command that runs more trials, for the error when there are too few."""
     _check_priority(priority)
     if min_accuracy is not None and not spec.recipe.metric_is_fraction:
         raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
@@ -99,7 +105,8 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
     if len(completed) < MIN_TRIALS:
         raise AutobatchError(
             f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
-            f"at least {MIN_TRIALS}: run more trials (autobatch worker --study-name {study_name})")
+            f"at least {MIN_TRIALS}: run more trials"
+            + (f": {more_trials}" if more_trials else f" (autobatch tune --study-name {study_name})"))
     fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
     # Candidates need local support: the accuracy model is not trusted to extrapolate into a
     # corner no completed trial has seen (there it once predicted 110%, and an untested lr

@@ -2,26 +2,24 @@
 
 A study file holds top-level keys, a ``[space]`` table (``SearchSpace`` fields) and a
 ``[recipe]`` table (``TrainRecipe`` fields). An unknown key in a study file is an error, never
-silently ignored. Flags override the file key by key, in ``[space]`` and ``[recipe]`` too.
+silently ignored; values are checked by type (``_study_file``). Flags override the file key by
+key, in ``[space]`` and ``[recipe]`` too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
+import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AutobatchError
-from ..units import parse_bytes, parse_duration
 from ..recipe import TrainRecipe
+from ..storage import DEFAULT_SQLITE, ENV_STORAGE
 from ._space import SearchSpace
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ._spec import StudySpec
 
 DEFAULT_BUDGET_S = 600.0  # when neither --budget nor --n-trials is given
 
@@ -49,6 +47,21 @@ class TuneSettings:
     step: Optional[str] = None         # pkg.module:function, step(model, batch) -> loss
     step_eval: Optional[str] = None    # pkg.module:function, evaluate(model, batches) -> metric
     num_workers: Optional[int] = None  # data loader workers per process (None: what fits the machine)
+    # Identity settings given by a study file or a flag ("model", "dataset", "recipe", "step",
+    # "step_eval", "space.KEY"): on resume the others are the stored study's own (``resumed_from``).
+    given: frozenset[str] = frozenset()
+
+    def resumed_from(self, spec: StudySpec) -> "TuneSettings":
+        """These settings for resuming the study ``spec`` describes: model, dataset, recipe, step
+        hooks and search-space bounds that were not given are the study's; those given are kept,
+        so that a difference is found and named (``StudySpec.identity_difference``)."""
+        space = {**dataclasses.asdict(spec.space),
+                 **{k: getattr(self.space, k) for k in (g[6:] for g in self.given if g.startswith("space."))}}
+        mine = lambda name: getattr(self, name) if name in self.given else getattr(spec, name)  # noqa: E731
+        return dataclasses.replace(
+            self, model=mine("model"), dataset=mine("dataset"), recipe=mine("recipe"), step=mine("step"),
+            step_eval=mine("step_eval"),
+            space=SearchSpace(**{**space, "accumulation_steps": tuple(space["accumulation_steps"])}))
 
     def __post_init__(self) -> None:
         if self.step_eval and not self.step:
@@ -80,62 +93,15 @@ class TuneSettings:
             raise AutobatchError(f"unknown device {self.device!r}; use auto, cpu or cuda")
 
 
-# Keys a study file may hold at its top level, and how each becomes a setting.
-_TOP_LEVEL = {
-    "model": ("model", str),
-    "dataset": ("dataset", str),
-    "data_dir": ("data_dir", Path),
-    "budget": ("budget_s", parse_duration),
-    "n_trials": ("n_trials", int),
-    "max_memory": ("max_memory_bytes", parse_bytes),
-    "storage": ("storage", str),
-    "study_name": ("study_name", str),
-    "seed": ("seed", int),
-    "device": ("device", str),
-    "pruner": ("pruner", str),
-    "n_evals": ("n_evals", int),
-    "epochs": ("epochs", float),
-    "workers": ("workers", int),
-    "baselines": ("baselines", bool),
-    "step": ("step", str),
-    "step_eval": ("step_eval", str),
-    "num_workers": ("num_workers", int),
-}
-# Tables of a study file: name -> the keys it may hold (the fields of the dataclass it builds).
-_TABLES = {"space": {f.name for f in dataclasses.fields(SearchSpace)},
-           "recipe": {f.name for f in dataclasses.fields(TrainRecipe)}}
+_TABLES = ("space", "recipe")  # tables of a study file, merged key by key with the flags
 
 
 def load_config(path: Path) -> dict[str, Any]:
-    """A study file as settings keyword arguments (``space`` and ``recipe`` as dicts)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AutobatchError(f"config file {path} not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise AutobatchError(f"config file {path}: {exc}") from None
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _TABLES:
-            if not isinstance(value, dict):
-                raise AutobatchError(f"config file {path}: [{key}] must be a table")
-            unknown = sorted(set(value) - _TABLES[key])
-            if unknown:
-                raise AutobatchError(
-                    f"config file {path}: unknown key(s) in [{key}]: {', '.join(unknown)} "
-                    f"(known: {', '.join(sorted(_TABLES[key]))})")
-            values[key] = dict(value)
-        elif key in _TOP_LEVEL:
-            name, convert = _TOP_LEVEL[key]
-            try:
-                values[name] = convert(value)
-            except (TypeError, ValueError):
-                raise AutobatchError(f"config file {path}: bad value for {key}: {value!r}") from None
-        else:
-            raise AutobatchError(
-                f"config file {path}: unknown key {key!r} (known: {', '.join(sorted(_TOP_LEVEL))}, "
-                f"{', '.join(_TABLES)})")
-    return values
+    """A study file as settings keyword arguments (``space`` and ``recipe`` as dicts), checked
+    by type (``search._study_file``; pydantic is imported only when a study file is read)."""
+    from ._study_file import load_study_file
+
+    return load_study_file(path)
 
 
 def build_settings(config: Optional[Path], overrides: dict[str, Any]) -> TuneSettings:
@@ -154,4 +120,26 @@ def build_settings(config: Optional[Path], overrides: dict[str, Any]) -> TuneSet
         space["accumulation_steps"] = tuple(space["accumulation_steps"])
     if values.get("budget_s") is None and values.get("n_trials") is None:
         values["budget_s"] = DEFAULT_BUDGET_S
-    return TuneSettings(space=SearchSpace(**space), recipe=TrainRecipe.from_dict(tables["recipe"]), **values)
+    given = ({k for k in ("model", "dataset", "step", "step_eval") if k in values}
+             | ({"recipe"} if tables["recipe"] else set()) | {f"space.{k}" for k in space})
+    return TuneSettings(space=SearchSpace(**space), recipe=TrainRecipe.from_dict(tables["recipe"]),
+                        given=frozenset(given), **values)
+
+
+def resume_command(study_name: str, storage: Optional[str], *options: str) -> str:
+    """The command that resumes the study (its model, dataset, space and recipe are the stored
+    ones), with ``options`` such as ``--n-trials 20``. ``storage``: the URL as the user gave it
+    (None: ``$AUTOBATCH_STORAGE`` or the default file, which the command then names); a URL with
+    a password is left to the environment, never printed."""
+    from sqlalchemy.engine import make_url
+
+    parts = ["autobatch", "tune", "--study-name", shlex.quote(study_name)]
+    if storage is None and not os.environ.get(ENV_STORAGE):
+        storage = f"sqlite:///{DEFAULT_SQLITE.resolve()}"
+    if storage is not None:
+        try:
+            secret = make_url(storage).password is not None
+        except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: quoted as given
+            secret = False
+        parts += ["--storage", '"$AUTOBATCH_STORAGE"' if secret else shlex.quote(storage)]
+    return " ".join([*parts, *options])

@@ -62,16 +62,35 @@ class StudySpec:
         recipe = TrainRecipe.from_dict(data.pop("recipe", None))  # stored before recipes: 0.1's
         return cls(space=SearchSpace(**space), recipe=recipe, **data)
 
-    def identity_difference(self, other: "StudySpec") -> Optional[str]:
-        """A sentence naming the first identity field that differs, or None: "... is X there,
-        Y here" with X this spec's (the stored study's) value and Y ``other``'s."""
-        mine, theirs = self.to_dict(), other.to_dict()
+    def code_paths(self) -> list[tuple[str, str]]:
+        """The (what, path) pairs of code and data this study names by path: a
+        ``pkg.module:function`` model, dataset or recipe entry (optimizer, loss, metric, step,
+        ...) and an ``imagefolder:PATH``. A worker runs them only if it was given them."""
+        found = []
+        if ":" in self.model:
+            found.append(("model", self.model))
+        if ":" in self.dataset and not self.dataset.startswith("synthetic"):
+            found.append(("dataset", self.dataset))
+        for key, value in self.recipe.to_dict().items():
+            if isinstance(value, str) and ":" in value:
+                found.append((f"recipe {key}", value))
+        for key in ("step", "step_eval"):
+            if getattr(self, key):
+                found.append((key, getattr(self, key)))
+        return found
+
+    def identity_difference(self, wanted: "StudySpec") -> Optional[str]:
+        """A sentence naming the first identity field in which ``wanted`` (what a run asks for)
+        differs from this spec (the stored study's), or None. The study's value comes first:
+        ``model is 'mlp' in the stored study, 'small_cnn' here``."""
+        stored, asked = self.to_dict(), wanted.to_dict()
         for key in self.IDENTITY:
             if key in ("space", "recipe"):
                 label = "search space" if key == "space" else "recipe"
-                for sub, value in mine[key].items():
-                    if theirs[key].get(sub) != value:
-                        return f"{label} {sub} is {value!r} there, {theirs[key].get(sub)!r} here"
-            elif mine[key] != theirs[key]:
-                return f"{key} is {mine[key]!r} there, {theirs[key]!r} here"
+                for sub in sorted(set(stored[key]) | set(asked[key])):
+                    if stored[key].get(sub) != asked[key].get(sub):
+                        return (f"{label} {sub} is {stored[key].get(sub)!r} in the stored study, "
+                                f"{asked[key].get(sub)!r} here")
+            elif stored[key] != asked[key]:
+                return f"{key} is {stored[key]!r} in the stored study, {asked[key]!r} here"
         return None

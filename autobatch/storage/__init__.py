@@ -7,11 +7,12 @@ the trials of workers that died. A password is never shown: ``mask_url`` is what
 
 from ._rdb import (CONNECT_TIMEOUT_S, ENV_HEARTBEAT, ENV_RETRY, GRACE_FACTOR, HEARTBEAT_S, RETRY_S,
                    StorageLostError, open_storage)
-from ._stale import MAX_RETRIES, fail_stale_trials, requeue
+from ._claim import Claim, StudyState, claim_trial, study_state
+from ._stale import MAX_RETRIES, fail_stale_trials, fail_trial, requeue
 from ._study import StudyLike, describe, find_study, open_study
 from ._urls import DEFAULT_SQLITE, ENV_STORAGE, mask_url, resolve_url
 
-__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_SQLITE", "ENV_HEARTBEAT", "ENV_RETRY", "ENV_STORAGE",
+__all__ = ["Claim", "StudyState", "claim_trial", "fail_trial", "study_state", "CONNECT_TIMEOUT_S", "DEFAULT_SQLITE", "ENV_HEARTBEAT", "ENV_RETRY", "ENV_STORAGE",
            "GRACE_FACTOR", "HEARTBEAT_S", "MAX_RETRIES", "RETRY_S", "StorageLostError", "StudyLike",
            "describe", "fail_stale_trials", "find_study", "mask_url", "open_storage", "open_study",
            "requeue", "resolve_url"]

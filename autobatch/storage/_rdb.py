@@ -6,19 +6,23 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sqlite3
 import threading
 import time
 import warnings
-from pathlib import Path
 from typing import Optional
 
 import optuna
 import sqlalchemy
-import sqlalchemy.event
 import sqlalchemy.exc
 from sqlalchemy.engine import make_url
+from tenacity import (RetryError, Retrying, retry, retry_if_exception, stop_after_attempt, stop_after_delay,
+                      wait_exponential, wait_random)
 
 from ..errors import AutobatchError, NoStudiesError
+from ..records import finish_in_rdb, write_in_rdb
+from ._claim import Claim, StudyState, claim_in_rdb, study_state_in_rdb
+from ._sqlite import BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, read_only_url, sqlite_path
 from ._stale import requeue
 from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
 
@@ -38,53 +42,109 @@ class StorageLostError(AutobatchError):
     """The database went away during a run and did not come back within the retry time."""
 
 
-def open_storage(url: Optional[str], *, create_tables: bool = True) -> optuna.storages.RDBStorage:
+def open_storage(url: Optional[str], *, create_tables: bool = True,
+                 read_only: bool = False) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url``, with user errors raised as ``AutobatchError``.
+
+    Three ways in: ``create_tables=True`` (``tune``) may create the SQLite file, its folder and
+    the schema; ``create_tables=False`` (workers, the dashboard) needs them to exist and
+    creates nothing; ``read_only=True`` (``recommend``, ``report``) also never writes: SQLite
+    is opened ``mode=ro``, PostgreSQL sessions are ``default_transaction_read_only``. A missing
+    file or schema is ``NoStudiesError`` naming where it looked.
 
     Connections are checked before use (``pool_pre_ping``) and a call made while the database
     is down is retried for up to ``$AUTOBATCH_DB_RETRY_S`` (60 s), so a database restart costs
-    a pause, not a crash. Heartbeats are on (``$AUTOBATCH_HEARTBEAT_S``, 10 s). ``create_tables=False`` is for workers: only
-    ``tune`` creates the schema, so workers starting together never race on it."""
+    a pause, not a crash. Heartbeats are on (``$AUTOBATCH_HEARTBEAT_S``, 10 s). Processes that
+    start together and race to create the schema retry until one has made it."""
     url = resolve_url(url)
     try:
         parsed = make_url(url)
     except Exception:
         raise AutobatchError(f"malformed storage URL {mask_url(url)!r}") from None
-    if parsed.drivername.startswith("sqlite") and parsed.database:
-        path = Path(parsed.database)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AutobatchError(f"cannot create {path.parent}: {exc.strerror}") from None
-        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-            raise AutobatchError(f"SQLite storage {path} is not writable; pass --storage")
-
+    shown = mask_url(url)
+    create = create_tables and not read_only
+    path = sqlite_path(parsed)
+    target = url
     engine_kwargs: dict = {"pool_pre_ping": True}
-    if not parsed.drivername.startswith("sqlite"):
+    if path is not None:
+        check_file(path, shown, create=create)
+        if not read_only and not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise AutobatchError(f"SQLite storage {path} is not writable; pass --storage")
+        if read_only:
+            target = read_only_url(path)
+        engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
+    else:
         engine_kwargs["pool_recycle"] = 300
-    if parsed.drivername.startswith("postgresql+psycopg2") and "connect_timeout" not in parsed.query:
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    elif parsed.drivername.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 30}  # workers queue for SQLite's one writer
+        if parsed.drivername.startswith("postgresql"):
+            connect_args = {}
+            if "connect_timeout" not in parsed.query:
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+            if read_only:
+                connect_args["options"] = "-c default_transaction_read_only=on"
+            engine_kwargs["connect_args"] = connect_args
     beat = _positive_env(ENV_HEARTBEAT, HEARTBEAT_S)
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _RetryingRDBStorage(
-                _encode_password(url), engine_kwargs=engine_kwargs,
-                heartbeat_interval=int(beat), grace_period=int(GRACE_FACTOR * beat),
-                heartbeat_stale_trial_callback=requeue, skip_table_creation=not create_tables,
-                where=_where(parsed, url), retry_s=_positive_env(ENV_RETRY, RETRY_S),
-                password=parsed.password)
+        if path is not None and create:
+            enable_wal(path)
+        return _create(_encode_password(target), engine_kwargs=engine_kwargs,
+                       heartbeat_interval=int(beat), grace_period=int(GRACE_FACTOR * beat),
+                       heartbeat_stale_trial_callback=requeue, skip_table_creation=not create,
+                       where=_where(parsed, url), retry_s=_positive_env(ENV_RETRY, RETRY_S),
+                       password=parsed.password, read_only=read_only, shown=shown)
     except optuna.exceptions.StorageInternalError as exc:
-        cause = str(exc.__cause__ or "")
-        if "no such table" in cause or ("relation" in cause and "does not exist" in cause):
-            # Workers do not create the schema: nothing was ever created here.
-            raise NoStudiesError(f"no autobatch studies in {mask_url(url)} yet; create one with "
+        cause = exc.__cause__ or exc
+        if _no_schema(cause):
+            # Only tune creates the schema: nothing was ever created here.
+            raise NoStudiesError(f"no autobatch studies in {shown} yet; create one with "
                                  "autobatch tune (or tune --create-only)") from None
-        raise _unreachable(parsed, url, exc.__cause__ or exc) from None
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
+        raise _unreachable(parsed, url, cause) from None
+    except ImportError as exc:
+        raise AutobatchError(_missing_driver(parsed, exc)) from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise AutobatchError(f"unknown storage URL scheme {parsed.drivername!r} in {shown}; use "
+                             "postgresql://USER@HOST/DB or sqlite:///PATH") from None
+    except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.ArgumentError, sqlite3.Error) as exc:
+        if _no_schema(exc):
+            raise NoStudiesError(f"no autobatch studies in {shown} yet; create one with "
+                                 "autobatch tune (or tune --create-only)") from None
         raise _unreachable(parsed, url, exc) from None
+
+
+def _no_schema(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", None) or exc)
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
+
+def _schema_race(exc: BaseException) -> bool:
+    """Two processes creating the schema at once: one of them loses with a duplicate."""
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, sqlalchemy.exc.IntegrityError):
+        return True
+    text = str(getattr(cause, "orig", None) or cause)
+    return isinstance(cause, sqlalchemy.exc.DBAPIError) and (
+        "already exists" in text or "database is locked" in text or "duplicate key" in text)
+
+
+@retry(retry=retry_if_exception(_schema_race), stop=stop_after_attempt(8),
+       wait=wait_random(0.05, 0.5), reraise=True)
+def _create(url: str, **kwargs) -> "_RetryingRDBStorage":
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _RetryingRDBStorage(url, **kwargs)
+
+
+# Python package names of the drivers SQLAlchemy looks for, by the module that is missing.
+_DRIVERS = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg": "'psycopg[binary]'",
+            "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
+            "cx_Oracle": "cx_Oracle", "oracledb": "oracledb", "pyodbc": "pyodbc"}
+
+
+def _missing_driver(parsed, exc: ImportError) -> str:
+    missing = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc
+    module = (getattr(missing, "name", None) or "").split(".")[0] or "its driver"
+    package = _DRIVERS.get(module, module)
+    return (f"storage URL {parsed.drivername}://... needs the Python driver {module!r}, which is not "
+            f"installed: pip install {package}, or use postgresql://USER@HOST/DB or sqlite:///PATH")
 
 
 def _unreachable(parsed, url: str, exc: BaseException) -> AutobatchError:
@@ -135,44 +195,45 @@ _RETRIED = (
 class _RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, riding out a database restart: a call whose connection is gone
     or refused is retried (``pool_pre_ping`` hands it a fresh connection) for up to
-    ``retry_s`` seconds, then raises ``StorageLostError`` naming host and port."""
+    ``retry_s`` seconds, then raises ``StorageLostError`` naming host and port.
+
+    ``shown`` is the masked URL messages use; ``read_only`` says how it was opened."""
 
     def __init__(self, url: str, *, where: str, retry_s: float, password: Optional[str],
-                 **kwargs) -> None:
+                 read_only: bool = False, shown: str = "", **kwargs) -> None:
         self.where, self.retry_s, self._password = where, retry_s, password
+        self.read_only, self.shown = read_only, shown or mask_url(url)
         super().__init__(url, **kwargs)
-        _serialize_sqlite(self.engine)
+        if self.engine.dialect.name == "sqlite":
+            configure_engine(self.engine, read_only=read_only)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        _serialize_sqlite(self.engine)
+        if self.engine.dialect.name == "sqlite":
+            configure_engine(self.engine, read_only=self.read_only)
+
+    # autobatch's own one-transaction steps, retried like Optuna's entry points (below).
+    def claim_trial(self, study_id: int, **kwargs) -> Claim:
+        return claim_in_rdb(self, study_id, **kwargs)
+
+    def study_state(self, study_id: int, **kwargs) -> StudyState:
+        return study_state_in_rdb(self, study_id, **kwargs)
+
+    def finish_trial(self, trial_id: int, **kwargs) -> bool:
+        return finish_in_rdb(self, trial_id, **kwargs)
+
+    def write_trial_attrs(self, trial_id: int, **kwargs) -> None:
+        return write_in_rdb(self, trial_id, **kwargs)
 
     _local = threading.local()  # retry only at the outermost call (entry points nest)
     _warned_at = 0.0
 
 
-def _serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
-    """Make a SQLite file safe for several worker processes. SQLite ignores the
-    ``SELECT ... FOR UPDATE`` that Optuna's read-then-write steps rely on, so two workers
-    could take the same queued trial, or both fail a stale one and queue it twice.
-    ``BEGIN IMMEDIATE`` takes the write lock when a transaction starts: they run one at a
-    time (the SQLAlchemy recipe for pysqlite transactions)."""
-    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
-        return
-
-    @sqlalchemy.event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None  # pysqlite would BEGIN lazily (deferred) itself
-
-    @sqlalchemy.event.listens_for(engine, "begin")
-    def _begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened while creating the schema predate the hooks
+_OWN = ("claim_trial", "study_state", "finish_trial", "write_trial_attrs")
 
 
 def _retrying(name: str):
-    method = getattr(optuna.storages.RDBStorage, name)
+    method = getattr(optuna.storages.RDBStorage, name, None) or _RetryingRDBStorage.__dict__[name]
 
     @functools.wraps(method)
     def call(self: _RetryingRDBStorage, *args, **kwargs):
@@ -180,31 +241,32 @@ def _retrying(name: str):
             return method(self, *args, **kwargs)
         self._local.busy = True
         try:
-            give_up, pause = None, 0.25
-            while True:
-                try:
+            for attempt in Retrying(retry=retry_if_exception(_connection_lost),
+                                    stop=stop_after_delay(self.retry_s),
+                                    wait=wait_exponential(multiplier=0.25, max=2.0),
+                                    before_sleep=lambda state: _warn(self, state.outcome.exception())):
+                with attempt:
                     return method(self, *args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - sorted by _connection_lost
-                    if not _connection_lost(exc):
-                        raise
-                    now = time.monotonic()
-                    give_up = give_up or now + self.retry_s
-                    if now >= give_up:
-                        raise StorageLostError(
-                            f"lost the storage at {self.where} for {self.retry_s:.0f}s: "
-                            f"{_first_line(exc, self._password)}; finished trials are kept: "
-                            "start the worker again once the database is back") from None
-                    if now - _RetryingRDBStorage._warned_at > 10:
-                        _RetryingRDBStorage._warned_at = now
-                        _log.warning("autobatch: storage at %s unreachable (%s); retrying for up to %.0fs",
-                                     self.where, _first_line(exc, self._password), self.retry_s)
-                    time.sleep(min(pause, give_up - now))
-                    pause = min(2 * pause, 2.0)
+        except RetryError as exc:
+            lost = exc.last_attempt.exception()
+            raise StorageLostError(
+                f"lost the storage at {self.where} for {self.retry_s:.0f}s: "
+                f"{_first_line(lost, self._password)}; finished trials are kept: "
+                "start the worker again once the database is back") from None
         finally:
             self._local.busy = False
 
     return call
 
 
-for _name in _RETRIED:
+def _warn(storage: _RetryingRDBStorage, exc: BaseException) -> None:
+    """One warning line every 10 s while the database is away."""
+    now = time.monotonic()
+    if now - _RetryingRDBStorage._warned_at > 10:
+        _RetryingRDBStorage._warned_at = now
+        _log.warning("autobatch: storage at %s unreachable (%s); retrying for up to %.0fs",
+                     storage.where, _first_line(exc, storage._password), storage.retry_s)
+
+
+for _name in _RETRIED + _OWN:
     setattr(_RetryingRDBStorage, _name, _retrying(_name))

@@ -22,17 +22,21 @@ def describe(storage: StudyLike) -> str:
     if isinstance(storage, optuna.Study):
         storage = backend(storage)
     if isinstance(storage, optuna.storages.BaseStorage):
+        storage = getattr(storage, "_backend", storage)  # Optuna's cache around an RDB storage
+        shown = getattr(storage, "shown", None)
         url = getattr(storage, "url", None)
-        return mask_url(url) if url else type(storage).__name__
+        return shown or (mask_url(url) if url else type(storage).__name__)
     return mask_url(resolve_url(storage))
 
 
 def open_study(storage: StudyLike, study_name: Optional[str] = None, *,
-               create_tables: bool = False) -> optuna.Study:
+               read_only: bool = True) -> optuna.Study:
     """The study ``study_name`` in ``storage``; a ``Study`` is returned as it is.
 
-    Raises ``AutobatchError`` naming the studies that do exist when there is no such study,
-    and when the storage cannot be reached (see ``open_storage``)."""
+    A URL is opened read-only unless ``read_only=False`` (a worker, which writes trials); either
+    way nothing is created: no file, no folder, no schema. Raises ``AutobatchError`` naming the
+    storage it looked in when there is no such study (and the studies that do exist), and when
+    the storage cannot be reached (see ``open_storage``)."""
     if isinstance(storage, optuna.Study):
         if study_name is not None and study_name != storage.study_name:
             raise AutobatchError(f"asked for study {study_name!r} but was given {storage.study_name!r}")
@@ -41,17 +45,17 @@ def open_study(storage: StudyLike, study_name: Optional[str] = None, *,
         raise AutobatchError("a study name is needed (--study-name)")
     where = describe(storage)
     if isinstance(storage, optuna.storages.BaseStorage):
-        backend = storage
+        backend_ = storage
     else:
         try:
-            backend = open_storage(storage, create_tables=create_tables)
-        except NoStudiesError:
-            raise AutobatchError(f"no study named {study_name!r} in {where}: no study was created "
-                                 "there yet; create it with autobatch tune") from None
+            backend_ = open_storage(storage, create_tables=False, read_only=read_only)
+        except NoStudiesError as exc:
+            raise AutobatchError(f"no study named {study_name!r}: {exc}; create it with autobatch tune, "
+                                 "or pass --storage (or set $AUTOBATCH_STORAGE) to look elsewhere") from None
     try:
-        return optuna.load_study(study_name=study_name, storage=backend)
+        return optuna.load_study(study_name=study_name, storage=backend_)
     except KeyError:
-        names = sorted(optuna.get_all_study_names(backend))
+        names = sorted(optuna.get_all_study_names(backend_))
         existing = ", ".join(names[:10]) if names else "none"
         raise AutobatchError(f"no study named {study_name!r} in {where}; "
                              f"existing studies: {existing}") from None

@@ -14,9 +14,11 @@ from ._prepare import deadline_of, prepare_study, probe_workload
 from ._progress import event_line, probe_summary
 from ._python import tune as tune_objects
 from ._tune import TuneOutcome, default_study_name, final_answer, set_limits, tune
-from ._worker import POLL_SECONDS, counts, heartbeat, next_trial_id, run_worker
+from ._worker import (ENV_ALLOW, POLL_SECONDS, allowed_imports, check_imports, counts, heartbeat, next_claim,
+                      next_trial_id, run_worker)
 
-__all__ = ["Callback", "Event", "Note", "POLL_SECONDS", "PlanMade", "ProbeDone", "ProbeProgress", "ProbeStarted",
+__all__ = ["ENV_ALLOW", "allowed_imports", "check_imports", "next_claim", "Callback", "Event", "Note", "POLL_SECONDS",
+           "PlanMade", "ProbeDone", "ProbeProgress", "ProbeStarted",
            "RecommendationMade", "StudyReady", "StudyResumed", "TrialContext", "TrialFinished", "TrialStarted",
            "TuneOutcome", "TuneRun", "counts", "deadline_of", "default_study_name", "event_line", "final_answer",
            "heartbeat", "next_trial_id", "prepare_study", "probe_summary", "probe_workload", "run_trial",

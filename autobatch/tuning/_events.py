@@ -8,7 +8,7 @@ the trial in flight finishes, no new one starts, and the run answers from what i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from optuna.trial import FrozenTrial
@@ -98,7 +98,18 @@ class TrialFinished:
     best_value: Optional[float]
     best_number: Optional[int]
     deadline: Optional[float]
-    seconds: float                    # from taking the trial to telling the study, storage included
+    seconds: float                    # from taking the trial to this event, storage included (idle waits not)
+    train_seconds: float = 0.0        # the trainer's training time
+    eval_seconds: float = 0.0         # the trainer's evaluation time, storage round trips excluded
+    # seconds by stage, each storage round trip counted in its stage: "claim" (taking the trial),
+    # "sample" (the sampler, its reads and parameter writes), "write" (configuration, result),
+    # "report" (reports and pruning decisions during evaluation), "state" (this event's counts)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Everything but training and evaluation: storage, sampler, pruner, model building."""
+        return max(0.0, self.seconds - self.train_seconds - self.eval_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)

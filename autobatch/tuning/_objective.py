@@ -11,8 +11,9 @@ the user's code (``FAILURES_TO_STOP`` in a row, none completed), the study stops
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import optuna
 import torch
@@ -21,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
-from ..records import EvalPoint
+from ..records import EvalPoint, TrialConfig
 from ..search import StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
@@ -45,18 +46,23 @@ class TrialContext:
     memory_model: Optional[MemoryEstimate] = None
     deadline: Optional[float] = None
     num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
+    trial_seconds: Optional[Callable[[TrialConfig], float]] = None  # predicted wall time of a trial
 
     def __post_init__(self) -> None:
         check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
-              run: Optional[TuneRun] = None) -> FrozenTrial:
+              run: Optional[TuneRun] = None, timings: Optional[dict[str, float]] = None) -> FrozenTrial:
     """Suggest a configuration, refuse it before training if it is predicted over the memory cap
     or its effective batch exceeds the training set, else train it and tell the study its result.
     Raises ``StudyFailedError`` when the study should stop (see the module docstring)."""
+    timings = {} if timings is None else timings  # seconds by stage, see ``TrialFinished.timings``
+    clock = time.perf_counter
     spec = ctx.spec
+    started = clock()
     config, _ = suggest(trial, spec.space)
+    timings["sample"] = clock() - started
     # memory: the study's latest (refit) estimate; prune before training what will not fit
     estimate = current_estimate(study, ctx.memory_model)
     predicted = estimate.predict(config.batch_size) if estimate else None
@@ -68,7 +74,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         attrs.update({R.MEMORY_ACTION: "pruned", R.STOP_REASON: R.STOP_OVER_MEMORY,
                       R.STOP_DETAIL: why.detail, R.SAMPLES_SEEN: 0})
         R.write_attrs(trial, attrs)
-        return study.tell(trial, state=TrialState.PRUNED)
+        return _tell(timings, study, trial, state=TrialState.PRUNED)
     attrs[R.MEMORY_ACTION] = "none"
     if spec.train_size and config.effective_batch_size > spec.train_size:
         R.set_memory_constraint(trial, (predicted - cap) / cap if predicted and cap else 0.0)
@@ -78,18 +84,32 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
                                      "refused before training"})
         R.write_attrs(trial, attrs)
         R.set_infeasible(trial)
-        return study.tell(trial, state=TrialState.PRUNED)
+        return _tell(timings, study, trial, state=TrialState.PRUNED)
+    if ctx.deadline is not None and ctx.trial_seconds is not None:
+        needed, left = ctx.trial_seconds(config), ctx.deadline - time.time()
+        if needed > left:  # it would be cut off: no result, and the time is better left unused
+            attrs.update({R.STOP_REASON: R.STOP_BUDGET, R.SAMPLES_SEEN: 0,
+                          R.STOP_DETAIL: f"not started: predicted {needed:.0f}s, {max(left, 0):.0f}s left"})
+            R.write_attrs(trial, attrs)
+            return _tell(timings, study, trial, state=TrialState.FAIL)
+    started = clock()
     R.write_attrs(trial, attrs)
+    timings["write"] = clock() - started
     if run is not None:
         run.emit(TrialStarted(number=trial.number, config=config,
                               baseline=trial.user_attrs.get(R.BASELINE)))
 
     final = spec.eval_points[-1]
 
+    timings["report"] = 0.0
+
     def on_eval(point: EvalPoint) -> bool:
+        begun = clock()
         trial.report(point.metric, step=point.samples_seen)
         # At the last checkpoint the trial is done: a result, never a pruning decision.
-        return point.samples_seen < final and trial.should_prune()
+        prune = point.samples_seen < final and trial.should_prune()
+        timings["report"] += clock() - begun  # storage round trips, which the trainer books as evaluation
+        return prune
 
     seed = spec.seed + trial.number
     torch.manual_seed(seed)
@@ -99,33 +119,46 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     except UserCodeError as exc:
         R.write_attrs(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc), R.USER_ERROR: str(exc),
                               R.SAMPLES_SEEN: 0})
-        return _failed(study, study.tell(trial, state=TrialState.FAIL))
+        return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
                          seed=seed, on_eval=on_eval, deadline=ctx.deadline, step=spec.step,
                          step_eval=spec.step_eval, num_workers=ctx.num_workers,
                          eval_batch_size=estimate.eval_batch(config.batch_size) if estimate else None,
                          memory_cap=cap)
-    R.write_attrs(trial, R.result_attrs(result, train_size=spec.train_size))
+    measured = R.result_attrs(result, train_size=spec.train_size)
+    measured[R.EVAL_TIME_S] = max(0.0, result.eval_time_s - timings["report"])  # evaluation, not storage
+    started = clock()
+    R.write_attrs(trial, measured)
+    timings["write"] += clock() - started
     # memory: the measured peak against the cap and the prediction; the estimate refit from it
     over_cap = check_measured(trial, result, predicted, cap)
     refit_study_memory(study)
     if over_cap or result.stop_reason == R.STOP_OVER_CAP:
-        return study.tell(trial, state=TrialState.PRUNED)
+        return _tell(timings, study, trial, state=TrialState.PRUNED)
     if result.stop_reason == R.STOP_COMPLETED:
-        return study.tell(trial, result.final_metric)
+        return _tell(timings, study, trial, result.final_metric)
     if result.stop_reason == R.STOP_BUDGET:
-        return study.tell(trial, state=TrialState.FAIL)
+        return _tell(timings, study, trial, state=TrialState.FAIL)
     if result.stop_reason == R.STOP_OUT_OF_MEMORY:
         R.mark_out_of_memory(trial)
     if result.stop_reason in (R.STOP_INFEASIBLE, R.STOP_ERROR):
         trial.set_user_attr(R.USER_ERROR, result.stop_detail)
     if result.stop_reason == R.STOP_INFEASIBLE:
         R.set_infeasible(trial)
-        return _failed(study, study.tell(trial, state=TrialState.PRUNED))
+        return _failed(study, _tell(timings, study, trial, state=TrialState.PRUNED))
     if result.stop_reason == R.STOP_ERROR:
-        return _failed(study, study.tell(trial, state=TrialState.FAIL))
-    return study.tell(trial, state=TrialState.PRUNED)
+        return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
+    return _tell(timings, study, trial, state=TrialState.PRUNED)
+
+
+def _tell(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, value: Optional[float] = None,
+          state: Optional[TrialState] = None) -> FrozenTrial:
+    """``study.tell``, its storage time added to the ``write`` stage."""
+    started = time.perf_counter()
+    frozen = study.tell(trial, value, state=state)
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
+    return frozen
 
 
 def _failed(study: optuna.Study, frozen: FrozenTrial) -> FrozenTrial:

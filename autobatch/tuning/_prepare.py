@@ -1,5 +1,6 @@
 """Preparing a study: probe memory and throughput, plan the budget, create the study — or resume
-it after checking it is the same study."""
+it after checking it is the same study. Safe when several ``tune`` start at once: exactly one
+creates the study (and queues its baselines); the others resume it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import ProbeResult, default_cap, is_out_of_memory, probe
-from ..search import (StudySpec, TuneSettings, enqueue_baselines, fit_reserve, fit_space_to_data, make_pruner,
-                      plan_train_samples, seconds_per_sample)
+from ..search import (FOLK_BATCH, StudySpec, TrialTimes, TuneSettings, check_budget, enqueue_baselines, fit_reserve,
+                      fit_space_to_data, floor_samples, make_pruner, plan_train_samples, resume_command)
 from ..storage import find_study
 from ..train import check_recipe, eval_points, eval_runner, measure_throughput, step_runner
 from ..units import format_bytes
@@ -22,11 +23,13 @@ from ..workloads import Workload, build_model
 from ._events import Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyResumed, TuneRun
 from ._worker import counts
 
+SPEC_WAIT_S = 30.0  # how long a start that lost the race to create a study waits for its spec
+
 
 def probe_workload(settings: TuneSettings, workload: Workload, device: torch.device,
-                   run: TuneRun) -> tuple[ProbeResult, list[int], float]:
+                   run: TuneRun) -> tuple[ProbeResult, list[int], tuple[tuple[int, float], ...]]:
     """Memory model and throughput: what the plan and the memory-aware search rest on. Returns
-    the probe, the space's micro-batch sizes that fit, and the mean seconds per sample.
+    the probe, the space's micro-batch sizes that fit, and the measured (micro-batch, samples/s).
 
     The probe trains on real batches of the training set and evaluates real validation samples:
     training steps up to the largest micro-batch the study will try (the space's largest, at most
@@ -50,7 +53,23 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
                    on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
     result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
     run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started))
-    return result, sizes, seconds_per_sample(measured, sizes)
+    return result, sizes, measured
+
+
+def stored_spec(study: Optional[optuna.Study], wait_s: float = SPEC_WAIT_S) -> Optional[StudySpec]:
+    """The spec of an existing study; a study another ``tune`` has just created gets its spec
+    within moments, so it is waited for. None when there is no study."""
+    if study is None:
+        return None
+    end = time.monotonic() + wait_s
+    while True:
+        attrs = study.user_attrs
+        if R.STUDY_SPEC in attrs:
+            return StudySpec.from_dict(attrs[R.STUDY_SPEC])
+        if time.monotonic() >= end:
+            raise AutobatchError(f"study {study.study_name!r} exists but has no autobatch spec (it was not "
+                                 "created by autobatch tune, or its creator stopped); use another --study-name")
+        time.sleep(0.2)
 
 
 def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: Workload, model: torch.nn.Module,
@@ -93,49 +112,75 @@ def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: W
 def prepare_study(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_name: str,
                   workload: Workload, device: torch.device, started: float,
                   run: TuneRun) -> tuple[optuna.Study, StudySpec]:
-    """Create the study (probing and planning first) or resume it (checking it matches)."""
+    """Create the study (probing and planning first) or resume it (checking it matches).
+
+    Raises ``AutobatchError`` when an existing study differs in identity, and
+    ``BudgetTooShortError`` when the budget cannot fit the minimum number of trials."""
     space, note = fit_space_to_data(settings.space, len(workload.train))
     settings = dataclasses.replace(settings, space=space)
+    study = find_study(storage, study_name)
+    if study is None:
+        created = _create(settings, storage, study_name, workload, device, started, run, note)
+        if created is not None:
+            return created
+        study = find_study(storage, study_name)  # another tune created it meanwhile: resume it
+    spec = stored_spec(study)
     wanted = StudySpec(model=settings.model, dataset=settings.dataset, space=settings.space,
                        recipe=settings.recipe, step=settings.step, step_eval=settings.step_eval)
-    study = find_study(storage, study_name)
-    if study is not None and R.STUDY_SPEC in study.user_attrs:
-        spec = StudySpec.from_dict(study.user_attrs[R.STUDY_SPEC])
-        difference = spec.identity_difference(wanted)
-        if difference:
-            raise AutobatchError(
-                f"study {study_name!r} already exists with another setup ({difference}); "
-                f"use another --study-name, e.g. {study_name}-2")
-        run.emit(StudyResumed(study_name=study_name, completed=counts(study)["complete"]))
-        return study, spec
+    difference = spec.identity_difference(wanted)
+    if difference:
+        raise AutobatchError(
+            f"study {study_name!r} already exists with another setup ({difference}); "
+            f"use another --study-name (e.g. --study-name {study_name}-2), or resume it as stored: "
+            f"{resume_command(study_name, settings.storage)}")
+    run.emit(StudyResumed(study_name=study_name, completed=counts(study)["complete"]))
+    return study, spec
 
+
+def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_name: str,
+            workload: Workload, device: torch.device, started: float, run: TuneRun,
+            note: Optional[str]) -> Optional[tuple[optuna.Study, StudySpec]]:
+    """Probe, plan and create the study; None when another process created it first."""
     if note:
         run.emit(Note(text=note))
-    result, sizes, sec_per_sample = probe_workload(settings, workload, device, run)
+    result, sizes, measured = probe_workload(settings, workload, device, run)
     budget_end = deadline_of(settings, started)
+    times = TrialTimes.from_throughput(measured)
+    train_size, val_size = len(workload.train), len(workload.val)
+    per_sample = sum(times.per_sample(b) for b in sizes) / len(sizes)
+    eval_s = settings.n_evals * val_size * times.eval_per_sample + times.start_s
+    floor = floor_samples(min(max(FOLK_BATCH, sizes[0]), sizes[-1]), train_size)
+    seconds_left = budget_end - time.time() if budget_end else None
     train_samples = plan_train_samples(
-        seconds_left=budget_end - time.time() if budget_end else None,
-        seconds_per_sample=sec_per_sample, train_size=len(workload.train),
-        n_trials=settings.n_trials, epochs=settings.epochs)
+        seconds_left=seconds_left, seconds_per_sample=per_sample, train_size=train_size,
+        n_trials=settings.n_trials, epochs=settings.epochs, floor=floor, seconds_per_trial=eval_s)
+    if seconds_left is not None:
+        epochs = train_samples / train_size
+        check_budget(seconds_left=seconds_left, trial_seconds=train_samples * per_sample + eval_s,
+                     n_trials=settings.n_trials, elapsed_s=time.time() - started, budget_s=settings.budget_s,
+                     what=f"{train_samples} samples ({epochs:.3g} epochs of {settings.dataset})")
     spec = StudySpec(
         model=settings.model, dataset=settings.dataset, space=settings.space, recipe=settings.recipe,
         train_samples=train_samples, eval_points=eval_points(train_samples, settings.n_evals),
-        train_size=len(workload.train), val_size=len(workload.val),
+        train_size=train_size, val_size=val_size,
         num_classes=workload.num_classes, input_shape=tuple(workload.input_shape),
         max_memory_bytes=result.cap_bytes, pruner=settings.pruner, seed=settings.seed,
         step=settings.step, step_eval=settings.step_eval)
     make_pruner(spec.pruner, spec.eval_points)  # an unknown pruner fails before anything is stored
     run.emit(PlanMade(spec=spec))
-    # The study's direction and so its pruner follow the metric (maximize accuracy, minimize a loss).
-    study = optuna.create_study(study_name=study_name, storage=storage, direction=spec.recipe.direction,
-                                load_if_exists=True)
+    try:
+        # The study's direction and so its pruner follow the metric (maximize accuracy, minimize a loss).
+        study = optuna.create_study(study_name=study_name, storage=storage, direction=spec.recipe.direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        return None
     # What optuna-dashboard and trials_dataframe() call the objective: "accuracy", "val_loss", or
     # a user metric's function name.
     study.set_metric_names([spec.recipe.metric.rsplit(":", 1)[-1]])
-    study.set_user_attr(R.STUDY_SPEC, spec.to_dict())
     study.set_user_attr(R.STUDY_MEMORY_MODEL, result.to_dict())
+    study.set_user_attr(R.STUDY_THROUGHPUT, [list(m) for m in measured])
     if settings.baselines:
         enqueue_baselines(study, spec, sizes)
+    study.set_user_attr(R.STUDY_SPEC, spec.to_dict())  # last: a study with a spec is complete
     return study, spec
 
 

@@ -17,13 +17,13 @@ from optuna.trial import TrialState
 from .. import records as R
 from ..errors import AutobatchError
 from ..recommender import publish, recommend_study
-from ..search import TuneSettings
-from ..storage import ENV_STORAGE, fail_stale_trials, mask_url, open_storage, resolve_url
+from ..search import StudySpec, TuneSettings, resume_command
+from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
 from ._objective import StudyFailedError, user_failure
-from ._prepare import deadline_of, prepare_study
+from ._prepare import deadline_of, prepare_study, stored_spec
 from ._worker import counts, run_worker
 
 
@@ -41,31 +41,43 @@ def default_study_name(model: str, dataset: str) -> str:
 
 
 def set_limits(study: optuna.Study, *, deadline: Optional[float], n_trials: Optional[int]) -> None:
-    """Study-wide limits every worker obeys: the deadline, and ``n_trials`` queued slots."""
+    """Study-wide limits every worker obeys (read with each claim): the deadline and the trial
+    count, the study's total. Setting them is idempotent: several ``tune`` starting together
+    with the same values leave them as one would; the latest start's values hold."""
     study.set_user_attr(R.STUDY_DEADLINE, deadline)
     study.set_user_attr(R.STUDY_MAX_TRIALS, n_trials)
-    if n_trials:
-        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        for _ in range(max(0, n_trials - waiting)):
-            study.enqueue_trial({}, skip_if_exists=False)
 
 
 def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneOutcome:
     """Probe, plan, create or resume the study, run its trials (this process is worker 0, plus
     ``settings.workers - 1`` local worker processes), and answer. Each callback is called as
     ``callback(run, event)`` with the events of ``autobatch.tuning``; ``run.stop()`` ends the run
-    after the trial in flight. Raises ``AutobatchError`` for what the user can fix."""
+    after the trial in flight.
+
+    ``settings.n_trials`` is the study's total across resumes and workers: a study that has that
+    many results already is answered at once, and said to be complete. Raises
+    ``AutobatchError`` for what the user can fix, including a run that ends with no trial
+    finished (the message gives the command that resumes it)."""
     run = TuneRun(callbacks)
     started = time.time()
-    check_model_name(settings.model)
-    device = resolve_device(settings.device)
-    name = settings.study_name or default_study_name(settings.model, settings.dataset)
     url = resolve_url(settings.storage)
     storage = open_storage(url)
+    name = settings.study_name or default_study_name(settings.model, settings.dataset)
+    existing = stored_spec(find_study(storage, name))
+    if existing is not None:  # resuming: what was not given is the study's own
+        settings = settings.resumed_from(existing)
+    check_model_name(settings.model)
+    device = resolve_device(settings.device)
     workload = load_workload(settings.dataset, data_dir=settings.data_dir, seed=settings.seed)
     for text in workload.notes:
         run.emit(Note(text=text))
     study, _ = prepare_study(settings, storage, name, workload, device, started, run)
+    results = _results(study)
+    if settings.n_trials and results >= settings.n_trials and not settings.create_only:
+        more = resume_command(name, settings.storage, "--n-trials", str(results + settings.n_trials))
+        run.emit(Note(text=f"study {name!r} is complete: {results} trials have results, --n-trials is "
+                           f"{settings.n_trials}; to run more: {more}"))
+        return _answer(study, settings, name, url, started, run)
     deadline = deadline_of(settings, started)
     set_limits(study, deadline=deadline, n_trials=settings.n_trials)
     run.emit(StudyReady(study_name=name, storage=mask_url(url), deadline=deadline, n_trials=settings.n_trials))
@@ -74,7 +86,7 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     helpers = [_spawn_worker(name, url, settings, i) for i in range(1, settings.workers)]
     try:
         run_worker(study, device_name=settings.device, data_dir=settings.data_dir,
-                   worker_seed=settings.seed, run=run, workload=workload, num_workers=settings.num_workers)
+                   worker_seed=None, run=run, workload=workload, num_workers=settings.num_workers)
     except BaseException:
         # Ctrl-C (or an error) here stops the local helpers too: a SIGINT lets each of them
         # fail and re-queue its trial in flight, as this process did.
@@ -85,12 +97,40 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     finally:
         _wait_for_helpers(helpers, run)
     fail_stale_trials(study)
+    return _answer(study, settings, name, url, started, run)
+
+
+def _results(study: optuna.Study) -> int:
+    c = counts(study)
+    return c["complete"] + c["pruned"]
+
+
+def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, started: float,
+            run: TuneRun) -> TuneOutcome:
+    """The study's answer; a run with no completed trial is an error whose message is the
+    command that gives the study what it lacked."""
     failure = user_failure(study)
     if failure is not None:  # trials ran, none completed, the user's code is why: say that line
         raise StudyFailedError(f"{failure} (no trial completed)")
-    answer = final_answer(study, run)
+    answer = final_answer(study, run, settings.storage)
+    c = counts(study)
+    if not answer:
+        if settings.budget_s and not settings.n_trials:
+            fix = resume_command(name, settings.storage, "--budget", _more_time(settings.budget_s))
+            why = f"within the budget ({c['fail']} cut off or failed, {c['pruned']} pruned)"
+        else:
+            more = max(settings.n_trials or 0, c["complete"] + c["pruned"]) + 4
+            fix = resume_command(name, settings.storage, "--n-trials", str(more))
+            why = f"({c['pruned']} pruned, {c['fail']} failed)"
+        raise AutobatchError(f"no trial of study {name!r} completed {why}; "
+                             f"to resume it with more: {fix}")
     run.emit(RecommendationMade(answer=answer))
-    return TuneOutcome(name, mask_url(url), counts(study), time.time() - started, answer)
+    return TuneOutcome(name, mask_url(url), c, time.time() - started, answer)
+
+
+def _more_time(budget_s: float) -> str:
+    minutes = max(2, int(budget_s * 3 // 60) + 1)
+    return f"{minutes}m" if minutes < 120 else f"{minutes // 60 + 1}h"
 
 
 def _wait_for_helpers(helpers: list[subprocess.Popen], run: TuneRun) -> None:
@@ -108,21 +148,27 @@ def _wait_for_helpers(helpers: list[subprocess.Popen], run: TuneRun) -> None:
 def _spawn_worker(study_name: str, url: str, settings: TuneSettings, index: int) -> subprocess.Popen:
     """A local worker process; the storage URL goes by environment, not argv (no password
     in the process list). In its own session: a terminal's Ctrl-C reaches only ``tune``,
-    which passes exactly one SIGINT on (a second one would cut a worker's clean-up short)."""
+    which passes exactly one SIGINT on (a second one would cut a worker's clean-up short).
+    It is allowed the code paths this run was given (``--allow-import``), no others."""
     cmd = [sys.executable, "-m", "autobatch", "worker", "--study-name", study_name,
-           "--device", settings.device, "--seed", str(settings.seed + 1000 * index)]
+           "--device", settings.device]
     if settings.data_dir:
         cmd += ["--data-dir", str(settings.data_dir)]
     if settings.num_workers is not None:
         cmd += ["--num-workers", str(settings.num_workers)]
+    spec = StudySpec(model=settings.model, dataset=settings.dataset, space=settings.space, recipe=settings.recipe,
+                     step=settings.step, step_eval=settings.step_eval)
+    for _, path in spec.code_paths():
+        cmd += ["--allow-import", path]
     return subprocess.Popen(cmd, env={**os.environ, ENV_STORAGE: url}, start_new_session=True)
 
 
-def final_answer(study: optuna.Study, run: Optional[TuneRun] = None) -> dict:
+def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Optional[str] = None) -> dict:
     """The trade-off model's recommendation, stored with the study (user attribute and
-    dashboard note); the best completed trial while there are too few trials to fit."""
+    dashboard note); the best completed trial while there are too few trials to fit.
+    ``storage``: the URL as the user gave it, for the command a note prints."""
     try:
-        rec = recommend_study(study)
+        rec = recommend_study(study, storage=storage)
     except AutobatchError as exc:
         if run is not None:
             run.emit(Note(text=f"trade-off model not fitted: {exc}"))

@@ -1,0 +1,175 @@
+"""Taking the next trial of a study, under its limits, in one transaction; and a study's state
+in one read.
+
+``claim_trial`` is how every worker gets work. In one transaction it locks the study's row,
+reads the study-wide limits (trial count, deadline) and the trials by state, and then takes the
+oldest queued trial (a baseline, or the configuration of a trial whose worker died) or creates a
+new one, RUNNING with its first heartbeat. So ``--n-trials N`` holds exactly across any number of
+workers and resumes: a trial is taken only while results (COMPLETE, PRUNED) plus RUNNING trials
+are fewer than N, and no queue of empty slots is ever written. On SQLite the transaction holds
+the write lock from its start (``BEGIN IMMEDIATE``); on PostgreSQL the study row is locked
+``FOR UPDATE``, as Optuna does when it numbers a new trial.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from .._optuna_internals import new_trial_row, rdb_backend, rdb_models, rdb_session
+
+RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_trial`` found. ``trial_id``/``number``: the trial now RUNNING for the caller,
+    or None when none may start (``why`` says which limit). ``counts``: trials by state (lower
+    case) before the claim. ``attrs``: the study user attributes asked for."""
+
+    trial_id: Optional[int]
+    number: Optional[int]
+    why: str
+    counts: dict[str, int]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def results(self) -> int:
+        return self.counts.get("complete", 0) + self.counts.get("pruned", 0)
+
+
+def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_key: str,
+                deadline_key: str, seconds_needed: float = 0.0, refresh: bool = True) -> Claim:
+    """Take the next trial of the study if its limits allow, as one transaction.
+
+    ``limit_key``/``deadline_key``: the study user attributes holding the trial count (int or
+    None) and the deadline (unix time or None). No trial is taken when results plus RUNNING
+    trials reach the count, or when fewer than ``seconds_needed`` are left before the deadline.
+    Storages other than Optuna's RDB storage (in-memory: one process) take the same steps
+    through Optuna's public calls. ``refresh=False``: the caller reads the study's trials right
+    after (which Optuna's cache needs before the first write to the new trial)."""
+    rdb = rdb_backend(storage)
+    if rdb is None:
+        return _claim_plain(storage, study_id, limit_key, deadline_key, seconds_needed)
+    claim = getattr(rdb, "claim_trial", None) or (lambda *a, **k: claim_in_rdb(rdb, *a, **k))
+    taken = claim(study_id, limit_key=limit_key, deadline_key=deadline_key, seconds_needed=seconds_needed)
+    if taken.trial_id is not None and storage is not rdb and refresh:
+        # Optuna's cache in front of the RDB storage learns of the trial by reading what is new
+        # (it refuses writes to a trial it has not seen).
+        storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    return taken
+
+
+def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: str, deadline_key: str,
+                 seconds_needed: float = 0.0) -> Claim:
+    models = rdb_models()
+    with rdb_session(rdb) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        rows = (session.query(models.StudyUserAttributeModel)
+                .filter(models.StudyUserAttributeModel.study_id == study_id,
+                        models.StudyUserAttributeModel.key.in_((limit_key, deadline_key))).all())
+        attrs = {row.key: json.loads(row.value_json) for row in rows}
+        counts = _counts_in(session, models, study_id)
+        why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
+        if why:
+            return Claim(None, None, why, counts, attrs)
+        trial = (session.query(models.TrialModel)
+                 .filter(models.TrialModel.study_id == study_id,
+                         models.TrialModel.state == TrialState.WAITING)
+                 .order_by(models.TrialModel.trial_id).first())
+        if trial is None:
+            trial = new_trial_row(rdb, study_id, session)  # RUNNING, numbered
+        trial.state = TrialState.RUNNING
+        trial.datetime_start = datetime.datetime.now()
+        if rdb.get_heartbeat_interval():
+            # The first heartbeat with the state: Optuna never fails a RUNNING trial that has no
+            # heartbeat at all, so a worker killed right after taking it would block the study.
+            beat = models.TrialHeartbeatModel.where_trial_id(trial.trial_id, session, True)
+            if beat is None:
+                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+            else:
+                beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+        session.flush()
+        return Claim(trial.trial_id, trial.number, "", counts, attrs)
+
+
+def _refusal(counts: dict[str, int], limit: Optional[int], deadline: Optional[float],
+             seconds_needed: float) -> str:
+    if limit:
+        taken = counts.get("complete", 0) + counts.get("pruned", 0) + counts.get("running", 0)
+        if taken >= limit:
+            return "count"
+    if deadline is not None and deadline - time.time() < max(seconds_needed, 0.0):
+        return "deadline"
+    return ""
+
+
+def _counts_in(session: Any, models: Any, study_id: int) -> dict[str, int]:
+    rows = (session.query(models.TrialModel.state, sqlalchemy.func.count(models.TrialModel.trial_id))
+            .filter(models.TrialModel.study_id == study_id).group_by(models.TrialModel.state).all())
+    found = {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
+    return {state.name.lower(): found.get(state, 0) for state in TrialState}
+
+
+def _claim_plain(storage: optuna.storages.BaseStorage, study_id: int, limit_key: str,
+                 deadline_key: str, seconds_needed: float) -> Claim:
+    attrs = storage.get_study_user_attrs(study_id)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
+    if why:
+        return Claim(None, None, why, counts, attrs)
+    for trial in trials:
+        if trial.state == TrialState.WAITING and storage.set_trial_state_values(trial._trial_id,
+                                                                                TrialState.RUNNING):
+            return Claim(trial._trial_id, trial.number, "", counts, attrs)
+    trial_id = storage.create_new_trial(study_id)
+    return Claim(trial_id, storage.get_trial(trial_id).number, "", counts, attrs)
+
+
+@dataclass(frozen=True)
+class StudyState:
+    """Trials by state (lower case) and the best result: what a progress line shows."""
+
+    counts: dict[str, int]
+    best_value: Optional[float]
+    best_number: Optional[int]
+
+
+def study_state(storage: optuna.storages.BaseStorage, study_id: int, *, maximize: bool = True) -> StudyState:
+    """Counts by state and the best COMPLETE trial, in one read (not a read of every trial)."""
+    rdb = rdb_backend(storage)
+    if rdb is None:
+        trials = storage.get_all_trials(study_id, deepcopy=False)
+        counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = (max if maximize else min)(done, key=lambda t: t.value) if done else None
+        return StudyState(counts, best.value if best else None, best.number if best else None)
+    state = getattr(rdb, "study_state", None)
+    if state is not None:
+        return state(study_id, maximize=maximize)
+    return study_state_in_rdb(rdb, study_id, maximize=maximize)
+
+
+def study_state_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool = True) -> StudyState:
+    models = rdb_models()
+    with rdb_session(rdb) as session:
+        counts = _counts_in(session, models, study_id)
+        value = models.TrialValueModel.value
+        best = (session.query(models.TrialModel.number, value)
+                .join(models.TrialValueModel, models.TrialValueModel.trial_id == models.TrialModel.trial_id)
+                .filter(models.TrialModel.study_id == study_id,
+                        models.TrialModel.state == TrialState.COMPLETE,
+                        models.TrialValueModel.objective == 0)
+                .order_by(value.desc() if maximize else value.asc(), models.TrialModel.number)
+                .first())
+    if best is None:
+        return StudyState(counts, None, None)
+    return StudyState(counts, float(best[1]), int(best[0]))

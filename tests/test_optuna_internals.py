@@ -1,0 +1,38 @@
+"""The Optuna private attributes autobatch relies on (``autobatch._optuna_internals``): this fails
+loudly when an Optuna upgrade moves them."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from autobatch import _optuna_internals as I
+
+
+def test_the_private_attributes_are_where_autobatch_looks(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    cached = I.backend(study)
+    assert I.rdb_backend(cached) is storage and I.rdb_backend(optuna.storages.InMemoryStorage()) is None
+    sid = I.study_id(study)
+    models = I.rdb_models()
+    with I.rdb_session(storage) as session:
+        models.StudyModel.find_or_raise_by_id(sid, session, for_update=True)
+        row = I.new_trial_row(storage, sid, session)
+        assert row.state == TrialState.RUNNING and row.number == 0
+        session.flush()
+        I.set_attrs_in_session(storage, session, row.trial_id, {"a": [1, 2], "b": None})
+        I.set_attrs_in_session(storage, session, row.trial_id, {"a": {"x": 1}})  # an upsert
+        I.set_attrs_in_session(storage, session, row.trial_id, {"constraints:memory": -1.0}, system=True)
+        I.set_value_in_session(storage, session, row, 0.5)
+        I.add_reports_in_session(storage, session, row.trial_id, {10: 0.25, 20: float("inf")})
+        row.state = TrialState.COMPLETE
+        row_id = row.trial_id
+    trial = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0]
+    assert trial.user_attrs == {"a": {"x": 1}, "b": None} and trial.value == 0.5
+    assert trial.system_attrs["constraints:memory"] == -1.0 and I.trial_id(trial) == row_id
+    assert trial.intermediate_values == {10: 0.25, 20: float("inf")}
+    assert I.cached_frozen(optuna.Trial(study, study._storage.create_new_trial(sid))).number == 1
+    study._get_trials(use_cache=True)
+    I.reset_trial_cache(study)
+    assert study._thread_local.cached_all_trials is None
