@@ -140,9 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--seed", type=int, help="sampler seed base (default: the study's; each trial adds its number)")
     p.add_argument("--num-workers", type=int, help="data loader worker processes per trial")
-    p.add_argument("--allow-import", action="append", default=[], metavar="PATH",
-                   help="a pkg.module:function (or pkg.module:*, imagefolder:PATH) the study may run here; "
-                        "repeatable; also $AUTOBATCH_ALLOW_IMPORTS")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help="a pkg.module:function "
+                   "(pkg.module:*, imagefolder:PATH) the study may run here; repeatable; or $AUTOBATCH_ALLOW_IMPORTS")
     p.add_argument("--config", type=Path, help="the study file: its model, dataset, step and recipe paths are allowed")
     p.set_defaults(func=cmd_worker)
 
@@ -297,12 +296,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
-    given = list(args.allow_import)
-    if args.config:  # the paths of the user's own study file
-        values = load_config(args.config)
-        named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")]
-        named += [v for v in (values.get("recipe") or {}).values() if isinstance(v, str)]
-        given += [path for path in named if path and ":" in path]
+    given, values = list(args.allow_import), load_config(args.config) if args.config else {}
+    named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")]  # the user's own study file
+    given += [p for p in named + list((values.get("recipe") or {}).values()) if isinstance(p, str) and ":" in p]
     study = open_study(args.storage, args.study_name, read_only=False)  # never creates the schema or a file
     n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
                    run=TuneRun([_print_event]), num_workers=args.num_workers, allowed=allowed_imports(given))

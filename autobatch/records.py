@@ -254,7 +254,7 @@ def write_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, user_attrs:
         set_attrs_in_session(rdb, session, trial_id_, system_attrs or {}, system=True)
 
 
-LIVE_REPORTS_S = 30.0  # a trial running longer writes each report as it comes
+LIVE_REPORTS_S = 2.0  # a trial running longer writes each report as it comes
 
 
 class Reports:

@@ -105,7 +105,8 @@ def test_resume_refusal_names_the_stored_value_first(tmp_path, sqlite_url):
                     "--storage", sqlite_url, "--study-name", "same", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     other = run_cli("tune", *FAST, "--n-trials", "2", "--storage", sqlite_url, "--study-name", "same", cwd=tmp_path)
-    one_line(other, "model is 'mlp' in the stored study, 'small_cnn' here", "--study-name same-2")
+    one_line(other, "model is 'mlp' there, 'small_cnn' here", "--study-name same-2",
+             "resume it as stored: autobatch tune --study-name same --storage")
 
 
 def test_a_budget_that_fits_too_few_trials_is_refused_up_front_with_one_that_fits(tmp_path, sqlite_url):
@@ -268,10 +269,10 @@ def test_no_trial_is_started_that_is_predicted_not_to_finish(tmp_path, sqlite_ur
     from autobatch.storage import open_study
     from autobatch.tuning import run_worker, set_limits, tune
 
-    tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=40, n_trials=3,
+    tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=400, n_trials=3,
                       storage=sqlite_url, study_name="late", baselines=False, create_only=True))
     study = open_study(sqlite_url, "late", read_only=False)
-    set_limits(study, deadline=time.time() + 4, n_trials=3)  # trials of 40 epochs take far longer
+    set_limits(study, deadline=time.time() + 4, n_trials=3)  # trials of 400 epochs take minutes
     started = time.time()
     assert run_worker(study, device_name="cpu") == 0
     assert time.time() - started < 30

@@ -82,15 +82,14 @@ class StudySpec:
     def identity_difference(self, wanted: "StudySpec") -> Optional[str]:
         """A sentence naming the first identity field in which ``wanted`` (what a run asks for)
         differs from this spec (the stored study's), or None. The study's value comes first:
-        ``model is 'mlp' in the stored study, 'small_cnn' here``."""
+        ``model is 'mlp' there, 'small_cnn' here``."""
         stored, asked = self.to_dict(), wanted.to_dict()
         for key in self.IDENTITY:
             if key in ("space", "recipe"):
                 label = "search space" if key == "space" else "recipe"
                 for sub in sorted(set(stored[key]) | set(asked[key])):
                     if stored[key].get(sub) != asked[key].get(sub):
-                        return (f"{label} {sub} is {stored[key].get(sub)!r} in the stored study, "
-                                f"{asked[key].get(sub)!r} here")
+                        return f"{label} {sub} is {stored[key].get(sub)!r} there, {asked[key].get(sub)!r} here"
             elif stored[key] != asked[key]:
-                return f"{key} is {stored[key]!r} in the stored study, {asked[key]!r} here"
+                return f"{key} is {stored[key]!r} there, {asked[key]!r} here"
         return None

@@ -2,12 +2,13 @@
 
 Strict types: ``"8"`` is not a number, ``1.9`` not a whole number, ``"no"`` not a boolean,
 ``4`` not a list; every mistake is one line naming the file, the option, the value and how to
-write it. Unknown keys are errors. ``[recipe]`` is a nested table that ``TrainRecipe.from_dict``
-checks.
+write it. Unknown keys are errors. ``[recipe]`` is a nested table whose keys are checked here and
+whose values ``TrainRecipe.from_dict`` checks once the flags are merged in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -113,11 +114,12 @@ def load_study_file(path: Path) -> dict[str, Any]:
                                  f"write e.g. {_EXAMPLES[key]}") from None
     if parsed.space is not None:
         values["space"] = parsed.space.model_dump(exclude_none=True)
-    if parsed.recipe is not None:
-        try:
-            TrainRecipe.from_dict(parsed.recipe)  # checked here, where the file can be named
-        except (AutobatchError, TypeError, ValueError) as exc:
-            raise AutobatchError(f"config file {path}: [recipe] {exc}") from None
+    if parsed.recipe is not None:  # values are TrainRecipe.from_dict's to check, after the flags
+        known = {f.name for f in dataclasses.fields(TrainRecipe)}
+        unknown = sorted(set(parsed.recipe) - known)
+        if unknown:
+            raise AutobatchError(f"config file {path}: unknown key(s) in [recipe]: {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(known))})")
         values["recipe"] = dict(parsed.recipe)
     return values
 

@@ -46,20 +46,24 @@ class Claim:
 
 
 def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_key: str,
-                deadline_key: str, seconds_needed: float = 0.0, refresh: bool = True) -> Claim:
+                deadline_key: str, seconds_needed: float = 0.0, refresh: bool = True,
+                final_fail_key: Optional[str] = None) -> Claim:
     """Take the next trial of the study if its limits allow, as one transaction.
 
     ``limit_key``/``deadline_key``: the study user attributes holding the trial count (int or
     None) and the deadline (unix time or None). No trial is taken when results plus RUNNING
     trials reach the count, or when fewer than ``seconds_needed`` are left before the deadline.
     Storages other than Optuna's RDB storage (in-memory: one process) take the same steps
-    through Optuna's public calls. ``refresh=False``: the caller reads the study's trials right
+    through Optuna's public calls. ``final_fail_key``: a FAIL trial with this user attribute is
+    a final outcome (the user's code raised; never re-queued) and counts like a result.
+    ``refresh=False``: the caller reads the study's trials right
     after (which Optuna's cache needs before the first write to the new trial)."""
     rdb = rdb_backend(storage)
     if rdb is None:
-        return _claim_plain(storage, study_id, limit_key, deadline_key, seconds_needed)
+        return _claim_plain(storage, study_id, limit_key, deadline_key, seconds_needed, final_fail_key)
     claim = getattr(rdb, "claim_trial", None) or (lambda *a, **k: claim_in_rdb(rdb, *a, **k))
-    taken = claim(study_id, limit_key=limit_key, deadline_key=deadline_key, seconds_needed=seconds_needed)
+    taken = claim(study_id, limit_key=limit_key, deadline_key=deadline_key, seconds_needed=seconds_needed,
+                  final_fail_key=final_fail_key)
     if taken.trial_id is not None and storage is not rdb and refresh:
         # Optuna's cache in front of the RDB storage learns of the trial by reading what is new
         # (it refuses writes to a trial it has not seen).
@@ -68,7 +72,7 @@ def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_ke
 
 
 def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: str, deadline_key: str,
-                 seconds_needed: float = 0.0) -> Claim:
+                 seconds_needed: float = 0.0, final_fail_key: Optional[str] = None) -> Claim:
     models = rdb_models()
     with rdb_session(rdb) as session:
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
@@ -76,7 +80,7 @@ def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: s
                 .filter(models.StudyUserAttributeModel.study_id == study_id,
                         models.StudyUserAttributeModel.key.in_((limit_key, deadline_key))).all())
         attrs = {row.key: json.loads(row.value_json) for row in rows}
-        counts = _counts_in(session, models, study_id)
+        counts = _counts_in(session, models, study_id, final_fail_key)
         why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
         if why:
             return Claim(None, None, why, counts, attrs)
@@ -103,7 +107,7 @@ def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: s
 def _refusal(counts: dict[str, int], limit: Optional[int], deadline: Optional[float],
              seconds_needed: float) -> str:
     if limit:
-        taken = counts.get("complete", 0) + counts.get("pruned", 0) + counts.get("running", 0)
+        taken = sum(counts.get(k, 0) for k in ("complete", "pruned", "running", "fail_final"))
         if taken >= limit:
             return "count"
     if deadline is not None and deadline - time.time() < max(seconds_needed, 0.0):
@@ -111,18 +115,27 @@ def _refusal(counts: dict[str, int], limit: Optional[int], deadline: Optional[fl
     return ""
 
 
-def _counts_in(session: Any, models: Any, study_id: int) -> dict[str, int]:
+def _counts_in(session: Any, models: Any, study_id: int, final_fail_key: Optional[str] = None) -> dict[str, int]:
     rows = (session.query(models.TrialModel.state, sqlalchemy.func.count(models.TrialModel.trial_id))
             .filter(models.TrialModel.study_id == study_id).group_by(models.TrialModel.state).all())
     found = {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
-    return {state.name.lower(): found.get(state, 0) for state in TrialState}
+    counts = {state.name.lower(): found.get(state, 0) for state in TrialState}
+    if final_fail_key and counts["fail"]:
+        attr = models.TrialUserAttributeModel
+        counts["fail_final"] = (session.query(sqlalchemy.func.count(models.TrialModel.trial_id))
+                                .join(attr, attr.trial_id == models.TrialModel.trial_id)
+                                .filter(models.TrialModel.study_id == study_id,
+                                        models.TrialModel.state == TrialState.FAIL, attr.key == final_fail_key)
+                                .scalar())
+    return counts
 
 
 def _claim_plain(storage: optuna.storages.BaseStorage, study_id: int, limit_key: str,
-                 deadline_key: str, seconds_needed: float) -> Claim:
+                 deadline_key: str, seconds_needed: float, final_fail_key: Optional[str]) -> Claim:
     attrs = storage.get_study_user_attrs(study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    counts["fail_final"] = sum(t.state == TrialState.FAIL and final_fail_key in t.user_attrs for t in trials)
     why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
     if why:
         return Claim(None, None, why, counts, attrs)
@@ -143,25 +156,27 @@ class StudyState:
     best_number: Optional[int]
 
 
-def study_state(storage: optuna.storages.BaseStorage, study_id: int, *, maximize: bool = True) -> StudyState:
-    """Counts by state and the best COMPLETE trial, in one read (not a read of every trial)."""
+def study_state(storage: optuna.storages.BaseStorage, study_id: int, *, maximize: bool = True,
+                final_fail_key: Optional[str] = None) -> StudyState:
+    """Counts by state (and ``fail_final``, see ``claim_trial``) and the best COMPLETE trial, in
+    one read (not a read of every trial)."""
     rdb = rdb_backend(storage)
     if rdb is None:
         trials = storage.get_all_trials(study_id, deepcopy=False)
         counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        counts["fail_final"] = sum(t.state == TrialState.FAIL and final_fail_key in t.user_attrs for t in trials)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         best = (max if maximize else min)(done, key=lambda t: t.value) if done else None
         return StudyState(counts, best.value if best else None, best.number if best else None)
-    state = getattr(rdb, "study_state", None)
-    if state is not None:
-        return state(study_id, maximize=maximize)
-    return study_state_in_rdb(rdb, study_id, maximize=maximize)
+    state = getattr(rdb, "study_state", None) or (lambda *a, **k: study_state_in_rdb(rdb, *a, **k))
+    return state(study_id, maximize=maximize, final_fail_key=final_fail_key)
 
 
-def study_state_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool = True) -> StudyState:
+def study_state_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, maximize: bool = True,
+                       final_fail_key: Optional[str] = None) -> StudyState:
     models = rdb_models()
     with rdb_session(rdb) as session:
-        counts = _counts_in(session, models, study_id)
+        counts = _counts_in(session, models, study_id, final_fail_key)
         value = models.TrialValueModel.value
         best = (session.query(models.TrialModel.number, value)
                 .join(models.TrialValueModel, models.TrialValueModel.trial_id == models.TrialModel.trial_id)

@@ -101,8 +101,9 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
 
 
 def _results(study: optuna.Study) -> int:
+    """What counts towards ``--n-trials``: results, and failures of the user's code (final)."""
     c = counts(study)
-    return c["complete"] + c["pruned"]
+    return c["complete"] + c["pruned"] + c.get("fail_final", 0)
 
 
 def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, started: float,

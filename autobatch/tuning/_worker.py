@@ -48,8 +48,10 @@ ENV_ALLOW = "AUTOBATCH_ALLOW_IMPORTS"  # comma-separated paths a worker may run 
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state name (lower case), every state present: one aggregate read."""
-    return study_state(backend(study), study_id(study)).counts
+    """Trials by state name (lower case), every state present, and ``fail_final``: FAIL trials
+    the user's code failed (final, never re-queued; they count towards ``--n-trials``). One
+    aggregate read."""
+    return study_state(backend(study), study_id(study), final_fail_key=R.USER_ERROR).counts
 
 
 def allowed_imports(given: Collection[str] = ()) -> frozenset[str]:
@@ -198,7 +200,8 @@ def next_claim(study: optuna.Study, *, seconds_needed: float = 0.0,
         started = time.perf_counter()
         fail_stale_trials(study)  # re-queues dead workers' configurations
         claim = claim_trial(storage, study_id(study), limit_key=R.STUDY_MAX_TRIALS,
-                            deadline_key=R.STUDY_DEADLINE, seconds_needed=seconds_needed, refresh=refresh)
+                            deadline_key=R.STUDY_DEADLINE, seconds_needed=seconds_needed, refresh=refresh,
+                            final_fail_key=R.USER_ERROR)
         if timings is not None:
             timings["claim"] = time.perf_counter() - started  # the last try: idle waits excluded
         if claim.trial_id is not None:
@@ -217,7 +220,8 @@ def next_trial_id(study: optuna.Study, **_ignored) -> Optional[int]:
 def _finished(study: optuna.Study, frozen, deadline: Optional[float], started: float,
               timings: dict[str, float]) -> TrialFinished:
     begun = time.perf_counter()
-    state = study_state(backend(study), study_id(study))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    state = study_state(backend(study), study_id(study), maximize=maximize, final_fail_key=R.USER_ERROR)
     timings["state"] = time.perf_counter() - begun
     a = frozen.user_attrs
     return TrialFinished(trial=frozen, counts=state.counts, best_value=state.best_value,
