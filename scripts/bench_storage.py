@@ -175,7 +175,7 @@ def attribute_writes(url: str, trials: int = 30) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     attrs = R.result_attrs(R.TrialResult(
         config=R.TrialConfig(batch_size=32, learning_rate=0.1),
-        curve=tuple(R.EvalPoint(samples_seen=180 * i, accuracy=0.2 * i, loss=1.0 / i, train_time_s=0.1 * i)
+        curve=tuple(R.EvalPoint(samples_seen=180 * i, metric=0.2 * i, loss=1.0 / i, train_time_s=0.1 * i)
                     for i in range(1, 5)),
         samples_seen=720, train_time_s=0.4, eval_time_s=0.1, wall_time_s=0.6, measured_peak_bytes=10**6,
         stop_reason=R.STOP_COMPLETED), train_size=1437)
