@@ -99,12 +99,6 @@ def set_value_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_ro
     rdb._set_trial_value_without_commit(session, trial_row, 0, value)
 
 
-def reset_trial_cache(study: optuna.Study) -> None:
-    """Drop the study's per-thread copy of all trials, as ``Study.tell`` and ``ask`` do (the
-    samplers read trials through it: ``Study._get_trials(use_cache=True)``)."""
-    study._thread_local.cached_all_trials = None
-
-
 def cached_frozen(trial: "optuna.Trial") -> optuna.trial.FrozenTrial:
     """A live trial's own record of itself (``Trial._cached_frozen_trial``): parameters,
     reports and attributes set through the trial, kept by Optuna as they are written."""
@@ -115,15 +109,3 @@ def fill_trial_cache(study: optuna.Study, trials: list) -> None:
     """Hand the samplers a list of all trials just read (``Study._get_trials(use_cache=True)``
     reads it instead of the storage), as ``Study.ask`` has them read once per trial."""
     study._thread_local.cached_all_trials = trials
-
-
-def add_reports_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id: int,
-                           reports: dict[int, float]) -> None:
-    """Insert intermediate values (step -> value) not yet stored, inside ``session``, in Optuna's
-    stored form (infinities and NaN encoded as Optuna encodes them)."""
-    model = rdb_models().TrialIntermediateValueModel
-    rows = []
-    for step, value in reports.items():
-        stored, kind = model.intermediate_value_to_stored_repr(value)
-        rows.append(model(trial_id=trial_id, step=step, intermediate_value=stored, intermediate_value_type=kind))
-    session.add_all(rows)

@@ -4,27 +4,21 @@ Optuna stores what autobatch measures as trial and study *user attributes*, so t
 ``optuna.load_study``, pandas and optuna-dashboard read the same facts autobatch does. This
 module is the one owner of that layout: the attribute names, the records that cross module
 boundaries (``TrialConfig``, ``EvalPoint``, ``TrialResult``), how a result is written to a trial
-(``configuration_attrs``, ``result_attrs``, ``memory_constraint``, ``write_attrs``, ``finish_trial``) and how
+(``configuration_attrs``, ``result_attrs``, ``write_attrs`` in one transaction, ``finish_in_rdb``) and how
 trials are read back (``trial_row``, ``read_trials``). Torch-free.
-
-Over 400 lines: the one owner of the trial record, from its names to writing it in one
-transaction and reading it back; split, its halves would share every name.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
-import math
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import optuna
 from optuna.trial import TrialState
 
-from ._optuna_internals import (add_reports_in_session, cached_frozen, rdb_backend, rdb_models, rdb_session, reset_trial_cache, set_attrs_in_session,
+from ._optuna_internals import (cached_frozen, rdb_backend, rdb_models, rdb_session, set_attrs_in_session,
                                 set_value_in_session, trial_id)
 
 if TYPE_CHECKING:  # pandas is imported when a table is made, not with this module
@@ -254,107 +248,22 @@ def write_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, user_attrs:
         set_attrs_in_session(rdb, session, trial_id_, system_attrs or {}, system=True)
 
 
-# A trial running longer than this writes each report as it comes; earlier ones go with the
-# result. 0: every report is live, so optuna-dashboard and other workers see a running trial's
-# curve (and a killed trial keeps its reports): worth ~1 ms a report on SQLite in WAL mode and a
-# round trip on PostgreSQL; a study of sub-second trials can set it higher.
-LIVE_REPORTS_S = 0.0
-
-
-class Reports:
-    """A trial's reports (validation metric by samples seen). Each is kept on the trial at once,
-    where the pruner reads it, and stored with the trial's result in one transaction
-    (``finish_trial``); once the trial has run ``live_after_s``, each is stored as it comes, so a
-    long trial's curve shows in optuna-dashboard while it trains. On storages other than RDB
-    every report is stored at once (``Trial.report``)."""
-
-    def __init__(self, trial: optuna.Trial, live_after_s: float = LIVE_REPORTS_S) -> None:
-        self.trial, self.pending = trial, {}
-        self.live_at = time.monotonic() + live_after_s
-        self.deferred = rdb_backend(trial.storage) is not None
-
-    def add(self, value: float, step: int) -> None:
-        if self.deferred and time.monotonic() < self.live_at:
-            self.pending[int(step)] = float(value)
-            cached_frozen(self.trial).intermediate_values[int(step)] = float(value)
-            return
-        for old_step, old_value in self.pending.items():
-            self.trial.report(old_value, old_step)
-        self.pending = {}
-        self.trial.report(value, step)
-
-
-def finish_trial(trial: optuna.Trial, state: TrialState, value: Optional[float], attrs: dict[str, Any],
-                 system_attrs: Optional[dict[str, Any]] = None,
-                 reports: Optional[Reports] = None) -> optuna.trial.FrozenTrial:
-    """Tell the study the trial's end together with what it measured: its user ``attrs`` (and
-    ``system_attrs``), its state and value, in one transaction on an RDB storage. A worker killed
-    at any moment leaves the trial either finished with its measurements or RUNNING without
-    them (then failed by its heartbeat), never a result on an unfinished trial. ``value``: the
-    metric for COMPLETE, the last reported value (or None) for PRUNED, None for FAIL.
-
-    As ``Study.tell`` does, the sampler's ``after_trial`` runs before the write. Returns the
-    finished trial as stored. Raises ``UpdateFinishedTrialError`` when the trial was already
-    finished (another worker failed it as stale). ``reports``: those not stored yet go along."""
-    study, storage = trial.study, trial.storage
-    pending = reports.pending if reports is not None else {}
-    rdb = rdb_backend(storage)
-    if rdb is None:
-        write_attrs(trial, attrs, system_attrs)
-        return study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-        raise ValueError(f"a COMPLETE trial needs a finite value, got {value!r}")
-    values = None if value is None or not math.isfinite(value) else [float(value)]
-    reset_trial_cache(study)
-    frozen = copy.deepcopy(cached_frozen(trial))  # the trial as it stands: no storage read
-    try:
-        study.sampler.after_trial(study, frozen, state, values)
-    finally:
-        finish = getattr(rdb, "finish_trial", None) or (lambda *a, **k: finish_in_rdb(rdb, *a, **k))
-        finish(trial_id(trial), state=state, values=values, user_attrs=attrs, system_attrs=system_attrs or {},
-               reports=pending)
-    # The finished trial as stored, built from what was written (a read would return the same).
-    frozen.user_attrs = {**frozen.user_attrs, **attrs}
-    frozen.system_attrs = {**frozen.system_attrs, **(system_attrs or {})}
-    frozen.state, frozen.values = state, values
-    frozen.datetime_complete = datetime.datetime.now()
-    return frozen
-
-
 def finish_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, state: TrialState,
                   values: Optional[list[float]], user_attrs: dict[str, Any],
-                  system_attrs: dict[str, Any], reports: Optional[dict[int, float]] = None) -> bool:
-    """``finish_trial``'s write: attributes, reports, value, state and end time in one transaction."""
+                  system_attrs: dict[str, Any]) -> bool:
+    """A trial's end as one transaction: attributes, value, state and end time (how a trial is
+    failed with its reason: ``storage.fail_trial``)."""
     models = rdb_models()
     with rdb_session(rdb) as session:
         row = models.TrialModel.find_or_raise_by_id(trial_id_, session, for_update=True)
         rdb.check_trial_is_updatable(trial_id_, row.state)
         set_attrs_in_session(rdb, session, trial_id_, user_attrs)
         set_attrs_in_session(rdb, session, trial_id_, system_attrs, system=True)
-        add_reports_in_session(rdb, session, trial_id_, reports or {})
         for value in values or ():
             set_value_in_session(rdb, session, row, value)
         row.state = state
         row.datetime_complete = datetime.datetime.now()
     return True
-
-
-def memory_constraint(value: float) -> dict[str, Any]:
-    """System attributes for the trial's memory feasibility (<= 0 fits), as the samplers read it
-    (Optuna 5's per-key ``constraints:memory``, what ``Trial.set_constraint`` writes) and as
-    optuna-dashboard 0.21 reads it (the legacy ``constraints`` list)."""
-    return {MEMORY_CONSTRAINT: float(value), LEGACY_CONSTRAINTS: [float(value)]}
-
-
-OUT_OF_MEMORY = {OOM_CONSTRAINT: 1.0}  # system attributes: the trial ran out of memory
-TRAINABLE_CONSTRAINT = "constraints:trainable"
-
-
-def infeasible_constraint(memory_over: float) -> dict[str, Any]:
-    """System attributes of a configuration that cannot train at all: a violated constraint for
-    the sampler under its own key, the memory constraint kept as it was (and in the legacy list)."""
-    return {MEMORY_CONSTRAINT: float(memory_over), TRAINABLE_CONSTRAINT: 1.0,
-            LEGACY_CONSTRAINTS: [float(memory_over), 1.0]}
 
 
 def set_memory_constraint(trial: optuna.Trial, value: float) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import optuna
-from optuna.trial import TrialState
 
 from .. import records as R
 from ..errors import AutobatchError
