@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--seed", type=int, help="sampler seed base (default: the study's; each trial adds its number)")
     p.add_argument("--num-workers", type=int, help="data loader worker processes per trial")
-    p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help="a pkg.module:function "
-                   "(pkg.module:*, imagefolder:PATH) the study may run here; repeatable; or $AUTOBATCH_ALLOW_IMPORTS")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help="code (pkg.module:function, "
+                   "pkg.module:*) or data (imagefolder:PATH) the study may run here; or $AUTOBATCH_ALLOW_IMPORTS")
     p.add_argument("--config", type=Path, help="the study file: its model, dataset, step and recipe paths are allowed")
     p.set_defaults(func=cmd_worker)
 
@@ -293,13 +293,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .search import load_config
     from .storage import open_study
     from .tuning import TuneRun, allowed_imports, run_worker
-
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
-    given, values = list(args.allow_import), load_config(args.config) if args.config else {}
-    named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")]  # the user's own study file
-    given += [p for p in named + list((values.get("recipe") or {}).values()) if isinstance(p, str) and ":" in p]
-    study = open_study(args.storage, args.study_name, read_only=False)  # never creates the schema or a file
+    values = load_config(args.config) if args.config else {}  # the user's own study file: its paths are allowed
+    named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")] + list((values.get("recipe") or {}).values())
+    given = list(args.allow_import) + [p for p in named if isinstance(p, str) and ":" in p]
+    study = open_study(args.storage, args.study_name)  # writable; never creates the schema or a file
     n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
                    run=TuneRun([_print_event]), num_workers=args.num_workers, allowed=allowed_imports(given))
     _say(f"worker done: {n} trials run")

@@ -69,7 +69,7 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
                  say: Say = print) -> list[Path]:
     """Write the report files of a stored study into ``out_dir``; returns their paths.
     ``storage`` is what ``storage.open_study`` takes (a URL, an open storage or the study)."""
-    study = open_study(storage, study_name)
+    study = open_study(storage, study_name, read_only=True)
     study_name = study.study_name
     spec_data = study.user_attrs.get(R.STUDY_SPEC)
     spec = StudySpec.from_dict(spec_data) if spec_data else None

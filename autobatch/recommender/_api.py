@@ -44,7 +44,7 @@ def recommend(study_name: Optional[str] = None, storage: StudyLike = None, *,
     ``AutobatchError`` when there is no such study, too few completed trials, or no setting
     meets the constraints."""
     _check_priority(priority)
-    return recommend_study(open_study(storage, study_name), max_memory=max_memory,
+    return recommend_study(open_study(storage, study_name, read_only=True), max_memory=max_memory,
                            max_epoch_time=max_epoch_time, min_accuracy=min_accuracy, priority=priority)
 
 

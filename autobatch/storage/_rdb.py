@@ -170,7 +170,8 @@ def _connection_lost(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return "no such " not in str(exc.orig)  # SQLite's "no such table" is no outage
+            text = str(exc.orig)  # SQLite's "no such table" or a read-only file is no outage
+            return "no such " not in text and "readonly" not in text and "read-only" not in text
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
         exc, seen = exc.__cause__, seen + 1

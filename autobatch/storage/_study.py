@@ -30,11 +30,12 @@ def describe(storage: StudyLike) -> str:
 
 
 def open_study(storage: StudyLike, study_name: Optional[str] = None, *,
-               read_only: bool = True) -> optuna.Study:
+               read_only: bool = False) -> optuna.Study:
     """The study ``study_name`` in ``storage``; a ``Study`` is returned as it is.
 
-    A URL is opened read-only unless ``read_only=False`` (a worker, which writes trials); either
-    way nothing is created: no file, no folder, no schema. Raises ``AutobatchError`` naming the
+    A URL is opened read-only with ``read_only=True`` (``recommend``, ``report``: SQLite
+    ``mode=ro``, PostgreSQL read-only sessions); either way nothing is created: no file, no
+    folder, no schema. Raises ``AutobatchError`` naming the
     storage it looked in when there is no such study (and the studies that do exist), and when
     the storage cannot be reached (see ``open_storage``)."""
     if isinstance(storage, optuna.Study):
