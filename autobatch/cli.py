@@ -142,15 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_event(run, event) -> None:  # type: ignore[no-untyped-def]
-    """Progress: each event's line on stderr."""
-    from .tuning import event_line
-
-    line = event_line(event)
-    if line is not None:
-        _say(line)
-
-
 def _tune_settings(args: argparse.Namespace):
     from .search import build_settings
     from .units import parse_bytes, parse_duration
@@ -173,11 +164,13 @@ def _tune_settings(args: argparse.Namespace):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from ._cli.progress import live_or_plain
     from ._cli.render import answer_text
     from .tuning import tune
 
     settings = _tune_settings(args)
-    outcome = tune(settings, callbacks=[_print_event])
+    with live_or_plain(args.json, _say) as progress:
+        outcome = tune(settings, callbacks=[progress])
     if args.json:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
@@ -192,6 +185,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from ._cli.progress import live_or_plain
     from .search import load_config
     from .storage import open_study
     from .tuning import TuneRun, allowed_imports, run_worker
@@ -201,8 +195,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")] + list((values.get("recipe") or {}).values())
     given = list(args.allow_import) + [p for p in named if isinstance(p, str) and ":" in p]
     study = open_study(args.storage, args.study_name)  # writable; never creates the schema or a file
-    n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
-                   run=TuneRun([_print_event]), num_workers=args.num_workers, allowed=allowed_imports(given))
+    with live_or_plain(False, _say) as progress:
+        n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
+                       run=TuneRun([progress]), num_workers=args.num_workers, allowed=allowed_imports(given))
     _say(f"worker done: {n} trials run")
     return 0
 

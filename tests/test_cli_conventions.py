@@ -3,6 +3,11 @@ true to behaviour, ``studies`` and ``show`` on a real study, ``print(rec)`` a fe
 
 import argparse
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from importlib.metadata import version
 
 import optuna
@@ -10,7 +15,7 @@ import pytest
 
 from autobatch import recommend
 from autobatch.cli import build_parser
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 NAME = "conventions"
 
@@ -62,7 +67,42 @@ def study_url(tmp_path_factory):
     assert done.returncode == 0, done.stderr
     optuna.create_study(storage=url, study_name="plain-optuna").optimize(lambda t: t.suggest_float("x", 0, 1),
                                                                          n_trials=2)
+    TUNE_STDERR.append(done.stderr)
     return url
+
+
+TUNE_STDERR: list = []
+
+
+def test_progress_off_a_terminal_is_plain_lines_inside_each_trial(study_url):
+    """Not a terminal: each trial's checkpoints before its last as lines (samples seen of those
+    planned, the metric, time left), then the trial's own line; no terminal control codes."""
+    stderr = TUNE_STDERR[0]
+    inside = re.findall(r"^  trial (\d+): (\d+)/(\d+) samples \(\d+%\), acc 0\.\d{4}, \d+s left$", stderr, re.M)
+    assert len(inside) >= 3, stderr[-3000:]
+    number, seen, planned = inside[0]
+    assert int(seen) < int(planned)
+    assert stderr.index(f"  trial {number}: {seen}/") < stderr.index(f"\ntrial {number}: b=")
+    assert "\x1b[" not in stderr
+
+
+def test_progress_on_a_terminal_draws_rich_bars(tmp_path):
+    """On a terminal (a pseudo-terminal made by script(1)): rich bars for the trial in flight
+    (samples seen / planned, metric, time left) and the study (trials done / planned, best)."""
+    script = shutil.which("script")
+    assert script, "script(1) from util-linux is needed for the terminal test"
+    log = tmp_path / "typescript"
+    command = (f"{sys.executable} -m autobatch tune --model small_cnn --dataset digits --epochs 0.5 --device cpu "
+               f"--n-trials 2 --storage sqlite:///{tmp_path / 's.db'} --study-name tty")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "120", "TERM": "xterm"}
+    env.pop("AUTOBATCH_STORAGE", None)
+    done = subprocess.run([script, "-qfec", command, str(log)], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", log.read_text(errors="replace"))
+    assert re.search(r"trial 0 \(b=\d+ x\d+\).*\d+/\d+ acc 0\.\d{4}, \d+s left", screen), screen[-3000:]
+    assert re.search(r"trials .* 1/2 best 0\.\d+ \(#\d\)", screen), screen[-3000:]
+    assert "trial 1: b=" in screen and ("recommended for tty" in screen or "best trial of tty" in screen)
 
 
 def test_studies_lists_trials_by_state_and_the_answer(study_url, tmp_path):

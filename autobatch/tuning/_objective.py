@@ -26,7 +26,7 @@ from ..records import EvalPoint, TrialConfig
 from ..search import StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
-from ._events import TrialStarted, TuneRun
+from ._events import TrialProgress, TrialStarted, TuneRun
 from ._memcheck import check_measured, current_estimate, over_memory, refit_study_memory
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
@@ -109,9 +109,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         # At the last checkpoint the trial is done: a result, never a pruning decision.
         prune = point.samples_seen < final and trial.should_prune()
         timings["report"] += clock() - begun  # storage round trips, which the trainer books as evaluation
+        if run is not None:  # progress from what the trial holds: no storage round trip
+            run.emit(TrialProgress(number=trial.number, samples_seen=point.samples_seen, planned_samples=final,
+                                   metric=spec.recipe.metric, value=point.metric, elapsed_s=clock() - trained,
+                                   deadline=ctx.deadline))
         return prune
 
     seed = spec.seed + trial.number
+    trained = clock()
     torch.manual_seed(seed)
     try:
         model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
