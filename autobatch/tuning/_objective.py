@@ -28,6 +28,7 @@ from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialProgress, TrialStarted, TuneRun
 from ._memcheck import check_measured, current_estimate, over_memory, refit_study_memory
+from ._readable import readable_attrs
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
 
@@ -159,8 +160,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
 
 def _tell(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, value: Optional[float] = None,
           state: Optional[TrialState] = None) -> FrozenTrial:
-    """``study.tell``, its storage time added to the ``write`` stage."""
+    """The trial's readable measurements (one write) and ``study.tell``, their storage time
+    added to the ``write`` stage."""
     started = time.perf_counter()
+    own = R.own_record(trial)
+    R.write_attrs(trial, readable_attrs(own.user_attrs, own.params.get(R.PARAM_LR_MULTIPLIER)))
     frozen = study.tell(trial, value, state=state)
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
     return frozen

@@ -34,7 +34,7 @@ from .. import records as R
 from .._optuna_internals import backend, fill_trial_cache, study_id
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
-from ..search import SAFETY, StudySpec, TrialTimes, make_sampler
+from ..search import SAFETY, StudySpec, TrialTimes, check_params, make_sampler
 from ..storage import StorageLostError, claim_trial, fail_stale_trials, fail_trial, requeue, study_state
 
 from ..train import resolve_device
@@ -93,6 +93,7 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     spec = StudySpec.from_dict(attrs[R.STUDY_SPEC])
     if allowed is not None:
         check_imports(spec, study.study_name, allowed)
+    check_params(study.get_trials(deepcopy=False), study.study_name)  # one read, when the worker starts
     memory = attrs.get(R.STUDY_MEMORY_MODEL) or {}
     memory_model = MemoryEstimate.from_dict(memory) if memory else None
     workload = workload or load_workload(spec.dataset, data_dir=data_dir, seed=spec.seed)
