@@ -10,6 +10,7 @@ from typing import Optional
 
 import optuna
 import torch
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
@@ -61,15 +62,13 @@ def stored_spec(study: Optional[optuna.Study], wait_s: float = SPEC_WAIT_S) -> O
     within moments, so it is waited for. None when there is no study."""
     if study is None:
         return None
-    end = time.monotonic() + wait_s
-    while True:
-        attrs = study.user_attrs
-        if R.STUDY_SPEC in attrs:
-            return StudySpec.from_dict(attrs[R.STUDY_SPEC])
-        if time.monotonic() >= end:
-            raise AutobatchError(f"study {study.study_name!r} exists but has no autobatch spec (it was not "
-                                 "created by autobatch tune, or its creator stopped); use another --study-name")
-        time.sleep(0.2)
+    attrs = Retrying(retry=retry_if_result(lambda got: R.STUDY_SPEC not in got), stop=stop_after_delay(wait_s),
+                     wait=wait_fixed(0.2), retry_error_callback=lambda state: state.outcome.result())(
+        lambda: study.user_attrs)
+    if R.STUDY_SPEC not in attrs:
+        raise AutobatchError(f"study {study.study_name!r} exists but has no autobatch spec (it was not "
+                             "created by autobatch tune, or its creator stopped); use another --study-name")
+    return StudySpec.from_dict(attrs[R.STUDY_SPEC])
 
 
 def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: Workload, model: torch.nn.Module,
