@@ -159,3 +159,31 @@ def test_balanced_rationale_never_names_one_setting_as_both_ends():
     two = rationale("balanced", cands, {"speed": 1, "accuracy": 0, "balanced": 1}, {"feasible": 2})
     assert "batch 64 x 2 accumulation, lr 0.1: 81.5%, 0.5 s" in two and "batch 16 x 1 accumulation, lr 0.03: 82.3%" in two
     assert "1 percentage point" in two  # the tolerance in the units the accuracies are shown in
+
+
+def test_a_study_made_with_log2_parameters_resumes_with_them(tmp_path, sqlite_url):
+    """A study made before 0.2 searched the exponents: it goes on searching them (the sampler
+    sees one encoding per study), and every reader takes both."""
+    from autobatch import records as R
+
+    args = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.25", "--device", "cpu",
+            "--storage", sqlite_url, "--study-name", "log2")
+    made = run_cli("tune", *args, "--n-trials", "2", "--create-only", "--no-baselines", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    study = optuna.load_study(study_name="log2", storage=sqlite_url)
+    dists = {R.PARAM_BATCH_LOG2: optuna.distributions.IntDistribution(3, 8),
+             R.PARAM_LR_MULTIPLIER: optuna.distributions.FloatDistribution(0.1, 10.0, log=True),
+             R.PARAM_ACCUM_LOG2: optuna.distributions.IntDistribution(0, 3)}
+    study.add_trial(optuna.trial.create_trial(
+        params={R.PARAM_BATCH_LOG2: 5, R.PARAM_LR_MULTIPLIER: 1.0, R.PARAM_ACCUM_LOG2: 1}, distributions=dists,
+        value=0.5, user_attrs={R.BATCH_SIZE: 32, R.ACCUMULATION_STEPS: 2, R.EFFECTIVE_BATCH_SIZE: 64,
+                               R.LEARNING_RATE: 0.025, R.STOP_REASON: R.STOP_COMPLETED}))
+    resumed = run_cli("tune", *args, "--n-trials", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = optuna.load_study(study_name="log2", storage=sqlite_url).trials
+    assert len(trials) == 2 and all(set(t.params) == set(dists) for t in trials)
+    new = trials[1]
+    assert new.user_attrs[R.BATCH_SIZE] == 2 ** new.params[R.PARAM_BATCH_LOG2]
+    assert R.batch_and_accumulation(new.params) == (new.user_attrs[R.BATCH_SIZE], new.user_attrs[R.ACCUMULATION_STEPS])
+    shown = run_cli("show", "--storage", sqlite_url, "--study-name", "log2", cwd=tmp_path)
+    assert shown.returncode == 0 and "#0" in shown.stdout, shown.stderr

@@ -23,7 +23,7 @@ from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
 from ..records import EvalPoint, TrialConfig
-from ..search import StudySpec, suggest
+from ..search import VALUES, StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialProgress, TrialStarted, TuneRun
@@ -48,6 +48,7 @@ class TrialContext:
     deadline: Optional[float] = None
     num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
     trial_seconds: Optional[Callable[[TrialConfig], float]] = None  # predicted wall time of a trial
+    param_encoding: str = VALUES       # how the study's trials name their parameters (search.param_encoding)
 
     def __post_init__(self) -> None:
         check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
@@ -62,7 +63,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     clock = time.perf_counter
     spec = ctx.spec
     started = clock()
-    config, _ = suggest(trial, spec.space)
+    config, _ = suggest(trial, spec.space, ctx.param_encoding)
     timings["sample"] = clock() - started
     # memory: the study's latest (refit) estimate; prune before training what will not fit
     estimate = current_estimate(study, ctx.memory_model)
