@@ -82,12 +82,13 @@ BASELINE = "baseline"                         # label of an enqueued reference c
 USER_ERROR = "user_error"                     # the line the user's code raised, when it did
 DEVICE = "device"
 
-# Readable copies for optuna-dashboard's attribute table (the numbers above stay the record):
-READABLE_THROUGHPUT = "readable: throughput"     # "4271 samples/s"
-READABLE_EPOCH_TIME = "readable: epoch time"     # "0.683 s"
-READABLE_PEAK = "readable: peak memory"          # "1.3 MiB measured, 1.4 MiB predicted"
-READABLE_LR = "readable: learning rate"          # "0.0125 (multiplier 1 of the scaling rule)"
-READABLE_STOP = "readable: stop"                 # "completed" / "over_memory: micro-batch 256 predicted ..."
+# Readable copies for optuna-dashboard's attribute table (the numbers above stay the record);
+# capitalised labels, so they sort first there, ahead of the snake_case keys programs read:
+READABLE_THROUGHPUT = "Throughput"          # "4271 samples/s"
+READABLE_EPOCH_TIME = "Epoch time"          # "0.683 s"
+READABLE_PEAK = "Peak memory"               # "1.3 MiB measured, 1.4 MiB predicted"
+READABLE_LR = "Learning rate"               # "0.0125 (multiplier 1 of the scaling rule)"
+READABLE_STOP = "Stop"                      # "completed" / "over_memory: micro-batch 256 predicted ..."
 
 STOP_COMPLETED = "completed"
 STOP_PRUNED = "pruned"            # pruner stopped it on its validation curve
