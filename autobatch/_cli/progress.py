@@ -5,6 +5,7 @@ with ``--json``, the CLI prints the plain lines instead (``plain``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -104,11 +105,22 @@ class LiveProgress:
 
 
 def live_or_plain(json_output: bool, say: Callable[[str], None]) -> Any:
-    """``LiveProgress`` when stderr is a terminal and the output is not JSON, else a context
-    holding the plain-lines callback."""
-    if not json_output and sys.stderr.isatty():
+    """``LiveProgress`` when this process owns the terminal stderr is on and the output is not
+    JSON, else a context holding the plain-lines callback."""
+    if not json_output and _foreground_terminal():
         return LiveProgress()
     return _Plain(plain(say))
+
+
+def _foreground_terminal() -> bool:
+    """stderr is a terminal and this process is in its foreground group: not piped, not a
+    background job, not one of ``tune --workers``' helpers (their own sessions), which would
+    draw over each other's bars."""
+    try:
+        fd = sys.stderr.fileno()
+        return os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # no file descriptor, no controlling terminal
+        return False
 
 
 class _Plain:
