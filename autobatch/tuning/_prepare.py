@@ -52,6 +52,7 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     result = probe(train, device=device, cap_bytes=cap, space_max=max(settings.space.batch_sizes),
                    dataset_max=len(workload.train), run_eval=evaluation, eval_space_max=len(workload.val),
                    on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
+    run.emit(Note(text="measuring training throughput ..."))  # not silent between the probe and its summary
     result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
     run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started))
     return result, sizes, measured
