@@ -75,7 +75,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         R.set_memory_constraint(trial, why.over)
         attrs.update({R.MEMORY_ACTION: "pruned", R.STOP_REASON: R.STOP_OVER_MEMORY,
                       R.STOP_DETAIL: why.detail, R.SAMPLES_SEEN: 0})
-        R.write_attrs(trial, attrs)
+        R.write_attrs(trial, _readable(trial, attrs))
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     attrs[R.MEMORY_ACTION] = "none"
     if spec.train_size and config.effective_batch_size > spec.train_size:
@@ -84,7 +84,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
                       R.STOP_DETAIL: f"effective batch {config.effective_batch_size} ({config.batch_size} x "
                                      f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
                                      "refused before training"})
-        R.write_attrs(trial, attrs)
+        R.write_attrs(trial, _readable(trial, attrs))
         R.set_infeasible(trial)
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     if ctx.deadline is not None and ctx.trial_seconds is not None:
@@ -92,7 +92,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         if needed > left:  # it would be cut off: no result, and the time is better left unused
             attrs.update({R.STOP_REASON: R.STOP_BUDGET, R.SAMPLES_SEEN: 0,
                           R.STOP_DETAIL: f"not started: predicted {needed:.0f}s, {max(left, 0):.0f}s left"})
-            R.write_attrs(trial, attrs)
+            R.write_attrs(trial, _readable(trial, attrs))
             return _tell(timings, study, trial, state=TrialState.FAIL)
     started = clock()
     R.write_attrs(trial, attrs)
@@ -124,8 +124,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
                             vocab_size=ctx.workload.vocab_size)
     except UserCodeError as exc:
-        R.write_attrs(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc), R.USER_ERROR: str(exc),
-                              R.SAMPLES_SEEN: 0})
+        R.write_attrs(trial, _readable(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc),
+                                               R.USER_ERROR: str(exc), R.SAMPLES_SEEN: 0}))
         return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
@@ -136,7 +136,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     measured = R.result_attrs(result, train_size=spec.train_size)
     measured[R.EVAL_TIME_S] = max(0.0, result.eval_time_s - timings["report"])  # evaluation, not storage
     started = clock()
-    R.write_attrs(trial, measured)
+    R.write_attrs(trial, _readable(trial, measured))
     timings["write"] += clock() - started
     # memory: the measured peak against the cap and the prediction; the estimate refit from it
     over_cap = check_measured(trial, result, predicted, cap)
@@ -161,14 +161,18 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
 
 def _tell(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, value: Optional[float] = None,
           state: Optional[TrialState] = None) -> FrozenTrial:
-    """The trial's readable measurements (one write) and ``study.tell``, their storage time
-    added to the ``write`` stage."""
+    """``study.tell``, its storage time added to the ``write`` stage."""
     started = time.perf_counter()
-    own = R.own_record(trial)
-    R.write_attrs(trial, readable_attrs(own.user_attrs, own.params.get(R.PARAM_LR_MULTIPLIER)))
     frozen = study.tell(trial, value, state=state)
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
     return frozen
+
+
+def _readable(trial: optuna.Trial, attrs: dict) -> dict:
+    """``attrs`` with the readable copies of the trial's measurements (``readable_attrs``), so they go
+    in the same write as the trial's last attributes."""
+    own = R.own_record(trial)
+    return {**attrs, **readable_attrs({**own.user_attrs, **attrs}, own.params.get(R.PARAM_LR_MULTIPLIER))}
 
 
 def _failed(study: optuna.Study, frozen: FrozenTrial) -> FrozenTrial:
