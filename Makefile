@@ -17,8 +17,8 @@ setup: $(BIN)/autobatch
 demo: setup  ## tune resnet18 on the bundled digits, embedded SQLite storage
 	$(BIN)/autobatch tune --model resnet18 --dataset digits --budget $(BUDGET)
 
-test: setup  ## the whole test suite (PostgreSQL tests included)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: setup  ## the whole test suite (PostgreSQL tests included); -rs lists why any test was skipped
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 bench-quick: setup  ## BENCHMARKS.md, quick mode (minutes)
 	$(BIN)/python scripts/benchmark.py --quick

@@ -8,6 +8,7 @@ stderr and exits 2; its traceback only with ``--debug`` or ``AUTOBATCH_DEBUG=1``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ._cli import options as o
 from .errors import AutobatchError
 
 PRIORITIES = ("balanced", "accuracy", "speed")
@@ -30,166 +32,114 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _common(p: argparse.ArgumentParser, *, study: bool = True) -> None:
-    p.add_argument("--storage", help="storage URL (default: $AUTOBATCH_STORAGE, else an embedded SQLite file)")
-    if study:
-        p.add_argument("--study-name", help="study name (default: MODEL-DATASET)")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-
-def _workload_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="torchvision model name, small_cnn, mlp, or pkg.module:function")
-    p.add_argument("--dataset", help="digits | mnist1d | wine | breast_cancer | synthetic[:NxCxHxW] | cifar10 | "
-                                     "imagefolder:PATH | pkg.module:function")
-    p.add_argument("--data-dir", type=Path, help="where cifar10 lives")
-    p.add_argument("--step", help="pkg.module:function called as step(model, batch) -> loss, replacing the "
-                                  "batch conventions' forward and loss (probe, throughput and trials)")
-    p.add_argument("--step-eval", help="pkg.module:function called as evaluate(model, batches) -> metric "
-                                       "(higher is better; with --step; default: the step's validation loss)")
-    p.add_argument("--num-workers", type=int,
-                   help="data loader worker processes per trial (default: what fits this machine)")
-    p.add_argument("--max-memory", help="memory cap to tune for, e.g. 512MiB, 8GiB")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: auto")
-    p.add_argument("--seed", type=int)
-
-
-def _betas(text: str) -> Any:
-    """``B1,B2`` as two floats; anything else is passed on as given, for the recipe to refuse in
-    one line."""
     try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        return text
+        return version("autobatch")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from . import __version__
 
-
-# Recipe flags: (flag, TrainRecipe field, argparse keywords). Unset flags keep the study file's
-# value, else the default; the recipe checks every value (one line naming the option and the fix).
-_RECIPE_FLAGS = (
-    ("--optimizer", "optimizer", dict(metavar="NAME", help=(
-        "sgd (default: Nesterov momentum 0.9, weight decay 5e-4) | adam | adamw | pkg.module:function "
-        "called as function(params, lr=...)"))),
-    ("--momentum", "momentum", dict(type=float, help="SGD momentum (default 0.9)")),
-    ("--nesterov", "nesterov", dict(action=argparse.BooleanOptionalAction, default=None,
-                                    help="SGD Nesterov momentum (default on)")),
-    ("--weight-decay", "weight_decay", dict(type=float, help=(
-        "weight decay (default: 5e-4 sgd, 0 adam, 0.01 adamw, decoupled for adamw)"))),
-    ("--betas", "betas", dict(type=_betas, metavar="B1,B2", help="Adam/AdamW betas (default 0.9,0.999)")),
-    ("--schedule", "schedule", dict(choices=("cosine", "constant", "linear", "onecycle"), help=(
-        "lr schedule per optimizer step after a linear warm-up (default cosine to zero); "
-        "onecycle is torch's OneCycleLR"))),
-    ("--warmup", "warmup_fraction", dict(type=float, metavar="FRACTION", help=(
-        "fraction of the optimizer steps spent warming up (default 0.05; onecycle: its rising phase)"))),
-    ("--precision", "precision", dict(choices=("fp32", "bf16", "fp16"), help=(
-        "fp32 (default) | bf16 autocast (CPU and CUDA) | fp16 autocast + GradScaler (CUDA only); "
-        "the memory probe runs in it too"))),
-    ("--loss", "loss", dict(metavar="NAME", help=(
-        "cross_entropy (default) | bce (multi-label) | mse (regression) | pkg.module:function(outputs, targets)"))),
-    ("--label-smoothing", "label_smoothing", dict(type=float, help="cross-entropy label smoothing (default 0)")),
-    ("--metric", "metric", dict(metavar="NAME", help=(
-        "what the study optimises: accuracy (default with cross_entropy) | top5_accuracy (any topK_accuracy) | "
-        "val_loss | mae | rmse | pkg.module:function(outputs, targets) returning the batch mean"))),
-    ("--metric-direction", "metric_direction", dict(choices=("maximize", "minimize"), help=(
-        "for a pkg.module:function metric (default maximize); built-in metrics know their own"))),
-    ("--grad-clip", "grad_clip_norm", dict(type=float, metavar="MAX_NORM", help=(
-        "clip the gradients' global L2 norm to this (default: no clipping)"))),
-)
-
-
-def _recipe_options(p: argparse.ArgumentParser, *, lr_rule: bool = True) -> None:
-    group = p.add_argument_group("training recipe (also a [recipe] table in the study file)")
-    for flag, _, kwargs in _RECIPE_FLAGS:
-        group.add_argument(flag, **kwargs)
-    if not lr_rule:
-        return
-    group.add_argument("--base-lr", type=float, help=(
-        "lr at effective batch 256 (default: 0.1 sgd, 1e-3 adam/adamw)"))
-    group.add_argument("--scaling-rule", choices=("linear", "sqrt", "none"), help=(
-        "how the lr scales with the effective batch (default: linear for sgd, sqrt for adam/adamw)"))
-
-
-def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe flags given, as ``TrainRecipe`` fields."""
-    return {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _RECIPE_FLAGS
-            if getattr(args, flag[2:].replace("-", "_")) is not None}
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autobatch", description=(
         "Find the batch size, learning rate and accumulation steps to train with, on this hardware."))
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"autobatch {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("tune", help="probe, search, recommend")
-    _workload_options(p)
-    _common(p)
-    p.add_argument("--budget", help="wall-clock budget for the whole run: 90s, 10m, 4h, 1h30m")
-    p.add_argument("--n-trials", type=int, help="number of trials (study-wide, all workers)")
-    p.add_argument("--config", type=Path, help="study file (TOML), e.g. studies/resnet18-digits.toml")
-    p.add_argument("--pruner", help="median (default) | halving | hyperband | none")
-    p.add_argument("--epochs", type=float, help="training length per trial (default: planned from the budget)")
-    p.add_argument("--workers", type=int, help="local worker processes (default 1)")
-    p.add_argument("--batch-size-min", type=int)
-    p.add_argument("--batch-size-max", type=int)
-    p.add_argument("--no-baselines", action="store_true", help="do not enqueue the reference configurations")
-    p.add_argument("--create-only", action="store_true", help="create the study and exit (for workers to join)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    _recipe_options(p)
+    o.workload_options(p)
+    o.study_options(p, required_name=False)
+    p.add_argument("--budget", metavar="DURATION", help=(
+        "wall-clock budget for the whole run: 90s, 10m, 4h, 1h30m (default: 10m, or none with --n-trials)"))
+    p.add_argument("--n-trials", type=int, metavar="N",
+                   help="number of trials, study-wide across workers (default: as many as the budget allows)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="study file (TOML), e.g. studies/resnet18-digits.toml (default: none, flags only)")
+    p.add_argument("--pruner", metavar="NAME", help="median | halving | hyperband | none (default: median)")
+    p.add_argument("--epochs", type=float, metavar="EPOCHS",
+                   help="training length per trial, in epochs (default: planned from the budget)")
+    p.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: 1)")
+    p.add_argument("--batch-size-min", type=int, metavar="N",
+                   help="smallest micro-batch searched, a power of two (default: 8)")
+    p.add_argument("--batch-size-max", type=int, metavar="N",
+                   help="largest micro-batch searched, a power of two (default: 256, less if the data is smaller)")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="do not enqueue the reference configurations (default: enqueued)")
+    p.add_argument("--create-only", action="store_true",
+                   help="create the study and exit, for workers to join (default: run it)")
+    o.json_option(p)
+    o.recipe_options(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("worker", help="join an existing study and run its trials")
-    _common(p)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--seed", type=int, help="sampler seed base (default: the study's; each trial adds its number)")
-    p.add_argument("--num-workers", type=int, help="data loader worker processes per trial")
-    p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help="code (pkg.module:function, "
-                   "pkg.module:*) or data (imagefolder:PATH) the study may run here; or $AUTOBATCH_ALLOW_IMPORTS")
-    p.add_argument("--config", type=Path, help="the study file: its model, dataset, step and recipe paths are allowed")
+    o.study_options(p, required_name=True)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where trials train (default: auto, CUDA when available)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="where cifar10 lives (default: ./data)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="sampler seed base; each trial adds its number (default: the study's)")
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help="data loader worker processes per trial (default: what fits this machine)")
+    p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help=(
+        "code (pkg.module:function, pkg.module:*) or data (imagefolder:PATH) the study may run here; "
+        "repeatable (default: $AUTOBATCH_ALLOW_IMPORTS, else none)"))
+    p.add_argument("--config", type=Path, metavar="FILE", help=(
+        "the study file: its model, dataset, step and recipe paths are allowed (default: none)"))
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("probe", help="measure the memory model and the largest micro-batch under the cap")
-    _workload_options(p)
-    p.add_argument("--batch-size-max", type=int, default=256,
-                   help="largest micro-batch to consider (default 256, as tune's search space)")
-    p.add_argument("--json", action="store_true")
-    _recipe_options(p, lr_rule=False)
+    o.workload_options(p)
+    p.add_argument("--batch-size-max", type=int, default=256, metavar="N",
+                   help="largest micro-batch to consider (default: 256, as tune's search space)")
+    o.json_option(p)
+    o.recipe_options(p, lr_rule=False)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("recommend", help="the recommended setting from stored trials (no training)")
-    _common(p)
-    p.add_argument("--max-memory", help="only settings whose predicted peak fits, e.g. 4GiB")
-    p.add_argument("--max-epoch-time", help="only settings whose predicted epoch time is under this, e.g. 30s")
-    p.add_argument("--min-accuracy", type=float, help="only settings predicted at least this accurate (0..1)")
-    p.add_argument("--priority", choices=PRIORITIES, default="balanced")
+    o.study_options(p, required_name=True)
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="only settings whose predicted peak fits, e.g. 4GiB (default: no limit)")
+    p.add_argument("--max-epoch-time", metavar="DURATION",
+                   help="only settings whose predicted epoch time is under this, e.g. 30s (default: no limit)")
+    p.add_argument("--min-accuracy", type=float, metavar="FRACTION",
+                   help="only settings predicted at least this accurate, 0..1 (default: no limit)")
+    p.add_argument("--priority", choices=PRIORITIES, default="balanced", help=(
+        "balanced: the knee of the metric/epoch-time front; accuracy: the best predicted metric; speed: the "
+        "fastest within 1 point of it (default: balanced)"))
     p.add_argument("--format", choices=FORMATS, help=(
         "json: the whole recommendation; toml: the setting and its [recipe]; hf: transformers "
         "TrainingArguments keywords (JSON); lightning: lightning.Trainer keywords, DataLoader batch size, "
-        "optimizer and scheduler (JSON)"))
-    p.add_argument("--json", action="store_true", help="the same as --format json")
+        "optimizer and scheduler (JSON) (default: a short text block)"))
+    p.add_argument("--json", action="store_true", help="the same as --format json (default: off)")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("report", help="plots, a CSV and a summary of a study's trials")
-    _common(p)
-    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default ./report)")
+    o.study_options(p, required_name=True)
+    p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR", help="output folder (default: ./report)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("studies", help="the studies in a storage: trials by state, best value, stored answer")
+    o.storage_option(p)
+    o.json_option(p, "the list")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser("show", help="a study's answer and its best trials")
+    o.study_options(p, required_name=True)
+    p.add_argument("--top", type=int, default=5, metavar="N", help="how many of the best trials to list (default: 5)")
+    p.set_defaults(func=cmd_show)
+
     p = sub.add_parser("dashboard", help="optuna-dashboard on the study storage")
-    _common(p, study=False)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; the dashboard has no authentication)")
-    p.add_argument("--port", type=int, default=8080)
+    o.storage_option(p)
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                   help="address to bind; the dashboard has no authentication (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, metavar="N", help="TCP port to serve on (default: 8080)")
     p.set_defaults(func=cmd_dashboard)
     for command_parser in (parser, *sub.choices.values()):  # before or after the command
-        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                    help="show the full traceback of a user error (or set AUTOBATCH_DEBUG=1)")
+        o.debug_option(command_parser)
     return parser
-
-
-def _print_event(run, event) -> None:  # type: ignore[no-untyped-def]
-    """Progress: each event's line on stderr."""
-    from .tuning import event_line
-
-    line = event_line(event)
-    if line is not None:
-        _say(line)
 
 
 def _tune_settings(args: argparse.Namespace):
@@ -207,22 +157,25 @@ def _tune_settings(args: argparse.Namespace):
         "storage": args.storage, "study_name": args.study_name, "seed": args.seed,
         "device": args.device, "pruner": args.pruner, "epochs": args.epochs,
         "workers": args.workers, "baselines": False if args.no_baselines else None,
-        "create_only": args.create_only or None, "space": space, "recipe": _recipe_overrides(args),
+        "create_only": args.create_only or None, "space": space, "recipe": o.recipe_overrides(args),
         "step": args.step, "step_eval": args.step_eval, "num_workers": args.num_workers,
     }
     return build_settings(args.config, overrides)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from ._cli.progress import live_or_plain
+    from ._cli.render import answer_text
     from .tuning import tune
 
     settings = _tune_settings(args)
-    outcome = tune(settings, callbacks=[_print_event])
+    with live_or_plain(args.json, _say) as progress:
+        outcome = tune(settings, callbacks=[progress])
     if args.json:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
         return 0
-    print(render_answer(outcome.answer))
+    print(answer_text(outcome.answer))
     c = outcome.counts
     print(f"trials: {c['complete']} completed, {c['pruned']} pruned, {c['fail']} failed, "
           f"{c['waiting']} queued; {outcome.wall_time_s:.0f}s")
@@ -231,65 +184,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def render_answer(answer: dict) -> str:
-    from .units import format_bytes
-
-    if not answer:
-        return "no completed trial yet: give the study more budget or trials"
-
-    def interval(key: str, fmt) -> str:
-        lo_hi = answer.get(key)
-        return f"  [{fmt(lo_hi[0])} .. {fmt(lo_hi[1])}]" if lo_hi else ""
-
-    metric = answer.get("metric", "accuracy")
-    value = answer.get("predicted_metric", answer.get("predicted_accuracy"))
-    fraction = metric == "accuracy" or metric.endswith("_accuracy")
-    epoch = answer.get("predicted_epoch_time_s")
-    peak = answer.get("predicted_peak_bytes")
-    lines = [
-        f"recommended for {answer.get('study_name')}:",
-        f"  batch size          {answer['batch_size']}",
-        f"  accumulation steps  {answer['accumulation_steps']}  (effective batch {answer['effective_batch_size']})",
-        f"  learning rate       {answer['learning_rate']:.4g}",
-    ]
-    if value is not None:
-        label = "val loss" if metric == "val_loss" else f"val {answer.get('metric_name', metric)}"
-        key = "metric_interval" if "predicted_metric" in answer else "accuracy_interval"
-        lines.append(f"  {label:<20}{value:.4{'f' if fraction else 'g'}}"
-                     f"{interval(key, lambda v: f'{v:.4f}' if fraction else f'{v:.4g}')}")
-    if epoch is not None:
-        lines.append(f"  epoch time          {epoch:.2f}s{interval('epoch_time_interval', lambda v: f'{v:.2f}s')}")
-    if peak is not None:
-        lines.append(f"  peak memory         {format_bytes(peak)}{interval('peak_bytes_interval', format_bytes)}")
-    recipe = answer.get("recipe")
-    if recipe:
-        lines.append(f"  recipe              {recipe_line(recipe)}")
-    if answer.get("optimizer_steps"):
-        epochs = f" ({answer['epochs']:.3g} epochs)" if answer.get("epochs") else ""
-        steps = answer["optimizer_steps"]
-        lines.append(f"  tuned for           {steps} optimizer step{'s' if steps != 1 else ''}, "
-                     f"{answer['train_samples']} samples{epochs}")
-    lines.append(f"  why: {answer.get('rationale', '')}")
-    return "\n".join(lines)
-
-
-def recipe_line(recipe: dict) -> str:
-    """The recipe in one line: what differs from nothing a user would have to guess."""
-    opt = recipe["optimizer"]
-    if opt == "sgd":
-        opt += f"(momentum {recipe['momentum']:g}{', nesterov' if recipe['nesterov'] else ''}"
-        opt += f", wd {recipe['weight_decay']:g})"
-    elif opt in ("adam", "adamw"):
-        opt += f"(betas {recipe['betas'][0]:g},{recipe['betas'][1]:g}, wd {recipe['weight_decay']:g})"
-    parts = [opt, f"{recipe['schedule']} schedule, {recipe['warmup_fraction']:g} warm-up", recipe["precision"],
-             recipe["loss"] + (f" (smoothing {recipe['label_smoothing']:g})" if recipe["label_smoothing"] else ""),
-             f"metric {recipe['metric']}"]
-    if recipe.get("grad_clip_norm"):
-        parts.append(f"clip {recipe['grad_clip_norm']:g}")
-    return ", ".join(parts)
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
+    from ._cli.progress import live_or_plain
     from .search import load_config
     from .storage import open_study
     from .tuning import TuneRun, allowed_imports, run_worker
@@ -299,8 +195,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")] + list((values.get("recipe") or {}).values())
     given = list(args.allow_import) + [p for p in named if isinstance(p, str) and ":" in p]
     study = open_study(args.storage, args.study_name)  # writable; never creates the schema or a file
-    n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
-                   run=TuneRun([_print_event]), num_workers=args.num_workers, allowed=allowed_imports(given))
+    with live_or_plain(False, _say) as progress:
+        n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
+                       run=TuneRun([progress]), num_workers=args.num_workers, allowed=allowed_imports(given))
     _say(f"worker done: {n} trials run")
     return 0
 
@@ -317,7 +214,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     check_model_name(model_name)
     if args.batch_size_max < 1:
         raise AutobatchError(f"--batch-size-max must be >= 1, got {args.batch_size_max}")
-    recipe = TrainRecipe.from_dict(_recipe_overrides(args))
+    recipe = TrainRecipe.from_dict(o.recipe_overrides(args))
     device = check_device(recipe, resolve_device(args.device or "auto"))
     cap = parse_bytes(args.max_memory) if args.max_memory else memory.default_cap(device)
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
@@ -354,7 +251,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                     max_epoch_time=parse_duration(args.max_epoch_time) if args.max_epoch_time else None,
                     min_accuracy=args.min_accuracy, priority=args.priority)
     fmt = args.format or ("json" if args.json else None)
-    print(rec.export(fmt) if fmt else render_answer(rec.to_dict()))
+    print(rec.export(fmt) if fmt else rec)
     return 0
 
 
@@ -364,6 +261,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     files = write_report(_study_name(args), args.storage, args.out, say=_say)
     for path in files:
         print(path)
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from ._cli.render import studies_table
+    from .storage import describe, list_studies
+
+    rows = list_studies(args.storage)
+    if args.json:
+        _print_json([dataclasses.asdict(row) for row in rows])
+    else:
+        studies_table(rows, describe(args.storage))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import optuna
+
+    from . import records as R
+    from ._cli.render import answer_text, best_trials_table
+    from .storage import open_study
+
+    study = open_study(args.storage, _study_name(args), read_only=True)
+    answer = study.user_attrs.get(R.STUDY_RECOMMENDATION)
+    recipe = (study.user_attrs.get(R.STUDY_SPEC) or {}).get("recipe") or {}
+    print(answer_text(answer) if answer else f"no stored answer for {study.study_name} yet: "
+          "autobatch tune or autobatch dashboard stores one; autobatch recommend fits one now")
+    best_trials_table(R.read_trials(study), recipe.get("metric") or "accuracy",
+                      study.direction == optuna.study.StudyDirection.MAXIMIZE, args.top)
     return 0
 
 

@@ -3,9 +3,11 @@
 optuna-dashboard does the viewing; this module only opens the storage the way autobatch does
 (``open_storage``: masked URLs, one-line errors), refuses a storage with nothing in it (the
 dashboard opens storages with table creation skipped), binds the port before anything else
-is written, refreshes each autobatch study's recommendation note, and serves the dashboard's
-WSGI app with the standard library's server (as ``optuna_dashboard.run_server`` does, minus
-the per-request log lines). Ctrl-C stops it cleanly: ``serve`` returns.
+is written, serves the dashboard's WSGI app with the standard library's server (as
+``optuna_dashboard.run_server`` does, minus the per-request log lines), and meanwhile, in a
+background thread, refreshes each autobatch study's recommendation note and names the metric of
+studies made before metric names (so the page is up at once, the notes follow). Ctrl-C stops it
+cleanly: ``serve`` returns.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -37,7 +40,7 @@ def serve(storage: Optional[str], *, host: str = "127.0.0.1", port: int = 8080,
     backend = open_existing(url)
     server = bind(host, port, optuna_dashboard.wsgi(backend))
     try:
-        refresh_notes(backend, say)
+        threading.Thread(target=_refresh_quietly, args=(backend, say), name="autobatch-notes", daemon=True).start()
         say(f"optuna-dashboard on {address(host, port)} for {mask_url(url)} — Ctrl-C to stop")
         if not is_loopback(host):
             say(f"warning: optuna-dashboard has no authentication and exposes write endpoints "
@@ -78,16 +81,28 @@ def bind(host: str, port: int, app) -> WSGIServer:  # type: ignore[no-untyped-de
         raise AutobatchError(f"cannot listen on {host}:{port}: {reason}; pass --host or --port") from None
 
 
+def _refresh_quietly(backend: optuna.storages.BaseStorage, say: Say) -> None:
+    """``refresh_notes`` off the serving thread; a failure is a line, never a dead server."""
+    try:
+        refresh_notes(backend, say)
+    except Exception as exc:  # noqa: BLE001 - the dashboard keeps serving what is stored
+        say(f"recommendation notes not refreshed: {type(exc).__name__}: {exc}")
+
+
 def refresh_notes(backend: optuna.storages.BaseStorage, say: Say) -> list[str]:
     """Recompute and publish the recommendation (study attribute and dashboard note) of every
-    autobatch study in the open ``backend``; a study that cannot have one yet is skipped with a
-    line. Returns the names of the studies refreshed."""
+    autobatch study in the open ``backend``, and name the metric of those that do not; a study
+    that cannot have a recommendation yet is skipped with a line. Returns the names of the
+    studies refreshed."""
     refreshed = []
     for summary in backend.get_all_studies():
         if R.STUDY_SPEC not in summary.user_attrs:
             continue  # not an autobatch study: leave it alone
         name = summary.study_name
         study = open_study(backend, name)
+        if not study.metric_names:  # made before studies named their metric
+            spec = summary.user_attrs[R.STUDY_SPEC]
+            study.set_metric_names([((spec.get("recipe") or {}).get("metric") or "accuracy").rsplit(":", 1)[-1]])
         try:
             rec = recommend_study(study)
         except AutobatchError as exc:

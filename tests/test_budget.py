@@ -6,13 +6,13 @@ from autobatch.errors import AutobatchError
 
 @pytest.mark.parametrize("text,seconds", [
     ("90s", 90), ("10m", 600), ("4h", 14400), ("1h30m", 5400), ("1h30m15s", 5415),
-    ("120", 120), ("1.5h", 5400), (" 5m ", 300),
+    ("120", 120), ("1.5h", 5400), (" 5m ", 300), ("5 m", 300), ("2 hours", 7200), ("1d", 86400),
 ])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5x", "m5", "1h1h", "-5m", "0s", "0", "5 m"])
+@pytest.mark.parametrize("text", ["", "abc", "5x", "m5", "1h1h", "1h60m1h", "-5m", "0s", "0", "5 parsecs"])
 def test_parse_duration_rejects(text):
     with pytest.raises(AutobatchError):
         parse_duration(text)
@@ -20,7 +20,7 @@ def test_parse_duration_rejects(text):
 
 @pytest.mark.parametrize("text,n", [
     ("512MiB", 512 * 2**20), ("8GiB", 8 * 2**30), ("1.5GB", 1_500_000_000), ("2000", 2000),
-    ("4g", 4 * 2**30), (1024, 1024), ("10 MiB", 10 * 2**20),
+    ("4g", 4 * 2**30), (1024, 1024), ("10 MiB", 10 * 2**20), ("512m", 512 * 2**20), ("2 GB", 2 * 10**9),
 ])
 def test_parse_bytes(text, n):
     assert parse_bytes(text) == n

@@ -98,7 +98,7 @@ def test_ctrl_c_exits_130_and_study_resumes(tmp_path, sqlite_url):
 @pytest.mark.parametrize("args,words", [
     (("--model", "resnet81"), ("unknown model", "resnet18")),
     (("--dataset", "digts"), ("unknown dataset", "digits")),
-    (("--budget", "5 minutes"), ("malformed duration",)),
+    (("--budget", "5 parsecs"), ("malformed duration",)),
     (("--budget", "0s"), ("must be positive",)),
     (("--n-trials", "0"), ("--n-trials",)),
     (("--model", "nosuchpkg.models:make"), ("cannot import",)),

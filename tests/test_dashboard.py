@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from html import unescape
 from pathlib import Path
 
 import optuna
@@ -99,16 +102,43 @@ def test_api_lists_study_trials_attrs_curves_and_constraints(served, stored):
         else:
             assert feasible
     assert over_memory >= 1
-    assert "autobatch recommendation" in detail["note"]["body"]
+
+
+def test_metric_named_params_and_measurements_readable(stored):
+    """What the dashboard shows: the metric by name (not "Objective 0"), the micro-batch and the
+    accumulation steps as parameters in their own units, the measurements in units."""
+    study = optuna.load_study(study_name=STUDY, storage=stored[0])
+    assert study.metric_names == ["accuracy"]
+    for t in study.trials:
+        assert set(t.params) == {R.PARAM_BATCH_SIZE, R.PARAM_ACCUM, R.PARAM_LR_MULTIPLIER}
+        assert t.params[R.PARAM_BATCH_SIZE] == t.user_attrs[R.BATCH_SIZE] in (8, 16, 32, 64, 128, 256)
+        assert t.params[R.PARAM_ACCUM] == t.user_attrs[R.ACCUMULATION_STEPS]
+        assert t.user_attrs[R.READABLE_STOP].startswith(t.user_attrs[R.STOP_REASON])
+        assert t.user_attrs[R.READABLE_LR].startswith(f"{t.user_attrs[R.LEARNING_RATE]:.4g} (multiplier ")
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.user_attrs[R.READABLE_THROUGHPUT].endswith(" samples/s")
+            assert t.user_attrs[R.READABLE_EPOCH_TIME].endswith(" s")
+            assert " measured, " in t.user_attrs[R.READABLE_PEAK] and t.user_attrs[R.READABLE_PEAK].endswith("predicted")
+
+
+def _refreshed(log: Path, timeout: float = 120) -> str:
+    """The dashboard's log once the background refresh has said its line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "recommendation notes refreshed" in text:
+            return text
+        time.sleep(0.3)
+    pytest.fail(f"notes not refreshed within {timeout:.0f}s: {log.read_text()}")
 
 
 def test_note_and_recommendation_attr_refreshed(served, stored):
+    log = _refreshed(served[2])
     study = optuna.load_study(study_name=STUDY, storage=stored[0])
     rec = Recommendation.from_dict(study.user_attrs[R.STUDY_RECOMMENDATION])
     system_attrs = study._storage.get_study_system_attrs(study._study_id)
     note = get_note_from_system_attrs(system_attrs, None)
     assert note["version"] >= 1 and note["body"] == rec.markdown()
-    log = served[2].read_text()
     assert f"recommendation notes refreshed: {STUDY}" in log
     assert f"optuna-dashboard on {served[0]}/ for {stored[0]}" in log
 
@@ -126,18 +156,38 @@ def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=90)
 
 
-def test_page_in_headless_chromium(served, tmp_path):
-    base, _, _ = served
+def _text(html: str) -> str:
+    """The page's visible text, whitespace collapsed."""
+    html = re.sub(r"<(style|script)\b.*?</\1>", " ", html, flags=re.S)
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
+
+
+def test_page_in_headless_chromium(served, stored, tmp_path):
+    """The pages as a browser renders them: the note, the metric's name on the history plot, the
+    parameters in real units and the readable measurements; screenshots in test-artifacts/."""
+    base, _, log = served
+    _refreshed(log)
     study_id = get_json(f"{base}/api/studies")["study_summaries"][0]["study_id"]
     page = chromium("--dump-dom", f"{base}/dashboard/studies/{study_id}/note", tmp_path=tmp_path)
     assert STUDY in page.stdout, page.stderr[-2000:]                 # the React app rendered
     assert "autobatch recommendation" in page.stdout                 # and the note with it
+    history = _text(chromium("--dump-dom", f"{base}/dashboard/studies/{study_id}", tmp_path=tmp_path).stdout)
+    assert "y Axis accuracy" in history and "Objective 0" not in history, history[:3000]
+    assert re.search(r"Params = \[batch_size: \d+, lr_multiplier: [\d.e-]+, accumulation_steps: \d+\]", history)
+    trials = _text(chromium("--dump-dom", f"{base}/dashboard/studies/{study_id}/trials", tmp_path=tmp_path).stdout)
+    first = optuna.load_study(study_name=STUDY, storage=stored[0]).trials[0]
+    assert (f"Parameter batch_size {first.params[R.PARAM_BATCH_SIZE]} lr_multiplier "
+            f"{first.params[R.PARAM_LR_MULTIPLIER]}") in trials, trials[:3000]
+    assert f"{R.READABLE_PEAK} {first.user_attrs[R.READABLE_PEAK]}" in trials
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "dashboard-study.png"
-    shot.unlink(missing_ok=True)
-    chromium(f"--screenshot={shot}", "--window-size=1280,900", f"{base}/dashboard/studies/{study_id}",
-             tmp_path=tmp_path)
-    assert shot.stat().st_size > 10_000
+    for name, path in (("dashboard-study.png", ""), ("dashboard-trials.png", "/trials"),
+                       ("dashboard-note.png", "/note")):
+        shot = ARTIFACTS / name
+        shot.unlink(missing_ok=True)
+        chromium(f"--screenshot={shot}", "--window-size=1280,1400", f"{base}/dashboard/studies/{study_id}{path}",
+                 tmp_path=tmp_path)
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
 
 
 def test_ctrl_c_stops_cleanly(served):
@@ -170,6 +220,31 @@ def test_storage_without_studies_is_exit_2(tmp_path):
     optuna.storages.RDBStorage(empty)  # the schema, but no study
     with pytest.raises(AutobatchError, match="no autobatch studies in"):
         dashboard.open_existing(empty)
+
+
+def test_serves_before_the_notes_are_refreshed(stored, monkeypatch):
+    """The notes are refreshed in the background: the server is up while they are recomputed."""
+    refreshing, serving = threading.Event(), threading.Event()
+
+    def slow_refresh(backend, say):
+        refreshing.set()
+        assert serving.wait(30), "the server did not start while the notes were being refreshed"
+        say("recommendation notes refreshed: (slow)")
+
+    class Server:
+        def serve_forever(self):
+            serving.set()
+            assert refreshing.wait(30)
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(dashboard, "bind", lambda host, port, app: Server())
+    monkeypatch.setattr(dashboard, "refresh_notes", slow_refresh)
+    lines: list[str] = []
+    dashboard.serve(stored[0], port=9, say=lines.append)
+    assert lines[0].startswith("optuna-dashboard on") and "dashboard stopped" in lines
 
 
 def test_non_loopback_warns(stored, monkeypatch):

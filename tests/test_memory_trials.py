@@ -130,8 +130,7 @@ def test_no_completed_trial_over_the_cap_and_the_estimate_is_refit(tmp_path):
     wrong["probe"]["eval_max_batch_size"] = 200
     study.set_user_attr(R.STUDY_MEMORY_MODEL, wrong)
     for b in (128, 128, 16):
-        study.enqueue_trial({R.PARAM_BATCH_LOG2: b.bit_length() - 1, R.PARAM_LR_MULTIPLIER: 1.0,
-                             R.PARAM_ACCUM_LOG2: 0})
+        study.enqueue_trial({R.PARAM_BATCH_SIZE: b, R.PARAM_LR_MULTIPLIER: 1.0, R.PARAM_ACCUM: 1})
     finished = []
 
     def stop_after_three(run, event):

@@ -217,7 +217,9 @@ def test_readme_training_script_trains_what_the_trials_trained(recipe_study):
     assert all(s[2] == {(torch.bfloat16, torch.bfloat16)} for s in steps)  # bf16 autocast, as the recipe says
     assert steps[0][3] is torch.optim.AdamW and steps[0][4]["weight_decay"] == 0.01
     lrs = [s[5] for s in steps]
-    assert max(lrs) == pytest.approx(rec.learning_rate) and lrs[-1] < lrs[len(lrs) // 2]  # warm-up, then decay
+    assert max(lrs) == pytest.approx(rec.learning_rate)  # warmed up to the tuned lr
+    if len(lrs) >= 3:  # then a decay to see (at 2 optimizer steps the linear schedule reaches zero after the last)
+        assert lrs[-1] < lrs[len(lrs) // 2]
     for events in (trial, script_run):  # clipped to the recipe's max norm before every step
         assert all(e[4] <= 1.0 + 1e-4 for e in events if e[0] == "step")
 

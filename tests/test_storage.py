@@ -78,8 +78,8 @@ def test_cli_study_reads_back_identically_with_vanilla_optuna_and_resumes(url, s
     assert vanilla.user_attrs[R.STUDY_MAX_TRIALS] == 3
     for t in vanilla.trials:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        assert t.user_attrs[R.BATCH_SIZE] == 2 ** t.params[R.PARAM_BATCH_LOG2]
-        assert t.user_attrs[R.ACCUMULATION_STEPS] == 2 ** t.params[R.PARAM_ACCUM_LOG2]
+        assert t.user_attrs[R.BATCH_SIZE] == t.params[R.PARAM_BATCH_SIZE]  # params in real units
+        assert t.user_attrs[R.ACCUMULATION_STEPS] == t.params[R.PARAM_ACCUM]
         assert set(t.intermediate_values) <= set(spec["eval_points"])
         if t.state == TrialState.COMPLETE:
             assert t.value == t.user_attrs[R.VAL_ACCURACY]
@@ -95,7 +95,7 @@ def test_cli_study_reads_back_identically_with_vanilla_optuna_and_resumes(url, s
 def test_every_field_round_trips_exactly(url, study_name):
     study = optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize")
     trial = study.ask()
-    trial.suggest_int(R.PARAM_BATCH_LOG2, 3, 8)
+    trial.suggest_categorical(R.PARAM_BATCH_SIZE, (8, 16, 32, 64, 128, 256))
     trial.suggest_float(R.PARAM_LR_MULTIPLIER, 0.1, 10.0, log=True)
     trial.set_user_attr(R.CURVE, [[180, 0.5, 1.2], [360, 0.75, 0.6]])
     trial.set_user_attr(R.MILESTONES, {"0.50": [180, 0.12]})
@@ -109,7 +109,7 @@ def test_every_field_round_trips_exactly(url, study_name):
     pruned.report(0.1, 180)
     study.tell(pruned, state=TrialState.PRUNED)
     study.tell(study.ask(), state=TrialState.FAIL)
-    study.enqueue_trial({R.PARAM_BATCH_LOG2: 5}, user_attrs={R.BASELINE: "folk-default-32"})
+    study.enqueue_trial({R.PARAM_BATCH_SIZE: 32}, user_attrs={R.BASELINE: "folk-default-32"})
     study.set_user_attr(R.STUDY_SPEC, {"eval_points": [180, 360], "model": "small_cnn"})
     _same_trials(study, _vanilla(url, study_name))
     assert _vanilla(url, study_name).trials[0].constraints == {"memory": -0.25}

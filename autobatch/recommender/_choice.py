@@ -159,24 +159,38 @@ def picks(cands: pd.DataFrame, front: list[int], tolerance: float = SPEED_TOLERA
 
 
 def _setting(row: pd.Series) -> str:
-    return f"batch {int(row['batch_size'])} x {int(row['accumulation_steps'])} accumulation"
+    return (f"batch {int(row['batch_size'])} x {int(row['accumulation_steps'])} accumulation, "
+            f"lr {row['learning_rate']:.3g}")
 
 
 def rationale(priority: str, cands: pd.DataFrame, picks: dict[str, int], constraints: dict,
               fit: Optional[TradeoffFit] = None) -> str:
+    """Why the pick: the priority's rule with the numbers it compared. A balanced pick names the
+    two ends of the front it lies between, or says there is one setting when the fastest near the
+    best is the best itself (never one setting as both ends)."""
     fast, top = cands.loc[picks["speed"]], cands.loc[picks["accuracy"]]
     name = fit.metric_name if fit is not None else "accuracy"
-    best = metric_text(fit, top["accuracy"]) if fit is not None else f"{top['accuracy']:.1%}"
-    tolerance = (f"{100 * SPEED_TOLERANCE:g} accuracy point" if fit is None or fit.bounded
+
+    def score(row: pd.Series) -> str:
+        return metric_text(fit, row["accuracy"]) if fit is not None else f"{row['accuracy']:.1%}"
+
+    best = score(top)
+    tolerance = (f"{100 * SPEED_TOLERANCE:g} percentage point" if fit is None or fit.bounded
                  else f"{100 * SPEED_TOLERANCE:g}%")
+    if picks["speed"] == picks["accuracy"]:
+        balanced = (f"the best predicted {name} ({_setting(top)}: {best}, {top['epoch_time_s']:.3g} s) is also "
+                    f"the fastest setting within {tolerance} of it, so there is no trade-off to balance")
+    else:
+        balanced = (f"knee of the {name}/epoch-time front between the fastest setting within {tolerance} "
+                    f"of the best ({_setting(fast)}: {score(fast)}, "
+                    f"{fast['epoch_time_s']:.3g} s) and the best ({_setting(top)}: {best}, "
+                    f"{top['epoch_time_s']:.3g} s)")
     text = {
         "accuracy": f"{'lowest' if fit is not None and fit.sign < 0 else 'highest'} predicted {name} "
                     f"({best}) of {constraints['feasible']} feasible settings",
         "speed": f"shortest predicted epoch ({fast['epoch_time_s']:.3g} s) within {tolerance} "
                  f"of the best predicted {name} ({best})",
-        "balanced": f"knee of the {name}/epoch-time front between the fastest setting within "
-                    f"{tolerance} of the best ({_setting(fast)}, {fast['epoch_time_s']:.3g} s) "
-                    f"and the best ({_setting(top)}, {best})",
+        "balanced": balanced,
     }[priority]
     applied = [f"{k}={v}" for k, v in constraints.items() if k in _USER and v is not None]
     return f"{priority.capitalize()}: {text}" + (f"; constraints {', '.join(applied)}." if applied else ".")

@@ -31,11 +31,12 @@ from ..recipe import TrainRecipe
 from ..units import format_bytes
 from ._exports import TrainingSetup, export_text, hf_training_arguments, lightning_export
 from ._intervals import COVERAGE
+from ._text import short_repr, summary
 
 _DERIVED = ("metric", "metric_name", "metric_direction", "optimizer_steps", "epochs")  # in to_dict only
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Recommendation:
     """One recommended setting, its recipe and trial length, predicted metrics, the evidence.
 
@@ -78,6 +79,15 @@ class Recommendation:
         if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
             object.__setattr__(self, "predicted_metric", self.predicted_accuracy)
             object.__setattr__(self, "metric_interval", self.accuracy_interval)
+
+    def __str__(self) -> str:
+        """The short block ``autobatch recommend`` prints: setting, predictions with intervals,
+        recipe, why."""
+        return summary(self)
+
+    def __repr__(self) -> str:
+        """The setting and its predictions in under 400 characters (``to_dict`` has it all)."""
+        return short_repr(self)
 
     # --- what it was tuned for ----------------------------------------------------------------
 

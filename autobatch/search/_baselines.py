@@ -22,5 +22,6 @@ def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int]) ->
     for label, batch, multiplier in (("folk-default-32", folk, 1.0),
                                      ("largest-fit-linear-lr", largest, linear_multiplier)):
         multiplier = min(max(multiplier, spec.space.lr_multiplier_min), spec.space.lr_multiplier_max)
-        study.enqueue_trial(params_for(spec.space, batch_size=batch, accumulation_steps=1,
+        study.enqueue_trial(params_for(spec.space, batch_size=batch,
+                                       accumulation_steps=min(spec.space.accumulation_steps),
                                        multiplier=multiplier), user_attrs={R.BASELINE: label})

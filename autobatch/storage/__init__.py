@@ -2,17 +2,20 @@
 
 ``open_study`` is the door every command goes through; ``open_storage`` opens an Optuna RDB
 storage that retries through a database restart; ``fail_stale_trials`` and ``requeue`` recover
-the trials of workers that died. A password is never shown: ``mask_url`` is what messages use.
+the trials of workers that died; ``list_studies`` says what a storage holds. A password is
+never shown: ``mask_url`` is what messages use.
 """
 
 from ._rdb import (CONNECT_TIMEOUT_S, ENV_HEARTBEAT, ENV_RETRY, GRACE_FACTOR, HEARTBEAT_S, RETRY_S,
                    StorageLostError, open_storage)
 from ._claim import Claim, StudyState, claim_trial, study_state
+from ._listing import StudySummary, list_studies
 from ._stale import MAX_RETRIES, fail_stale_trials, fail_trial, requeue
 from ._study import StudyLike, describe, find_study, open_study
 from ._urls import DEFAULT_SQLITE, ENV_STORAGE, mask_url, resolve_url
 
 __all__ = ["Claim", "StudyState", "claim_trial", "fail_trial", "study_state", "CONNECT_TIMEOUT_S", "DEFAULT_SQLITE", "ENV_HEARTBEAT", "ENV_RETRY", "ENV_STORAGE",
            "GRACE_FACTOR", "HEARTBEAT_S", "MAX_RETRIES", "RETRY_S", "StorageLostError", "StudyLike",
-           "describe", "fail_stale_trials", "find_study", "mask_url", "open_storage", "open_study",
+           "StudySummary", "describe", "fail_stale_trials", "find_study", "list_studies", "mask_url",
+           "open_storage", "open_study",
            "requeue", "resolve_url"]

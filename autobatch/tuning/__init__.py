@@ -8,10 +8,10 @@ in-process); ``run_worker`` is the loop every worker runs (``autobatch worker`` 
 """
 
 from ._events import (Callback, Event, Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, RecommendationMade,
-                      StudyReady, StudyResumed, TrialFinished, TrialStarted, TuneRun)
+                      StudyReady, StudyResumed, TrialFinished, TrialProgress, TrialStarted, TuneRun)
 from ._objective import TrialContext, run_trial
 from ._prepare import deadline_of, prepare_study, probe_workload
-from ._progress import event_line, probe_summary
+from ._progress import event_line, metric_text, probe_summary
 from ._python import tune as tune_objects
 from ._tune import TuneOutcome, default_study_name, final_answer, set_limits, tune
 from ._worker import (ENV_ALLOW, POLL_SECONDS, allowed_imports, check_imports, counts, heartbeat, next_claim,
@@ -19,7 +19,7 @@ from ._worker import (ENV_ALLOW, POLL_SECONDS, allowed_imports, check_imports, c
 
 __all__ = ["ENV_ALLOW", "allowed_imports", "check_imports", "next_claim", "Callback", "Event", "Note", "POLL_SECONDS",
            "PlanMade", "ProbeDone", "ProbeProgress", "ProbeStarted",
-           "RecommendationMade", "StudyReady", "StudyResumed", "TrialContext", "TrialFinished", "TrialStarted",
-           "TuneOutcome", "TuneRun", "counts", "deadline_of", "default_study_name", "event_line", "final_answer",
+           "RecommendationMade", "StudyReady", "StudyResumed", "TrialContext", "TrialFinished", "TrialProgress", "TrialStarted",
+           "TuneOutcome", "TuneRun", "counts", "deadline_of", "default_study_name", "event_line", "final_answer", "metric_text",
            "heartbeat", "next_trial_id", "prepare_study", "probe_summary", "probe_workload", "run_trial",
            "run_worker", "set_limits", "tune", "tune_objects"]

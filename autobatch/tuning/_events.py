@@ -8,6 +8,7 @@ the trial in flight finishes, no new one starts, and the run answers from what i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -87,6 +88,28 @@ class TrialStarted:
     number: int
     config: TrialConfig
     baseline: Optional[str] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialProgress:
+    """A trial at one of its evaluation checkpoints, from the numbers the trial already has (no
+    storage read): samples seen of those planned, the metric there, and the time it has taken."""
+
+    number: int
+    samples_seen: int
+    planned_samples: int          # the trial's training samples (its last checkpoint)
+    metric: str                   # the recipe's metric key: "accuracy", "val_loss", ...
+    value: float                  # the metric at this checkpoint
+    elapsed_s: float              # since the trial's model was built: training and evaluation so far
+    deadline: Optional[float] = None  # the study's end (unix time), if it has one
+
+    @property
+    def seconds_left(self) -> float:
+        """The rest of the trial at its pace so far (seconds), no later than the deadline."""
+        left = self.elapsed_s / max(self.samples_seen, 1) * max(self.planned_samples - self.samples_seen, 0)
+        if self.deadline is not None:
+            left = min(left, max(self.deadline - time.time(), 0.0))
+        return left
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,9 +61,10 @@ def check_measured(trial: optuna.Trial, result: TrialResult, predicted: Optional
     if not measured or over <= 0:
         return False
     if result.stop_reason != R.STOP_OVER_CAP:  # e.g. a CUDA peak after the measured phases
-        trial.set_user_attr(R.STOP_REASON, R.STOP_OVER_CAP)
-        trial.set_user_attr(R.STOP_DETAIL, f"measured peak {format_bytes(measured)} > cap {format_bytes(cap)}"
-                            + (f" (after: {result.stop_detail})" if result.stop_detail else ""))
+        detail = (f"measured peak {format_bytes(measured)} > cap {format_bytes(cap)}"
+                  + (f" (after: {result.stop_detail})" if result.stop_detail else ""))
+        R.write_attrs(trial, {R.STOP_REASON: R.STOP_OVER_CAP, R.STOP_DETAIL: detail,
+                              R.READABLE_STOP: f"{R.STOP_OVER_CAP}: {detail}"})
     return True
 
 

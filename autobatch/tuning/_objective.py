@@ -23,11 +23,12 @@ from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
 from ..records import EvalPoint, TrialConfig
-from ..search import StudySpec, suggest
+from ..search import VALUES, StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
-from ._events import TrialStarted, TuneRun
+from ._events import TrialProgress, TrialStarted, TuneRun
 from ._memcheck import check_measured, current_estimate, over_memory, refit_study_memory
+from ._readable import readable_attrs
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
 
@@ -47,6 +48,7 @@ class TrialContext:
     deadline: Optional[float] = None
     num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
     trial_seconds: Optional[Callable[[TrialConfig], float]] = None  # predicted wall time of a trial
+    param_encoding: str = VALUES       # how the study's trials name their parameters (search.param_encoding)
 
     def __post_init__(self) -> None:
         check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
@@ -61,7 +63,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     clock = time.perf_counter
     spec = ctx.spec
     started = clock()
-    config, _ = suggest(trial, spec.space)
+    config, _ = suggest(trial, spec.space, ctx.param_encoding)
     timings["sample"] = clock() - started
     # memory: the study's latest (refit) estimate; prune before training what will not fit
     estimate = current_estimate(study, ctx.memory_model)
@@ -73,7 +75,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         R.set_memory_constraint(trial, why.over)
         attrs.update({R.MEMORY_ACTION: "pruned", R.STOP_REASON: R.STOP_OVER_MEMORY,
                       R.STOP_DETAIL: why.detail, R.SAMPLES_SEEN: 0})
-        R.write_attrs(trial, attrs)
+        R.write_attrs(trial, _readable(trial, attrs))
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     attrs[R.MEMORY_ACTION] = "none"
     if spec.train_size and config.effective_batch_size > spec.train_size:
@@ -82,7 +84,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
                       R.STOP_DETAIL: f"effective batch {config.effective_batch_size} ({config.batch_size} x "
                                      f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
                                      "refused before training"})
-        R.write_attrs(trial, attrs)
+        R.write_attrs(trial, _readable(trial, attrs))
         R.set_infeasible(trial)
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     if ctx.deadline is not None and ctx.trial_seconds is not None:
@@ -90,7 +92,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         if needed > left:  # it would be cut off: no result, and the time is better left unused
             attrs.update({R.STOP_REASON: R.STOP_BUDGET, R.SAMPLES_SEEN: 0,
                           R.STOP_DETAIL: f"not started: predicted {needed:.0f}s, {max(left, 0):.0f}s left"})
-            R.write_attrs(trial, attrs)
+            R.write_attrs(trial, _readable(trial, attrs))
             return _tell(timings, study, trial, state=TrialState.FAIL)
     started = clock()
     R.write_attrs(trial, attrs)
@@ -109,16 +111,21 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
         # At the last checkpoint the trial is done: a result, never a pruning decision.
         prune = point.samples_seen < final and trial.should_prune()
         timings["report"] += clock() - begun  # storage round trips, which the trainer books as evaluation
+        if run is not None:  # progress from what the trial holds: no storage round trip
+            run.emit(TrialProgress(number=trial.number, samples_seen=point.samples_seen, planned_samples=final,
+                                   metric=spec.recipe.metric, value=point.metric, elapsed_s=clock() - trained,
+                                   deadline=ctx.deadline))
         return prune
 
     seed = spec.seed + trial.number
+    trained = clock()
     torch.manual_seed(seed)
     try:
         model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
                             vocab_size=ctx.workload.vocab_size)
     except UserCodeError as exc:
-        R.write_attrs(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc), R.USER_ERROR: str(exc),
-                              R.SAMPLES_SEEN: 0})
+        R.write_attrs(trial, _readable(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc),
+                                               R.USER_ERROR: str(exc), R.SAMPLES_SEEN: 0}))
         return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
@@ -129,7 +136,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     measured = R.result_attrs(result, train_size=spec.train_size)
     measured[R.EVAL_TIME_S] = max(0.0, result.eval_time_s - timings["report"])  # evaluation, not storage
     started = clock()
-    R.write_attrs(trial, measured)
+    R.write_attrs(trial, _readable(trial, measured))
     timings["write"] += clock() - started
     # memory: the measured peak against the cap and the prediction; the estimate refit from it
     over_cap = check_measured(trial, result, predicted, cap)
@@ -159,6 +166,13 @@ def _tell(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, v
     frozen = study.tell(trial, value, state=state)
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
     return frozen
+
+
+def _readable(trial: optuna.Trial, attrs: dict) -> dict:
+    """``attrs`` with the readable copies of the trial's measurements (``readable_attrs``), so they go
+    in the same write as the trial's last attributes."""
+    own = R.own_record(trial)
+    return {**attrs, **readable_attrs({**own.user_attrs, **attrs}, own.params.get(R.PARAM_LR_MULTIPLIER))}
 
 
 def _failed(study: optuna.Study, frozen: FrozenTrial) -> FrozenTrial:

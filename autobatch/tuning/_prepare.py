@@ -10,6 +10,7 @@ from typing import Optional
 
 import optuna
 import torch
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
@@ -51,6 +52,7 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     result = probe(train, device=device, cap_bytes=cap, space_max=max(settings.space.batch_sizes),
                    dataset_max=len(workload.train), run_eval=evaluation, eval_space_max=len(workload.val),
                    on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
+    run.emit(Note(text="measuring training throughput ..."))  # not silent between the probe and its summary
     result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
     run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started))
     return result, sizes, measured
@@ -61,15 +63,13 @@ def stored_spec(study: Optional[optuna.Study], wait_s: float = SPEC_WAIT_S) -> O
     within moments, so it is waited for. None when there is no study."""
     if study is None:
         return None
-    end = time.monotonic() + wait_s
-    while True:
-        attrs = study.user_attrs
-        if R.STUDY_SPEC in attrs:
-            return StudySpec.from_dict(attrs[R.STUDY_SPEC])
-        if time.monotonic() >= end:
-            raise AutobatchError(f"study {study.study_name!r} exists but has no autobatch spec (it was not "
-                                 "created by autobatch tune, or its creator stopped); use another --study-name")
-        time.sleep(0.2)
+    attrs = Retrying(retry=retry_if_result(lambda got: R.STUDY_SPEC not in got), stop=stop_after_delay(wait_s),
+                     wait=wait_fixed(0.2), retry_error_callback=lambda state: state.outcome.result())(
+        lambda: study.user_attrs)
+    if R.STUDY_SPEC not in attrs:
+        raise AutobatchError(f"study {study.study_name!r} exists but has no autobatch spec (it was not "
+                             "created by autobatch tune, or its creator stopped); use another --study-name")
+    return StudySpec.from_dict(attrs[R.STUDY_SPEC])
 
 
 def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: Workload, model: torch.nn.Module,

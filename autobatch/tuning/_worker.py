@@ -34,7 +34,7 @@ from .. import records as R
 from .._optuna_internals import backend, fill_trial_cache, study_id
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
-from ..search import SAFETY, StudySpec, TrialTimes, make_sampler
+from ..search import SAFETY, StudySpec, TrialTimes, make_sampler, param_encoding
 from ..storage import StorageLostError, claim_trial, fail_stale_trials, fail_trial, requeue, study_state
 
 from ..train import resolve_device
@@ -101,7 +101,8 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     pruner = SnapshotPruner(spec.pruner, spec.eval_points)
     study = optuna.load_study(study_name=study.study_name, storage=backend(study), pruner=pruner)
     base = TrialContext(spec=spec, workload=workload, device=resolve_device(device_name), memory_model=memory_model,
-                        num_workers=num_workers, trial_seconds=clock.seconds)  # checks the device first
+                        num_workers=num_workers, trial_seconds=clock.seconds,  # checks the device first
+                        param_encoding=param_encoding(study.get_trials(deepcopy=False)))
     done = 0
     while not run.stopped:
         timings: dict[str, float] = {}

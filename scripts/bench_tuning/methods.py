@@ -29,8 +29,8 @@ class Answer:
 
 
 def trial_config(params: dict) -> Config:
-    return Config(2 ** int(params[R.PARAM_BATCH_LOG2]), 2 ** int(params[R.PARAM_ACCUM_LOG2]),
-                  float(params[R.PARAM_LR_MULTIPLIER]))
+    batch, accumulation = R.batch_and_accumulation(params)
+    return Config(batch, accumulation, float(params[R.PARAM_LR_MULTIPLIER]))
 
 
 def search_baseline(kind: str, task: Task, repeat: int, grid_compute: int, train_samples: int,
