@@ -103,10 +103,11 @@ def test_budget_accounting_counts_cpu_and_stops_within_half_a_trial():
     while time.process_time() < end:
         pass
     assert 0.04 <= meter.cpu and meter.wall >= 0.04
-    assert not should_stop(0.0, 10.0, 0)
-    assert not should_stop(9.0, 10.0, 9)       # a typical trial is 1 s: 1 s left, go on
-    assert should_stop(9.6, 10.0, 8)            # 0.4 s left < half of 1.2 s
-    assert should_stop(11.0, 10.0, 10)
+    assert not should_stop(0.0, 10.0, [])
+    assert not should_stop(9.0, 10.0, [1.0] * 9)        # a typical trial is 1 s: 1 s left, go on
+    assert should_stop(9.6, 10.0, [1.2, 1.2, 5.0])      # 0.4 s left < half of the median 1.2 s
+    assert not should_stop(6.0, 9.0, [1.0])             # setup outside the trials does not inflate a trial
+    assert should_stop(11.0, 10.0, [1.0])
 
 
 def test_noise_floor_and_ties():

@@ -35,6 +35,8 @@ def autobatch_run(ctx: Context) -> list[Answer]:
     answers: list[Answer] = []
     meter = Meter()
     finished = 0
+    costs: list[float] = []   # CPU seconds between consecutive trials' ends (the first: its own wall time)
+    last_end = [None]
 
     for fraction, budget in zip(task.budgets, ctx.budgets_s):
         def on_event(run, event) -> None:  # type: ignore[no-untyped-def]
@@ -43,12 +45,16 @@ def autobatch_run(ctx: Context) -> list[Answer]:
                 timing["probe_s"] += event.seconds
             elif isinstance(event, TrialFinished):
                 finished += 1
-                if should_stop(meter.cpu, budget, finished):
+                now = meter.cpu
+                costs.append(min(event.seconds, now) if last_end[0] is None else now - last_end[0])
+                last_end[0] = now
+                if should_stop(now, budget, costs):
                     run.stop()
 
-        while not should_stop(meter.cpu, budget, finished):
+        while not should_stop(meter.cpu, budget, costs):
             before = finished
-            slots = 4 * math.ceil(budget / max(meter.cpu / max(finished, 1), 1e-3)) + 4
+            last_end[0] = None  # a resumed call starts with its own setup: its first trial timed alone
+            slots = 4 * math.ceil(budget / max(min(costs, default=1.0), 1e-3)) + 4
             settings = TuneSettings(model=task.model, dataset=data.spec(task.dataset, seed), epochs=task.epochs,
                                     n_trials=finished + slots, storage=storage, study_name=name, seed=seed,
                                     device="cpu", space=task.space, recipe=task.recipe, num_workers=0)

@@ -87,8 +87,10 @@ def _optuna_search(kind: str, ctx: Context) -> list[Answer]:
     space = distributions(task.space)
     checkpoints = (ctx.train_samples,) if kind == RANDOM else eval_points(ctx.train_samples, N_REPORTS)
     answers: list[Answer] = []
+    costs: list[float] = []
     for fraction, budget in zip(task.budgets, ctx.budgets_s):
-        while not should_stop(meter.cpu, budget, len(study.trials)):
+        while not should_stop(meter.cpu, budget, costs):
+            before = meter.cpu
             trial = study.ask(space)
             config = trial_config(trial.params)
             if config.effective > len(workload.train):  # as autobatch refuses it: not a batch of the data
@@ -107,6 +109,7 @@ def _optuna_search(kind: str, ctx: Context) -> list[Answer]:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 study.tell(trial, accuracy)
+            costs.append(meter.cpu - before)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         best = study.best_trial if done else max(
             (t for t in study.trials if t.intermediate_values),

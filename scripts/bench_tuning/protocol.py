@@ -133,9 +133,10 @@ class Meter:
         return time.perf_counter() - self.wall0
 
 
-def should_stop(used: float, budget: float, trials: int) -> bool:
-    """Stop after the trial that brings compute within half a typical trial of the budget."""
-    typical = used / trials if trials else 0.0
+def should_stop(used: float, budget: float, trial_costs: Sequence[float]) -> bool:
+    """Stop after the trial that brings compute within half a typical trial (the median of
+    ``trial_costs``, CPU seconds of the trials alone) of the budget."""
+    typical = statistics.median(trial_costs) if trial_costs else 0.0
     return budget - used < typical / 2
 
 
