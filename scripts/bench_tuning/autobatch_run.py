@@ -35,7 +35,7 @@ def autobatch_run(ctx: Context) -> list[Answer]:
     answers: list[Answer] = []
     meter = Meter()
     finished = 0
-    costs: list[float] = []   # CPU seconds between consecutive trials' ends (the first: its own wall time)
+    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: its train + eval time)
     last_end = [None]
 
     for fraction, budget in zip(task.budgets, ctx.budgets_s):
@@ -46,7 +46,9 @@ def autobatch_run(ctx: Context) -> list[Answer]:
             elif isinstance(event, TrialFinished):
                 finished += 1
                 now = meter.cpu
-                costs.append(min(event.seconds, now) if last_end[0] is None else now - last_end[0])
+                own = ((event.trial.user_attrs.get(R.TRAIN_TIME_S) or 0.0)
+                       + (event.trial.user_attrs.get(R.EVAL_TIME_S) or 0.0)) or event.seconds
+                costs.append(min(own, now) if last_end[0] is None else now - last_end[0])
                 last_end[0] = now
                 if should_stop(now, budget, costs):
                     run.stop()
