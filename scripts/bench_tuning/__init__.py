@@ -1,27 +1,16 @@
-"""Headline benchmark: autobatch against an exhaustive grid and the usual baselines, at equal compute.
+"""Headline benchmark: autobatch against a grid of distinct settings and the baselines people use,
+at equal total compute, every answer re-trained with fresh seeds on a split no tuner saw.
 
-    python scripts/bench_tuning [--quick] [--out DIR] [--reuse-grid]
+    python scripts/bench_tuning [--quick | --smoke] [--out DIR]
     python scripts/benchmark.py [--quick]      # all sections, writes BENCHMARKS.md
 
-For each task (a small CNN on digits; resnet18 on digits):
-
-1. Ground truth: every configuration of a grid (micro-batch x lr multiplier x accumulation steps)
-   trained for the same number of samples with each of the grid's seeds; accuracy = mean final
-   validation accuracy over seeds. The best configuration is the reference.
-2. autobatch (``tune``, samples-seen pruning, its own baselines, the trade-off model's
-   ``priority="accuracy"`` answer) stopped at fractions of the grid's compute.
-3. At the same compute: random search and Optuna's default TPE over the same space, no pruning,
-   best observed trial. At their own (tiny) compute: the largest micro-batch with the linearly
-   scaled lr, and the folk default (batch 32).
-
-Every answer is re-trained with the grid's seeds, split and sample budget (or read off the grid
-when it is a grid point): regret = grid best - its accuracy, in accuracy points. Also: tuner
-overhead, memory-probe error, trainer throughput against a plain loop. Returns a Markdown
-section; raw numbers go to ``DIR/bench_tuning.json``, the plot to ``docs/regret_vs_compute.png``.
-
-A package, one module per job: ``tasks`` (settings), ``ground_truth`` (the grid), ``methods``
-(random search, TPE, rules), ``autobatch_run`` (``tune`` stopped by an event callback),
-``summary`` and ``render`` (tables, plot, JSON). ``run`` is what ``scripts/benchmark.py`` calls.
+Per task (``tasks``): the grid of distinct configurations on the pool, scored on the test split
+(``ground_truth``, ``data``); per tuner seed, autobatch (``autobatch_run``) and the searches
+(``methods``) on their own tuning split, stopped at fractions of the grid's CPU seconds; every
+answer and the grid's best re-trained with fresh seeds; the longer re-training and time to
+accuracy (``long_runs``); the peers' batch-size finders (``peers``); tables, goals and plots
+(``summary``, ``render``). The pure rules (seeds, distinct grid, offsets, budgets, ties) live in
+``protocol``. ``run`` is what ``scripts/benchmark.py`` calls.
 """
 
 from __future__ import annotations
@@ -29,6 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 for _path in (ROOT, ROOT / "scripts"):
@@ -37,79 +27,70 @@ for _path in (ROOT, ROOT / "scripts"):
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-from _bench_common import compare_throughput, load_average  # noqa: E402
+from _bench_common import load_average  # noqa: E402
 
-from autobatch.workloads import load_workload  # noqa: E402
-
+from . import data  # noqa: E402
 from .autobatch_run import autobatch_run  # noqa: E402
-from .ground_truth import GroundTruth, grid_fingerprint  # noqa: E402
-from .methods import Answer, fixed_answers, search_baseline  # noqa: E402
-from .render import plot, render, to_json  # noqa: E402
-from .tasks import (  # noqa: E402
-    PLOT,
-    RANDOM,
-    SPLIT_SEED,
-    THREADS,
-    THROUGHPUT_REPEATS,
-    TPE,
-    Task,
-    tasks,
-)
+from .ground_truth import GroundTruth  # noqa: E402
+from .long_runs import longer_training, time_to_accuracy  # noqa: E402
+from .methods import SEARCH_METHODS, Context, fixed_answers, rule_configs  # noqa: E402
+from .peers import run_peers  # noqa: E402
+from .render import plot, plot_tta, render, to_json  # noqa: E402
+from .tasks import AUTOBATCH, B128, FOLK, LARGEST, PAPER, PLOT, PLOT_TTA, THREADS, Task, tasks  # noqa: E402
 
 
-def run_task(task: Task, out_dir: pathlib.Path, reuse_grid: bool) -> dict:
+def run_task(task: Task, out_dir: pathlib.Path, mode: str) -> dict:
     def progress(message: str) -> None:
         print(f"  [{task.name}] {message}", file=sys.stderr, flush=True)
 
-    workload = load_workload(task.dataset, seed=SPLIT_SEED)
-    train_samples = max(1, round(task.epochs * len(workload.train)))  # as autobatch plans it
-    truth = GroundTruth(task, workload, train_samples)
-    cache = out_dir / f"bench_tuning_grid_{task.model}.json"
-    cached = json.loads(cache.read_text()) if reuse_grid and cache.exists() else None
-    if cached and cached["fingerprint"] == json.loads(json.dumps(grid_fingerprint(task))):
-        truth.load_grid(cached["grid"])
-        truth.seconds = cached["seconds"]
-        progress(f"grid reused from {cache}")
-    else:
-        truth.run_grid(progress)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"fingerprint": grid_fingerprint(task), "seconds": truth.seconds,
-                                     "grid": truth.to_json()}))
-    grid_compute = len(task.configs()) * train_samples
+    scoring = data.scoring(task.dataset)
+    tuner_train = len(data.tuning(task.dataset, task.seeds.tuners[0]).train)
+    train_samples = max(1, round(task.epochs * tuner_train))  # as autobatch plans a trial
+    truth = GroundTruth(task, scoring, train_samples, tuner_train)
+    truth.run_grid(progress)
+    budgets_s = tuple(f * truth.cpu_one_seed for f in task.budgets)
 
-    answers: list[Answer] = fixed_answers(task, train_samples)
+    answers = fixed_answers(task, tuner_train)
     studies = out_dir / "bench_tuning_studies"  # autobatch's SQLite files, kept for inspection
     studies.mkdir(parents=True, exist_ok=True)
-    for repeat in range(task.repeats):
-        answers += autobatch_run(task, repeat, grid_compute, train_samples, studies, progress)
-        for kind in (RANDOM, TPE):
-            answers += search_baseline(kind, task, repeat, grid_compute, train_samples, progress)
-    for answer in answers:  # re-train every answer off the grid (not counted as compute)
-        truth.measure(answer.pick)
-    progress(f"answers evaluated ({len(truth.extra)} re-trained off-grid, {truth.retrain_seconds:.0f}s)")
+    searches = {AUTOBATCH: autobatch_run, **SEARCH_METHODS}
+    for repeat, seed in enumerate(task.seeds.tuners):
+        ctx = Context(task=task, repeat=repeat, tuner_seed=seed, budgets_s=budgets_s,
+                      train_samples=train_samples, studies=studies, progress=progress)
+        for method in searches.values():  # interleaved: machine load hits every method alike
+            answers += method(ctx)
+    for answer in answers:
+        truth.fresh(answer.pick)
+    progress(f"answers re-trained with fresh seeds ({truth.retrain_seconds:.0f}s so far)")
 
-    throughput = []
-    for batch in task.throughput_batches:
-        lr = task.space.learning_rate(1.0, batch)
-        raw = compare_throughput(task.model, workload, batch_size=batch, learning_rate=lr,
-                                 samples=train_samples, repeats=THROUGHPUT_REPEATS)
-        throughput.append({"batch_size": batch, **raw})
-    progress("throughput measured")
-    return {"task": task, "train_samples": train_samples, "grid_compute": grid_compute,
-            "truth": truth, "answers": answers, "throughput": throughput,
-            "train_size": len(workload.train), "val_size": len(workload.val)}
+    last = max(task.budgets)
+    first_pick = {a.method: a.pick for a in answers if a.repeat == 0 and a.budget in (last, None)}
+    longer = longer_training(truth, {"grid best": truth.best.config, **first_pick})
+    progress(f"{longer['factor']}x re-training: Kendall tau {longer['kendall_tau']:.2f}")
+    rules = rule_configs(task, tuner_train)
+    tta_picks = {AUTOBATCH: first_pick[AUTOBATCH], **{k: rules[k] for k in (FOLK, B128, LARGEST, PAPER) if k in rules}}
+    tta_seeds = task.seeds.long[:1] if mode != "full" else task.seeds.long
+    tta = time_to_accuracy(task, scoring, tta_picks, tta_seeds, progress)
+    peers = run_peers(task, scoring, mode == "quick") if mode != "smoke" else []
+    return {"task": task, "mode": mode, "train_samples": train_samples, "truth": truth, "answers": answers,
+            "budgets_s": budgets_s, "longer": longer, "tta": tta, "tta_seeds": tta_seeds, "peers": peers,
+            "tuner_train": tuner_train, "pool": len(scoring.train), "test": len(scoring.val)}
 
 
-def run(quick: bool, out_dir: pathlib.Path, *, reuse_grid: bool = False) -> str:
+def run(quick: bool, out_dir: pathlib.Path, *, mode: str = "") -> str:
+    mode = mode or ("quick" if quick else "full")
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     started_load = load_average()
     try:
-        results = [run_task(task, out_dir, reuse_grid) for task in tasks(quick)]
+        results = [run_task(task, out_dir, mode) for task in tasks(mode)]
     finally:
         torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_tuning.json").write_text(json.dumps(to_json(results, quick), indent=1, default=str))
-    plot(results, PLOT)
-    return render(results, quick, started_load, load_average())
+    (out_dir / "bench_tuning.json").write_text(json.dumps(to_json(results), indent=1, default=str))
+    figures = (PLOT, PLOT_TTA) if mode != "smoke" else (out_dir / PLOT.name, out_dir / PLOT_TTA.name)
+    plot(results, figures[0])
+    plot_tta(results, figures[1])
+    return render(results, mode, started_load, load_average())

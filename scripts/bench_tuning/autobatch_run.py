@@ -1,11 +1,8 @@
-"""autobatch as a user runs it, stopped at each compute budget through an event callback."""
+"""autobatch as a user runs it, on the tuning split, stopped at each CPU-second budget."""
 from __future__ import annotations
 
 import collections
 import math
-import pathlib
-import time
-from typing import Callable
 
 import optuna
 
@@ -15,83 +12,78 @@ from autobatch.recommender import recommend_study
 from autobatch.search import TuneSettings
 from autobatch.tuning import ProbeDone, TrialFinished, tune
 
-from .methods import Answer, trial_config
-from .tasks import AUTOBATCH, Config, Task
+from . import data
+from .methods import Answer, Context, trial_config
+from .protocol import Meter, should_stop
+from .tasks import AUTOBATCH, Config
 
 
-def autobatch_run(task: Task, repeat: int, grid_compute: int, train_samples: int,
-                  studies: pathlib.Path, progress: Callable[[str], None]) -> list[Answer]:
-    """``tune`` as a user runs it (SQLite storage, median pruner, its baselines, default TPE),
-    stopped through ``run.stop()`` from an event callback after the trial that brings the budget
-    within half a trial (finished trials are kept), resumed for the next budget. The samples used
-    are summed from the ``TrialFinished`` events, the probe time read from ``ProbeDone``. The
-    answer at each budget is ``recommend_study(priority="accuracy")``, timed as overhead."""
-    name = f"bench-{task.model}-{repeat}"
-    path = studies / f"{name}.db"
+def autobatch_run(ctx: Context) -> list[Answer]:
+    """``tune`` as a user runs it (SQLite storage, median pruner, its baselines, seeded TPE, the
+    task's recipe) on the tuning split (``data.spec``: autobatch's ``pkg.module:function``
+    dataset hook), stopped through ``run.stop()`` from an event callback after the trial that
+    brings its CPU seconds within half a typical trial of the budget, resumed for the next
+    budget. Compute: the ``Meter`` from before the first ``tune`` call to after the answer
+    (workload loading, memory probe, throughput measurement, trials, evaluation, storage,
+    sampler, the trade-off fit). Answer: ``recommend_study(priority="accuracy")``."""
+    task, seed = ctx.task, ctx.tuner_seed
+    name = f"bench-{task.model}-{seed}"
+    path = ctx.studies / f"{name}.db"
     path.unlink(missing_ok=True)  # a fresh study, not a resumed one from an earlier run
     storage = f"sqlite:///{path.resolve()}"
     timing: collections.Counter = collections.Counter()
-    used, answers = 0, []
+    answers: list[Answer] = []
+    meter = Meter()
+    finished = 0
+    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: its train + eval time)
+    last_end = [None]
 
-    for fraction in task.budgets:
-        budget = fraction * grid_compute
-
+    for fraction, budget in zip(task.budgets, ctx.budgets_s):
         def on_event(run, event) -> None:  # type: ignore[no-untyped-def]
-            nonlocal used
+            nonlocal finished
             if isinstance(event, ProbeDone):
                 timing["probe_s"] += event.seconds
             elif isinstance(event, TrialFinished):
-                used += event.trial.user_attrs.get(R.SAMPLES_SEEN) or 0
-                if budget - used < train_samples / 2:
+                finished += 1
+                now = meter.cpu
+                own = ((event.trial.user_attrs.get(R.TRAIN_TIME_S) or 0.0)
+                       + (event.trial.user_attrs.get(R.EVAL_TIME_S) or 0.0)) or event.seconds
+                costs.append(min(own, now) if last_end[0] is None else now - last_end[0])
+                last_end[0] = now
+                if should_stop(now, budget, costs):
                     run.stop()
 
-        while budget - used >= train_samples / 2:
-            before = used
-            # Enough queued slots for the budget left even if most trials are pruned early.
-            slots = 2 * math.ceil((budget - used) / train_samples) + 2
-            settings = TuneSettings(model=task.model, dataset=task.dataset, epochs=task.epochs,
-                                    n_trials=slots, storage=storage, study_name=name, seed=repeat,
-                                    device="cpu", space=task.space)
-            started = time.perf_counter()
+        while not should_stop(meter.cpu, budget, costs):
+            before = finished
+            last_end[0] = None  # a resumed call starts with its own setup: its first trial timed alone
+            slots = 4 * math.ceil(budget / max(min(costs, default=1.0), 1e-3)) + 4
+            settings = TuneSettings(model=task.model, dataset=data.spec(task.dataset, seed), epochs=task.epochs,
+                                    n_trials=finished + slots, storage=storage, study_name=name, seed=seed,
+                                    device="cpu", space=task.space, recipe=task.recipe, num_workers=0)
             tune(settings, callbacks=[on_event])
-            timing["wall_s"] += time.perf_counter() - started
             timing["tune_calls"] += 1
-            if used == before:
+            if finished == before:
                 break  # nothing trained: do not loop for ever
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials()
-        started = time.perf_counter()
+        fit = Meter()
         try:
             rec = recommend_study(study, priority="accuracy")
             pick = Config(rec.batch_size, rec.accumulation_steps, rec.lr_multiplier)
             picked_by = "trade-off model"
             predicted = {"predicted_accuracy": rec.predicted_accuracy,
-                         "accuracy_interval": list(rec.accuracy_interval),
-                         "predicted_epoch_time_s": rec.predicted_epoch_time_s}
+                         "accuracy_interval": list(rec.accuracy_interval)}
         except AutobatchError:  # too few completed trials to fit: what tune itself falls back to
             pick, picked_by, predicted = trial_config(study.best_trial.params), "best trial", {}
-        timing["fit_s"] += time.perf_counter() - started
+        timing["fit_s"] += fit.wall
         trained = [t for t in trials if t.user_attrs.get(R.TRAIN_TIME_S) is not None]
         extra = dict(timing, **predicted,
-                     tuner_s=timing["wall_s"] + timing["fit_s"],
-                     memory_probe_s=study.user_attrs.get(R.STUDY_MEMORY_MODEL, {}).get("seconds", 0.0),
                      train_s=sum(t.user_attrs[R.TRAIN_TIME_S] for t in trained),
                      eval_s=sum(t.user_attrs.get(R.EVAL_TIME_S) or 0.0 for t in trained),
-                     pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
-                     memory_errors=memory_errors(trials))
-        answers.append(Answer(method=AUTOBATCH, budget=fraction, repeat=repeat, compute_samples=used,
-                              trials=len(trained), pick=pick, picked_by=picked_by, extra=extra))
-    progress(f"autobatch repeat {repeat}: {answers[-1].trials} trials, {timing['tune_calls']} tune "
-             f"calls, {timing['wall_s']:.0f}s")
+                     pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in trials))
+        answers.append(Answer(method=AUTOBATCH, budget=fraction, repeat=ctx.repeat, cpu_s=meter.cpu,
+                              wall_s=meter.wall, trials=len(trained), pick=pick, picked_by=picked_by,
+                              extra=extra))
+    ctx.progress(f"autobatch repeat {ctx.repeat}: {answers[-1].trials} trials, {timing['tune_calls']} tune "
+                 f"calls, {meter.cpu:.0f} CPU s")
     return answers
-
-
-def memory_errors(trials) -> list[float]:
-    """(predicted - measured) / measured peak bytes of every trained trial."""
-    out = []
-    for t in trials:
-        predicted, measured = (t.user_attrs.get(R.PREDICTED_PEAK_BYTES),
-                               t.user_attrs.get(R.MEASURED_PEAK_BYTES))
-        if predicted is not None and measured:
-            out.append((predicted - measured) / measured)
-    return out

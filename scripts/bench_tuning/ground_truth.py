@@ -1,11 +1,13 @@
-"""The ground truth: every grid configuration trained with the grid's seeds; answers re-trained the same way."""
+"""The ground truth: the grid of distinct configurations, and every answer re-trained with fresh seeds.
+
+Everything here trains on the pool and is scored on the test split (``data.scoring``)."""
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -14,20 +16,27 @@ from autobatch.records import TrialConfig
 from autobatch.train import EVAL_BATCH_FACTOR, evaluate, train_trial
 from autobatch.workloads import Workload, build_model
 
-from .tasks import CPU, THREADS, Config, Task
+from .protocol import canonical_key, cpu_seconds, distinct
+from .tasks import CPU, Config, Task
+
+
+def has_batchnorm(task: Task, workload: Workload) -> bool:
+    model = build_model(task.model, num_classes=workload.num_classes, input_shape=workload.input_shape)
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def train_run(task: Task, workload: Workload, config: Config, *, seed: int, train_samples: int,
-              checkpoints: tuple[int, ...]) -> tuple[R.TrialResult, float]:
-    """One training run with autobatch's trainer; returns the result and the final validation
-    accuracy (for a run the trainer stopped as diverged: the model where it stopped)."""
+              checkpoints: Sequence[int], on_eval=None) -> tuple[R.TrialResult, float]:
+    """One training run with autobatch's trainer and the task's recipe; returns the result and the
+    final validation accuracy (a run the trainer stopped as diverged: the model where it stopped;
+    a run ``on_eval`` stopped: its last evaluation)."""
     torch.manual_seed(seed)
     model = build_model(task.model, num_classes=workload.num_classes, input_shape=workload.input_shape)
     trial_config = TrialConfig(batch_size=config.batch_size, accumulation_steps=config.accumulation_steps,
                                learning_rate=task.learning_rate(config))
-    result = train_trial(model, workload, trial_config, train_samples=train_samples,
-                         checkpoints=checkpoints, device=CPU, seed=seed)
-    if result.stop_reason == R.STOP_COMPLETED:
+    result = train_trial(model, workload, trial_config, train_samples=train_samples, checkpoints=checkpoints,
+                         device=CPU, recipe=task.recipe, seed=seed, on_eval=on_eval, num_workers=0)
+    if result.stop_reason in (R.STOP_COMPLETED, R.STOP_PRUNED) and result.curve:
         return result, result.final_metric
     accuracy, _ = evaluate(model, workload.val, config.batch_size * EVAL_BATCH_FACTOR, CPU)
     return result, accuracy
@@ -35,13 +44,14 @@ def train_run(task: Task, workload: Workload, config: Config, *, seed: int, trai
 
 @dataclass
 class Measured:
-    """A configuration under the ground-truth protocol, one entry per grid seed."""
+    """A configuration trained with several seeds: accuracies, epoch times, stop reasons."""
 
     config: Config
-    accuracies: list[float]
-    epoch_times: list[float]   # train-split size / throughput (evaluation excluded)
-    stops: list[str]
-    on_grid: bool = True
+    seeds: tuple[int, ...]
+    accuracies: list[float] = field(default_factory=list)
+    epoch_times: list[float] = field(default_factory=list)   # pool size / throughput (evaluation excluded)
+    cpu_s: list[float] = field(default_factory=list)         # per run, everything included
+    stops: list[str] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -53,66 +63,71 @@ class Measured:
 
 
 class GroundTruth:
-    """The grid, and every other configuration re-trained the same way (cached)."""
+    """The grid (distinct configurations x grid seeds) and re-trainings (fresh seeds), cached by
+    the run's canonical key, length and seeds."""
 
-    def __init__(self, task: Task, workload: Workload, train_samples: int) -> None:
+    def __init__(self, task: Task, workload: Workload, train_samples: int, tuner_train_size: int) -> None:
         self.task, self.workload, self.train_samples = task, workload, train_samples
+        self.batchnorm = has_batchnorm(task, workload)
+        configs = [Config(b, a, m) for b in task.space.batch_sizes for a in task.space.accumulation_steps
+                   for m in task.multipliers]
+        self.all_configs = len(configs)
+        self.configs: list[Config] = distinct(configs, has_batchnorm=self.batchnorm, max_effective=tuner_train_size)
         self.grid: dict[tuple, Measured] = {}
-        self.extra: dict[tuple, Measured] = {}
+        self.runs: dict[tuple, Measured] = {}
         self.seconds = 0.0
+        self.cpu_one_seed = 0.0     # the grid's compute: one seed of every distinct configuration
         self.retrain_seconds = 0.0
 
-    def train(self, config: Config, on_grid: bool) -> Measured:
-        measured = Measured(config, [], [], [], on_grid)
-        for seed in self.task.grid_seeds:
-            result, accuracy = train_run(self.task, self.workload, config, seed=seed,
-                                         train_samples=self.train_samples,
-                                         checkpoints=(self.train_samples,))
+    def key(self, config: Config) -> tuple:
+        return canonical_key(config.batch_size, config.accumulation_steps, config.multiplier,
+                             has_batchnorm=self.batchnorm)
+
+    def train(self, config: Config, seeds: Sequence[int], samples: Optional[int] = None) -> Measured:
+        samples = samples or self.train_samples
+        cache = (self.key(config), samples, tuple(seeds))
+        if cache in self.runs:
+            return self.runs[cache]
+        measured = Measured(config, tuple(seeds))
+        for seed in seeds:
+            started = cpu_seconds()
+            result, accuracy = train_run(self.task, self.workload, config, seed=seed, train_samples=samples,
+                                         checkpoints=(samples,))
+            measured.cpu_s.append(cpu_seconds() - started)
             measured.accuracies.append(accuracy)
             measured.epoch_times.append(len(self.workload.train) / result.throughput
                                         if result.throughput > 0 else math.nan)
             measured.stops.append(result.stop_reason)
+        self.runs[cache] = measured
         return measured
 
     def run_grid(self, progress: Callable[[str], None]) -> None:
         started = time.perf_counter()
-        configs = self.task.configs()
-        for i, config in enumerate(configs, 1):
-            self.grid[config.key] = self.train(config, on_grid=True)
-            if i % 15 == 0 or i == len(configs):
-                progress(f"grid {i}/{len(configs)} ({time.perf_counter() - started:.0f}s)")
+        for i, config in enumerate(self.configs, 1):
+            measured = self.train(config, self.task.seeds.grid)
+            self.grid[self.key(config)] = measured
+            self.cpu_one_seed += measured.cpu_s[0]
+            if i % 10 == 0 or i == len(self.configs):
+                progress(f"grid {i}/{len(self.configs)} ({time.perf_counter() - started:.0f}s)")
         self.seconds = time.perf_counter() - started
-
-    def measure(self, config: Config) -> Measured:
-        if config.key in self.grid:
-            return self.grid[config.key]
-        if config.key not in self.extra:
-            started = time.perf_counter()
-            self.extra[config.key] = self.train(config, on_grid=False)
-            self.retrain_seconds += time.perf_counter() - started
-        return self.extra[config.key]
 
     @property
     def best(self) -> Measured:
         return max(self.grid.values(), key=lambda m: m.accuracy)
 
+    def fresh(self, config: Config, samples: Optional[int] = None, long: bool = False) -> Measured:
+        """``config`` re-trained with the fresh seeds (``long``: the long-run seeds)."""
+        started = time.perf_counter()
+        seeds = self.task.seeds.long if long else self.task.seeds.fresh
+        measured = self.train(config, seeds, samples)
+        self.retrain_seconds += time.perf_counter() - started
+        return measured
+
+    @property
+    def reference(self) -> Measured:
+        """The grid's best re-trained with the fresh seeds: the regret's reference (no winner's curse)."""
+        return self.fresh(self.best.config)
+
     def regret(self, config: Config) -> float:
-        """Accuracy points below the grid's best."""
-        return 100 * (self.best.accuracy - self.measure(config).accuracy)
-
-    def to_json(self) -> list[dict]:
-        return [dict(asdict(m), accuracy=m.accuracy, epoch_time=m.epoch_time)
-                for m in [*self.grid.values(), *self.extra.values()]]
-
-    def load_grid(self, rows: list[dict]) -> None:
-        for row in rows:
-            measured = Measured(Config(**row["config"]), row["accuracies"], row["epoch_times"],
-                                row["stops"], row["on_grid"])
-            if measured.on_grid:
-                self.grid[measured.config.key] = measured
-
-
-def grid_fingerprint(task: Task) -> dict:
-    return {"model": task.model, "dataset": task.dataset, "space": repr(task.space),
-            "multipliers": task.multipliers, "epochs": task.epochs, "seeds": task.grid_seeds,
-            "torch": torch.__version__, "threads": THREADS}
+        """Accuracy points below the re-trained grid best (both with the fresh seeds)."""
+        return 100 * (self.reference.accuracy - self.fresh(config).accuracy)
