@@ -101,7 +101,7 @@ def test_progress_on_a_terminal_draws_rich_bars(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:]
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", log.read_text(errors="replace"))
     assert re.search(r"trial 0 \(b=\d+ x\d+\).*\d+/\d+ acc 0\.\d{4}, \d+s left", screen), screen[-3000:]
-    assert re.search(r"trials .* 1/2 best 0\.\d+ \(#\d\)", screen), screen[-3000:]
+    assert re.search(r"trials .* 1/2\s+best 0\.\d+ \(#\d\)", screen), screen[-3000:]
     assert "trial 1: b=" in screen and ("recommended for tty" in screen or "best trial of tty" in screen)
 
 
