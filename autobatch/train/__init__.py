@@ -7,6 +7,9 @@ from ._build import (LossFn, LRFactor, Metric, autocast, check_device, clip_grad
                      make_scheduler, warmup_steps)
 from ._check import check_recipe
 from ._device import resolve_device
+from ._noise_scale import (NoiseScale, StepsFit, fit_steps, goodput, gradient_estimates, noise_scale,
+                           noise_scale_series, samples_needed, simple_noise_scale, statistical_efficiency,
+                           steps_needed)
 from ._evaluate import Predict, evaluate, predict_batch
 from ._probe_steps import eval_runner, step_runner
 from ._step import FP32, Batch, ComputeLoss, Precision, train_step
@@ -15,9 +18,11 @@ from ._trial import (DIVERGENCE_FACTOR, EVAL_BATCH_FACTOR, OnEval, eval_points, 
                      train_trial)
 
 __all__ = ["Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP32", "LRFactor", "LossFn",
-           "Metric", "MicroBatches", "OnEval", "Precision", "Predict", "autocast", "check_device", "check_recipe",
+           "Metric", "MicroBatches", "NoiseScale", "StepsFit", "OnEval", "Precision", "Predict", "autocast", "check_device", "check_recipe",
            "clip_gradients", "copy_to", "default_num_workers", "eval_batches", "eval_points", "eval_runner",
-           "evaluate", "index_stream", "load_function", "make_compute_loss", "make_grad_scaler", "make_loss",
-           "make_metric", "make_optimizer", "make_precision", "make_scheduler", "measure_throughput", "predict_batch",
-           "resident_bytes", "resolve_device", "sample_batch", "step_runner", "sync", "train_step", "train_trial",
+           "evaluate", "fit_steps", "goodput", "gradient_estimates", "index_stream", "load_function", "make_compute_loss", "make_grad_scaler", "make_loss",
+           "make_metric", "make_optimizer", "make_precision", "make_scheduler", "measure_throughput", "noise_scale",
+           "noise_scale_series", "predict_batch",
+           "resident_bytes", "resolve_device", "sample_batch", "samples_needed", "simple_noise_scale",
+           "statistical_efficiency", "step_runner", "steps_needed", "sync", "train_step", "train_trial",
            "warmup_steps"]
