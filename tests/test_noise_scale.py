@@ -121,3 +121,84 @@ def test_goodput_peaks_where_throughput_stops_paying():
     assert statistical_efficiency(100, b_noise=100) == pytest.approx(0.5)
     assert statistical_efficiency(32, b_noise=100, base_batch=32) == pytest.approx(1.0)
     assert np.all(np.diff(statistical_efficiency(batches, b_noise=100)) < 0)
+
+
+# --- measured in training: the step's hook and the trial's series -----------------------------
+
+def _digits_model(seed=0):
+    import torch
+
+    from autobatch.workloads import build_model
+
+    torch.manual_seed(seed)
+    return build_model("small_cnn", num_classes=10, input_shape=(1, 8, 8))
+
+
+def test_step_records_the_two_norms_exactly():
+    """The hook's norms are those of the first micro-batch's gradient and of the whole batch's,
+    as computed directly from the same weights and samples."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    from autobatch.train import train_step
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    model = _digits_model()
+    reference = copy.deepcopy(model)
+    loss = lambda m, batch: nn.functional.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
+    chunks = iter([(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)])
+    norms = []
+    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda: next(chunks), accumulation_steps=4,
+               compute_loss=loss, grad_norms=norms)
+    assert len(norms) == 1 and norms[0].shape == (2,)
+
+    def grad_sq(batch):
+        reference.zero_grad()
+        loss(reference, batch).backward()
+        return sum(float((p.grad ** 2).sum()) for p in reference.parameters())
+
+    small, big = norms[0].tolist()
+    assert small == pytest.approx(grad_sq((x[:8], y[:8])), rel=1e-4)
+    assert big == pytest.approx(grad_sq((x, y)), rel=1e-4)
+    assert small > big  # a smaller batch's gradient is noisier
+
+
+def test_step_without_accumulation_records_nothing():
+    import torch
+    from torch import nn
+
+    from autobatch.train import train_step
+
+    model = _digits_model()
+    batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    norms = []
+    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda: batch, accumulation_steps=1,
+               compute_loss=lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), grad_norms=norms)
+    assert norms == []
+
+
+def test_trial_records_noise_scale_over_training():
+    import torch
+
+    from autobatch import records as R
+    from autobatch.records import TrialConfig
+    from autobatch.train import eval_points, train_trial
+    from autobatch.workloads import load_workload
+
+    digits = load_workload("digits", seed=0)
+    points = eval_points(2400, 3)
+    result = train_trial(_digits_model(), digits, TrialConfig(batch_size=8, accumulation_steps=4, learning_rate=0.1),
+                         train_samples=2400, checkpoints=points, device=torch.device("cpu"))
+    noise = result.noise_scale
+    assert (noise["b_small"], noise["b_big"]) == (8, 32) and noise["steps"] == 75
+    assert [row[0] for row in noise["series"]] == list(points)
+    values = [row[1] for row in noise["series"]]
+    assert all(v is not None and 0 < v < 10_000 for v in values)
+    assert all(lo is not None and (hi is None or lo <= hi) for _, _, lo, hi in noise["series"])
+    assert R.result_attrs(result, train_size=len(digits.train))[R.NOISE_SCALE] == noise
+    plain = train_trial(_digits_model(), digits, TrialConfig(batch_size=32, learning_rate=0.1),
+                        train_samples=320, checkpoints=(320,), device=torch.device("cpu"))
+    assert plain.noise_scale is None and R.NOISE_SCALE not in R.result_attrs(plain, train_size=100)

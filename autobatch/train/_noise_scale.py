@@ -67,7 +67,8 @@ def ema(values: Sequence[float], decay: float = EMA_DECAY) -> np.ndarray:
 class NoiseScale:
     """A measured simple noise scale. ``b_simple``: ``tr(Σ)/|G|²`` in samples (the ratio of
     the averaged estimates); ``interval``: its bootstrap interval over the measurements
-    (``INTERVAL`` coverage; None from fewer than 3); ``grad_sq``/``trace``: the averaged
+    (``INTERVAL`` coverage; None from fewer than 3; its upper end ``inf`` when some resamples
+    do not resolve ``|G|²``); ``grad_sq``/``trace``: the averaged
     estimates; ``b_small``/``b_big``: the two batch sizes; ``measurements``: pairs of norms."""
 
     b_simple: float
@@ -102,7 +103,9 @@ def noise_scale(small_sq: Sequence[float], big_sq: Sequence[float], *, b_small: 
         gs, ts = grad_sq[idx].mean(axis=1), trace[idx].mean(axis=1)
         ratios = np.where(gs > 0, ts / np.where(gs > 0, gs, 1.0), np.inf)
         tail = (1 - INTERVAL) / 2
-        interval = (float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail)))
+        # order statistics, not interpolation: the upper end may be inf (|G|² not resolved)
+        interval = (float(np.quantile(ratios, tail, method="lower")),
+                    float(np.quantile(ratios, 1 - tail, method="higher")))
     return NoiseScale(b_simple=simple_noise_scale(g, t), interval=interval, grad_sq=g, trace=t,
                       b_small=int(b_small), b_big=int(b_big), measurements=n)
 
