@@ -202,3 +202,24 @@ def test_trial_records_noise_scale_over_training():
     plain = train_trial(_digits_model(), digits, TrialConfig(batch_size=32, learning_rate=0.1),
                         train_samples=320, checkpoints=(320,), device=torch.device("cpu"))
     assert plain.noise_scale is None and R.NOISE_SCALE not in R.result_attrs(plain, train_size=100)
+
+
+def test_probe_measures_on_a_copy():
+    """The probe leaves the model as it was, and gives a finite estimate inside its interval;
+    two seeds agree within their intervals' reach (digits: B_simple of order 100)."""
+    import torch
+
+    from autobatch.train import probe_noise_scale
+    from autobatch.workloads import load_workload
+
+    digits = load_workload("digits", seed=0)
+    model = _digits_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimates = [probe_noise_scale(model, digits, torch.device("cpu"), learning_rate=0.025, seed=s, steps=6)
+                 for s in (0, 1)]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for est in estimates:
+        lo, hi = est.interval
+        assert 10 < est.b_simple < 2000 and lo <= est.b_simple <= hi
+        assert (est.b_small, est.b_big, est.measurements) == (8, 128, 6)
+    assert max(e.b_simple for e in estimates) / min(e.b_simple for e in estimates) < 3

@@ -10,6 +10,7 @@ from ._device import resolve_device
 from ._noise_scale import (NoiseScale, StepsFit, fit_steps, goodput, gradient_estimates, noise_scale,
                            noise_scale_series, samples_needed, simple_noise_scale, statistical_efficiency,
                            steps_needed)
+from ._noise_probe import probe_noise_scale
 from ._evaluate import Predict, evaluate, predict_batch
 from ._probe_steps import eval_runner, step_runner
 from ._step import FP32, Batch, ComputeLoss, Precision, train_step
@@ -22,7 +23,7 @@ __all__ = ["Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP
            "clip_gradients", "copy_to", "default_num_workers", "eval_batches", "eval_points", "eval_runner",
            "evaluate", "fit_steps", "goodput", "gradient_estimates", "index_stream", "load_function", "make_compute_loss", "make_grad_scaler", "make_loss",
            "make_metric", "make_optimizer", "make_precision", "make_scheduler", "measure_throughput", "noise_scale",
-           "noise_scale_series", "predict_batch",
+           "noise_scale_series", "predict_batch", "probe_noise_scale",
            "resident_bytes", "resolve_device", "sample_batch", "samples_needed", "simple_noise_scale",
            "statistical_efficiency", "step_runner", "steps_needed", "sync", "train_step", "train_trial",
            "warmup_steps"]

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-EMA_DECAY = 0.9          # per optimizer step, as a smoothing of the two estimates
+EMA_DECAY = 0.95         # per optimizer step: averages about the last 20 steps
 BOOTSTRAP_RESAMPLES = 200
 INTERVAL = 0.8           # central coverage of the bootstrap interval
 
