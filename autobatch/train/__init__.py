@@ -10,7 +10,7 @@ from ._device import resolve_device
 from ._noise_scale import (NoiseScale, StepsFit, fit_steps, goodput, gradient_estimates, noise_scale,
                            noise_scale_series, samples_needed, simple_noise_scale, statistical_efficiency,
                            steps_needed)
-from ._noise_probe import probe_noise_scale
+from ._noise_probe import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, probe_noise_scale
 from ._evaluate import Predict, evaluate, predict_batch
 from ._probe_steps import eval_runner, step_runner
 from ._step import FP32, Batch, ComputeLoss, Precision, train_step
@@ -18,7 +18,7 @@ from ._throughput import measure_throughput
 from ._trial import (DIVERGENCE_FACTOR, EVAL_BATCH_FACTOR, OnEval, eval_points, resident_bytes, sync,
                      train_trial)
 
-__all__ = ["Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP32", "LRFactor", "LossFn",
+__all__ = ["PROBE_ACCUMULATION", "PROBE_MICRO_BATCH", "Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP32", "LRFactor", "LossFn",
            "Metric", "MicroBatches", "NoiseScale", "StepsFit", "OnEval", "Precision", "Predict", "autocast", "check_device", "check_recipe",
            "clip_gradients", "copy_to", "default_num_workers", "eval_batches", "eval_points", "eval_runner",
            "evaluate", "fit_steps", "goodput", "gradient_estimates", "index_stream", "load_function", "make_compute_loss", "make_grad_scaler", "make_loss",
