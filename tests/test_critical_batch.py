@@ -69,3 +69,42 @@ def test_a_given_range_is_kept(sqlite_url):
     assert spec.space.accumulation_steps == (1, 2, 4, 8)
     assert study.user_attrs[R.STUDY_NOISE_SCALE]["centred"] is False
     assert not any("centred" in n for n in notes)
+
+
+# --- in the answer ------------------------------------------------------------------------------
+
+def test_critical_batch_comes_from_trials_when_enough_accumulated():
+    from autobatch.recommender._critical import critical_batch
+
+    probe = {"critical_batch": 90.0, "interval": [70.0, None], "samples": 1536}
+    trial = lambda final: {"series": [[100, 10.0, 5.0, 20.0], [200, final, None, None]]}  # noqa: E731
+    assert critical_batch(probe, [trial(200.0), None]) == {
+        "value": 90.0, "interval": (70.0, None), "source": "probe of 1536 samples at the start"}
+    from_trials = critical_batch(probe, [trial(100.0), trial(200.0), trial(400.0), None, trial(None)])
+    # each trial's last resolved value (10 for the one whose end is not resolved): median 150
+    assert from_trials["value"] == 150.0 and from_trials["interval"][0] < 150 < from_trials["interval"][1]
+    assert "4 trials" in from_trials["source"]
+    assert critical_batch({"critical_batch": None}, []) is None and critical_batch(None, []) is None
+
+
+def test_recommendation_states_the_critical_batch_and_the_goodput_pick():
+    import json
+
+    from autobatch.noise_scale import statistical_efficiency
+    from autobatch.recommender import Recommendation, trials_frame
+    from tests.test_recommend import _recommend, make_study
+
+    frame = trials_frame(make_study())
+    plain = _recommend(frame)
+    rec = _recommend(frame, critical={"value": 150.0, "interval": (100.0, None), "source": "probe"})
+    assert plain.critical_batch is None and "Critical batch" not in plain.markdown()
+    assert (rec.critical_batch, rec.critical_batch_interval, rec.critical_batch_source) == (150.0, (100.0, None), "probe")
+    assert rec.batch_size == plain.batch_size  # stated beside the answer, never changing it
+    pick = rec.goodput_pick
+    assert pick["efficiency"] == pytest.approx(statistical_efficiency(pick["effective_batch_size"], b_noise=150.0))
+    assert pick["goodput"] == pytest.approx(pick["throughput"] * pick["efficiency"])
+    assert "Critical batch ≈ 150 (at least 100)" in rec.markdown() and "goodput" in rec.markdown()
+    assert Recommendation.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    # a much smaller noise scale makes smaller effective batches worth more per sample
+    small = _recommend(frame, critical={"value": 4.0, "interval": None, "source": "probe"}).goodput_pick
+    assert small["effective_batch_size"] <= pick["effective_batch_size"]

@@ -5,10 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from autobatch.train import (fit_steps, goodput, gradient_estimates, noise_scale,
-                                          noise_scale_series, samples_needed, simple_noise_scale,
-                                          statistical_efficiency, steps_needed)
-from autobatch.train._noise_scale import ema
+from autobatch.noise_scale import (ema, fit_steps, goodput, gradient_estimates, noise_scale, noise_scale_series,
+                                   samples_needed, simple_noise_scale, statistical_efficiency, steps_needed)
 
 
 def _norms(rng, *, G, sigma, b_small, b_big, draws):

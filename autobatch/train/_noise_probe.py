@@ -15,7 +15,7 @@ from ..recipe import TrainRecipe
 from ..workloads import Workload
 from ._batches import MicroBatches
 from ._build import make_compute_loss, make_optimizer, make_precision
-from ._noise_scale import NoiseScale, noise_scale
+from ..noise_scale import NoiseScale, noise_scale
 
 PROBE_MICRO_BATCH = 8     # the small batch size
 PROBE_ACCUMULATION = 16   # the large one: this many micro-batches

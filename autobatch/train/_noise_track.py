@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ._noise_scale import noise_scale, noise_scale_series
+from ..noise_scale import noise_scale, noise_scale_series
 
 
 class NoiseScaleTrack:
