@@ -49,7 +49,8 @@ def test_tune_measures_stores_and_centres_on_the_critical_batch(sqlite_url):
     critical = noise["critical_batch"]
     lo, hi = noise["interval"]
     assert 10 < critical < 2000 and lo <= critical and (hi is None or critical <= hi)
-    assert noise["centred"] and noise["samples"] == 1536 and (noise["b_small"], noise["b_big"]) == (8, 128)
+    assert noise["centred"] and (noise["b_small"], noise["b_big"]) == (8, 128)
+    assert noise["samples"] == 128 * noise["measurements"] and 3 <= noise["measurements"] <= 12  # time-capped
     assert any(n.startswith(f"critical batch ≈ {critical:.0f}") and "little speed-up per sample" in n for n in notes)
     assert any("centred on the critical batch" in n for n in notes)
     centred = centre_on_critical_batch(SearchSpace(), critical, train_size=spec.train_size)
@@ -108,3 +109,31 @@ def test_recommendation_states_the_critical_batch_and_the_goodput_pick():
     # a much smaller noise scale makes smaller effective batches worth more per sample
     small = _recommend(frame, critical={"value": 4.0, "interval": None, "source": "probe"}).goodput_pick
     assert small["effective_batch_size"] <= pick["effective_batch_size"]
+
+
+# --- in the report ------------------------------------------------------------------------------
+
+def _trial(effective, samples_at_90, noise=None):
+    attrs = {R.EFFECTIVE_BATCH_SIZE: effective, R.MILESTONES: {"0.90": [samples_at_90, 1.0]}}
+    if noise:
+        attrs[R.NOISE_SCALE] = noise
+    return optuna.trial.create_trial(value=0.95, params={}, distributions={}, user_attrs=attrs)
+
+
+def test_report_plots_fit_steps_and_draw_the_series():
+    from autobatch.noise_plots import plot_noise_over_training, plot_steps_to_target
+    from autobatch.noise_scale import steps_needed
+
+    batches = [16, 32, 64, 128, 256]
+    trials = [_trial(b, int(b * steps_needed(b, s_min=30, b_noise=100))) for b in batches]
+    trials.append(_trial(64, 10**6))  # a slower trial at the same batch: the fewest steps count
+    noise = {"b_small": 16, "b_big": 64, "steps": 20, "series": [[100, 40.0, 30.0, 55.0], [200, 80.0, 60.0, None],
+                                                                 [300, None, None, None]]}
+    trials.append(_trial(64, 10**6, noise))
+    _, data = plot_steps_to_target(trials, critical_batch=90.0)
+    assert data["target"] == 0.90 and data["best"][64] == math.ceil(steps_needed(64, s_min=30, b_noise=100))
+    assert data["fit"]["b_noise"] == pytest.approx(100, rel=0.05)
+    _, series = plot_noise_over_training(trials, {"critical_batch": 70.0})
+    assert series["probe"] == 70.0 and [r[0] for r in series["series"][trials[-1].number]] == [100, 200]
+    _, nothing = plot_steps_to_target(trials[:2], critical_batch=None)
+    assert nothing["target"] is None and nothing["fit"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Optional
 
 import torch
@@ -19,6 +20,7 @@ from ..noise_scale import NoiseScale, noise_scale
 
 PROBE_MICRO_BATCH = 8     # the small batch size
 PROBE_ACCUMULATION = 16   # the large one: this many micro-batches
+MIN_PROBE_STEPS = 3
 PROBE_STEPS = 12          # optimizer steps: 12 x 128 = 1536 training samples (about 1 s for the
                           # small models on a CPU; the 80 % interval within ±20 % on digits)
 
@@ -26,7 +28,7 @@ PROBE_STEPS = 12          # optimizer steps: 12 x 128 = 1536 training samples (a
 def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device, *, learning_rate: float,
                       recipe: TrainRecipe = TrainRecipe(), step: Optional[str] = None,
                       micro_batch: int = PROBE_MICRO_BATCH, accumulation_steps: int = PROBE_ACCUMULATION,
-                      steps: int = PROBE_STEPS, seed: int = 0) -> NoiseScale:
+                      steps: int = PROBE_STEPS, seed: int = 0, max_seconds: Optional[float] = None) -> NoiseScale:
     """``B_simple`` from ``steps`` optimizer steps of the recipe at ``learning_rate`` on a copy of
     ``model`` (the caller's weights are untouched), each of ``accumulation_steps`` micro-batches of
     ``micro_batch`` training samples. Per step, the small batch's ``|G_small|²`` is the mean squared
@@ -35,7 +37,8 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     two-batch estimates are those of McCandlish et al. (2018, Appendix A.1), the interval a
     bootstrap over the steps (``noise_scale``). The copy then steps on the mean gradient, so the
     estimate follows a few hundred samples of training. Memory: one micro-batch and one copy of
-    the gradients. Under fp16 the gradient scaler is left out (its changing scale would mix
+    the gradients. ``max_seconds``: stop after this long once ``MIN_PROBE_STEPS`` steps are done
+    (a large model on a CPU). Under fp16 the gradient scaler is left out (its changing scale would mix
     norms of different units).
 
     Raises ``AutobatchError`` when no step gave finite gradient norms (the recipe diverged at
@@ -47,9 +50,12 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     autocast = make_precision(recipe, device).autocast
     compute_loss = make_compute_loss(recipe, step=step)
     small, big = [], []
+    started = time.perf_counter()
     with MicroBatches(workload.train, micro_batch, device, seed=seed, num_workers=0,
                       name=f"dataset {workload.name}") as batches:
-        for _ in range(steps):
+        for done in range(steps):
+            if max_seconds is not None and done >= MIN_PROBE_STEPS and time.perf_counter() - started > max_seconds:
+                break
             total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
             micro_sq = torch.zeros((), device=device)
             for _ in range(accumulation_steps):

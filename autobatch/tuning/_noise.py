@@ -19,6 +19,8 @@ from ..train import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, probe_noise_scale
 from ..workloads import Workload, build_model
 from ._events import Note, TuneRun
 
+PROBE_FRACTION, MIN_PROBE_S = 0.02, 5.0  # the noise probe's time: 2 % of the budget, at least 5 s
+
 
 def critical_batch_sentence(value: float, interval: Optional[tuple[Optional[float], Optional[float]]]) -> str:
     """"critical batch ≈ 180 (80 % interval 120–260): beyond it, larger batches buy little
@@ -45,7 +47,8 @@ def measure_critical_batch(settings: TuneSettings, workload: Workload, device: t
             model = build_model(settings.model, num_classes=workload.num_classes,
                                 input_shape=workload.input_shape, vocab_size=workload.vocab_size)
         estimate = probe_noise_scale(model, workload, device, recipe=settings.recipe, step=settings.step,
-                                     learning_rate=settings.space.learning_rate(1.0, b_big), seed=settings.seed)
+                                     learning_rate=settings.space.learning_rate(1.0, b_big), seed=settings.seed,
+                                     max_seconds=max(MIN_PROBE_S, PROBE_FRACTION * (settings.budget_s or 0)))
     except Exception as exc:  # noqa: BLE001 - the probe is advice: its failure is a note, never the run's end
         if not (is_out_of_memory(exc) or isinstance(exc, AutobatchError)):
             raise
