@@ -18,16 +18,21 @@ from . import records as R
 from .noise_scale import fit_steps, steps_needed
 
 MIN_BATCHES = 3  # distinct effective batches that reached a target, for the steps plot
+MAX_SERIES = 12  # noise-scale lines drawn: the trials with the most measured steps
 
 
 def plot_noise_over_training(trials: Sequence[Any], probe: Optional[dict]) -> tuple[Figure, dict]:
     """``B_simple`` against training samples seen: one line per trial with a stored
-    ``noise_scale`` series (positive values; the interval as a band), the probe's estimate as a
-    horizontal line. ``trials``: ``optuna`` frozen trials."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    ``noise_scale`` series (positive values; the interval as a band; the ``MAX_SERIES`` trials
+    that measured most steps), the probe's estimate as a horizontal line. ``trials``: ``optuna``
+    frozen trials."""
+    fig = Figure(figsize=(7.5, 4), layout="constrained")
     ax = fig.add_subplot()
     drawn: dict[int, list] = {}
-    for t in trials:
+    # the trials that measured most (most steps), at most MAX_SERIES lines: a study has dozens
+    measured = sorted((t for t in trials if (t.user_attrs.get(R.NOISE_SCALE) or {}).get("series")),
+                      key=lambda t: -t.user_attrs[R.NOISE_SCALE].get("steps", 0))[:MAX_SERIES]
+    for t in sorted(measured, key=lambda t: t.number):
         noise = t.user_attrs.get(R.NOISE_SCALE)
         rows = [r for r in (noise or {}).get("series", ()) if r[1] is not None and r[1] > 0]
         if not rows:
@@ -37,7 +42,7 @@ def plot_noise_over_training(trials: Sequence[Any], probe: Optional[dict]) -> tu
                         label=f"#{t.number}: {noise['b_small']} / {noise['b_big']}")
         low = [r[2] if r[2] is not None and r[2] > 0 else r[1] for r in rows]
         high = [r[3] if r[3] is not None else r[1] for r in rows]
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.08)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.05)
         drawn[t.number] = rows
     probe_value = (probe or {}).get("critical_batch")
     if probe_value:
@@ -47,7 +52,8 @@ def plot_noise_over_training(trials: Sequence[Any], probe: Optional[dict]) -> tu
     ax.set(yscale="log", xlabel="training samples seen", ylabel="B_simple = tr(Σ)/|G|²  (samples)",
            title="Gradient noise scale over training")
     if drawn or probe_value:
-        ax.legend(fontsize=6, ncol=2, title="trial: micro / effective batch", title_fontsize=6)
+        ax.legend(fontsize=6, title="trial: micro / effective batch", title_fontsize=6, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))
     return fig, {"series": drawn, "probe": probe_value}
 
 

@@ -10,10 +10,13 @@ the probe ``tune`` runs first) over several seeds, and beside the by-product est
 runs that accumulated (``B_simple`` at their end).
 
     OMP_NUM_THREADS=1 python scripts/bench_noise.py --quick --out /work/scratch/noise_out
+    OMP_NUM_THREADS=1 python scripts/bench_noise.py --regret 8 --out /work/scratch/noise_out
 
 Writes ``noise.md`` (the table), ``noise.json`` (every run) and two plots per task:
 ``steps_<task>.png`` (steps to target against effective batch, the fit and B_crit marked) and
-``noise_<task>.png`` (the noise scale over training of the runs that accumulated).
+``noise_<task>.png`` (the noise scale over training of the runs that accumulated); with
+``--regret N``, ``regret.md``/``regret.json``: ``tune`` with and without the search centred on
+the critical batch, at equal compute.
 """
 
 from __future__ import annotations
@@ -210,15 +213,66 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def regret(task: Task, seeds: int, n_trials: int, out: pathlib.Path) -> list[dict]:
+    """``tune`` at equal compute (``n_trials`` trials of one epoch each, not a wall-clock budget,
+    which a shared machine makes unequal) with the search centred on the critical batch (no range
+    given) and over the default range (the same bounds, given): best validation accuracy found,
+    and its regret against the best any run on this task found."""
+    import optuna
+
+    from autobatch.search import TuneSettings
+    from autobatch.tuning import tune
+
+    rows = []
+    for seed in range(seeds):
+        for arm, given in (("centred", frozenset()), ("default range", frozenset({"space.batch_size_max"}))):
+            url = f"sqlite:///{out / 'regret.db'}"
+            name = f"{task.name}-{arm.replace(' ', '-')}-{seed}-{int(time.time())}"
+            started = time.process_time()
+            outcome = tune(TuneSettings(model=task.model, dataset=task.dataset, device="cpu", n_trials=n_trials,
+                                        epochs=1.0, seed=seed, storage=url, study_name=name, given=given))
+            study = optuna.load_study(study_name=name, storage=url)
+            values = [t.value for t in study.trials if t.value is not None]
+            spec = study.user_attrs["autobatch_spec"]["space"]
+            rows.append({"task": task.name, "arm": arm, "seed": seed, "best": max(values) if values else None,
+                         "completed": outcome.counts.get("complete"), "cpu_s": time.process_time() - started,
+                         "space": [spec["batch_size_min"], spec["batch_size_max"], spec["accumulation_steps"]],
+                         "recommended_effective": outcome.answer.get("effective_batch_size"),
+                         "critical_batch": outcome.answer.get("critical_batch")})
+            print(rows[-1], flush=True)
+    top = max(r["best"] for r in rows if r["best"] is not None)
+    for r in rows:
+        r["regret"] = None if r["best"] is None else top - r["best"]
+    return rows
+
+
+def regret_table(rows: list[dict]) -> str:
+    lines = ["| task | arm | seed | space (micro min, max, accumulation) | completed trials | best accuracy | regret "
+             "| recommended effective batch | stated critical batch |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        crit = f"{r['critical_batch']:.0f}" if r["critical_batch"] else "–"
+        lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {r['space']} | {r['completed']} | {r['best']:.4f} "
+                     f"| {r['regret']:.4f} | {r['recommended_effective']} | {crit} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed per grid point, 3 probe seeds")
     parser.add_argument("--tasks", default="digits,mnist1d")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "noise_out")
+    parser.add_argument("--regret", type=int, metavar="N_TRIALS",
+                        help="instead of the grid: tune with and without centring, N_TRIALS one-epoch trials, 2 seeds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     seeds, probe_seeds = (1, 3) if args.quick else (2, 5)
+    if args.regret:
+        rows = [r for name in args.tasks.split(",") for r in regret(TASKS[name], 2, args.regret, args.out)]
+        (args.out / "regret.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "regret.md").write_text(regret_table(rows))
+        print(regret_table(rows))
+        return
     results = []
     for name in args.tasks.split(","):
         result = run_task(TASKS[name], seeds, probe_seeds)

@@ -24,6 +24,12 @@ def test_centred_space(critical, train_size, largest, expected):
     assert space.batch_size_max * max(space.accumulation_steps) <= 2 ** math.ceil(math.log2(4 * critical))
 
 
+def test_centred_space_starts_at_an_eighth_of_the_interval_low_end():
+    space = centre_on_critical_batch(SearchSpace(), 980, train_size=4000, lower_bound=308)
+    assert (space.batch_size_min, space.batch_size_max, space.accumulation_steps) == (32, 1024, (1, 2))
+    assert centre_on_critical_batch(SearchSpace(), 980, train_size=4000, lower_bound=None).batch_size_min == 64
+
+
 def test_range_given_means_flags_or_bounds_other_than_the_defaults():
     assert not range_given(SearchSpace())
     assert range_given(SearchSpace(), frozenset({"space.batch_size_max"}))
@@ -53,7 +59,7 @@ def test_tune_measures_stores_and_centres_on_the_critical_batch(sqlite_url):
     assert noise["samples"] == 128 * noise["measurements"] and 3 <= noise["measurements"] <= 12  # time-capped
     assert any(n.startswith(f"critical batch ≈ {critical:.0f}") and "little speed-up per sample" in n for n in notes)
     assert any("centred on the critical batch" in n for n in notes)
-    centred = centre_on_critical_batch(SearchSpace(), critical, train_size=spec.train_size)
+    centred = centre_on_critical_batch(SearchSpace(), critical, train_size=spec.train_size, lower_bound=lo)
     assert spec.space.batch_size_min == centred.batch_size_min
     assert spec.space.accumulation_steps[:2] == (1, 2)
     queued = [t for t in study.trials if t.user_attrs.get(R.BASELINE) == CRITICAL_BASELINE]

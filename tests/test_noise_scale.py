@@ -221,3 +221,23 @@ def test_probe_measures_on_a_copy():
         assert 10 < est.b_simple < 2000 and lo <= est.b_simple <= hi
         assert (est.b_small, est.b_big, est.measurements) == (8, 128, 6)
     assert max(e.b_simple for e in estimates) / min(e.b_simple for e in estimates) < 3
+
+
+def test_probe_with_a_parameter_the_loss_never_reaches():
+    import torch
+    from torch import nn
+
+    from autobatch.train import probe_noise_scale
+    from autobatch.workloads import load_workload
+
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.unused = _digits_model(), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.body(x)
+
+    digits = load_workload("digits", seed=0)
+    est = probe_noise_scale(WithUnused(), digits, torch.device("cpu"), learning_rate=0.025, steps=3)
+    assert est.measurements == 3 and math.isfinite(est.grad_sq) and est.trace > 0

@@ -131,19 +131,25 @@ def range_given(space: SearchSpace, given: frozenset[str] = frozenset()) -> bool
 
 
 def centre_on_critical_batch(space: SearchSpace, critical_batch: float, *, train_size: int,
-                             largest_micro: Optional[int] = None) -> SearchSpace:
+                             largest_micro: Optional[int] = None, lower_bound: Optional[float] = None) -> SearchSpace:
     """``space`` with its effective batches centred on ``critical_batch`` (the gradient noise
     scale, McCandlish et al. 2018): effective batches from ``B_crit/8`` to ``4 B_crit`` in powers of
     two (at least ``SMALLEST_CENTRED_MICRO``, at most the training set). The top is reached by
     accumulating: micro-batches up to half of it (and up to ``largest_micro``, the largest that
     fits in memory, once known), accumulation steps from 1 to what reaches it, at least ``(1, 2)``
     (a trial that accumulates measures the noise scale as it trains). Raises ``AutobatchError``
-    for a critical batch that is not positive and finite."""
+    for a critical batch that is not positive and finite.
+
+    ``lower_bound``: the low end of the estimate's interval; the range then starts at an eighth of
+    it. The probe at the start of training can overestimate the critical batch many times over
+    (``scripts/bench_noise.py``: about 20x on mnist1d, where ``|G|²`` is barely resolved at
+    initialisation), so the bottom of the range follows what the estimate cannot rule out."""
     if not (math.isfinite(critical_batch) and critical_batch > 0):
         raise AutobatchError(f"critical batch must be positive and finite, got {critical_batch}")
     data_max = 2 ** int(math.log2(max(1, train_size)))
     high = min(2 ** math.ceil(math.log2(max(1.0, CRITICAL_HIGH * critical_batch))), data_max)
-    low = min(max(SMALLEST_CENTRED_MICRO, 2 ** math.floor(math.log2(max(1.0, CRITICAL_LOW * critical_batch)))), high)
+    bottom = min(critical_batch, lower_bound) if lower_bound and lower_bound > 0 else critical_batch
+    low = min(max(SMALLEST_CENTRED_MICRO, 2 ** math.floor(math.log2(max(1.0, CRITICAL_LOW * bottom)))), high)
     top = max(low, high // 2)
     if largest_micro is not None:
         top = max(low, min(top, 2 ** int(math.log2(max(1, largest_micro)))))

@@ -63,14 +63,16 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
                 with autocast():
                     loss = compute_loss(model, batches.next())
                 loss.backward()
-                grads = [p.grad.float() for p in params]
+                # a parameter this batch did not reach has no gradient: zero, as the optimizer sees it
+                grads = [torch.zeros_like(p, dtype=torch.float32) if p.grad is None else p.grad.float()
+                         for p in params]
                 micro_sq = micro_sq + nn.utils.get_total_norm(grads, 2.0) ** 2
                 torch._foreach_add_(total, grads)
             torch._foreach_div_(total, float(accumulation_steps))
             small.append(micro_sq / accumulation_steps)
             big.append(nn.utils.get_total_norm(total, 2.0) ** 2)
             for p, g in zip(params, total):
-                p.grad.copy_(g)
+                p.grad = g.to(p.dtype)
             optimizer.step()
     pairs = [(s, b) for s, b in torch.stack([torch.stack(small), torch.stack(big)], 1).cpu().tolist()
              if math.isfinite(s) and math.isfinite(b)]

@@ -50,9 +50,9 @@ def measure_critical_batch(settings: TuneSettings, workload: Workload, device: t
                                      learning_rate=settings.space.learning_rate(1.0, b_big), seed=settings.seed,
                                      max_seconds=max(MIN_PROBE_S, PROBE_FRACTION * (settings.budget_s or 0)))
     except Exception as exc:  # noqa: BLE001 - the probe is advice: its failure is a note, never the run's end
-        if not (is_out_of_memory(exc) or isinstance(exc, AutobatchError)):
-            raise
-        run.emit(Note(text=f"gradient noise scale not measured: {str(exc).splitlines()[0][:160]}"))
+        known = is_out_of_memory(exc) or isinstance(exc, AutobatchError)
+        why = (str(exc).splitlines() or [""])[0][:160]
+        run.emit(Note(text=f"gradient noise scale not measured: {why if known else f'{type(exc).__name__}: {why}'}"))
         return None
     record = estimate.to_dict()
     resolved = math.isfinite(estimate.b_simple) and estimate.b_simple > 0
@@ -75,7 +75,7 @@ def centred_settings(settings: TuneSettings, noise: Optional[dict], train_size: 
     if noise is None or noise.get("critical_batch") is None or range_given(settings.space, settings.given):
         return None
     space = centre_on_critical_batch(settings.space, noise["critical_batch"], train_size=train_size,
-                                     largest_micro=largest_micro)
+                                     largest_micro=largest_micro, lower_bound=(noise.get("interval") or [None])[0])
     return dataclasses.replace(settings, space=space)
 
 

@@ -126,6 +126,9 @@ def prepare_study(settings: TuneSettings, storage: optuna.storages.BaseStorage, 
             return created
         study = find_study(storage, study_name)  # another tune created it meanwhile: resume it
     spec = stored_spec(study)
+    # what was not given is the study's own, as on any resume (a start that lost the race to create
+    # the study has not adopted it yet; e.g. the space the creator centred on the critical batch)
+    settings = settings.resumed_from(spec)
     wanted = StudySpec(model=settings.model, dataset=settings.dataset, space=settings.space,
                        recipe=settings.recipe, step=settings.step, step_eval=settings.step_eval)
     difference = spec.identity_difference(wanted)
