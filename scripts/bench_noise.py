@@ -161,7 +161,7 @@ def plots(result: dict, out: pathlib.Path) -> None:
     from matplotlib.figure import Figure
 
     name = result["task"]["name"]
-    fig = Figure(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.add_subplot()
     best = {int(b): v for b, v in result["best"].items()}
     for r in result["runs"]:
@@ -182,7 +182,7 @@ def plots(result: dict, out: pathlib.Path) -> None:
     ax.legend(fontsize=7)
     FigureCanvasAgg(fig).print_png(out / f"steps_{name}.png")
 
-    fig = Figure(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.add_subplot()
     for r in result["runs"]:
         if r["noise"] and best.get(r["batch"], {}).get("lr") == r["lr"]:

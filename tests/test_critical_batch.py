@@ -75,6 +75,7 @@ def test_a_given_range_is_kept(sqlite_url):
     assert (spec.space.batch_size_min, spec.space.batch_size_max) == (16, 64)
     assert spec.space.accumulation_steps == (1, 2, 4, 8)
     assert study.user_attrs[R.STUDY_NOISE_SCALE]["centred"] is False
+    assert not [t for t in study.trials if t.user_attrs.get(R.BASELINE) == CRITICAL_BASELINE]  # the usual baselines
     assert not any("centred" in n for n in notes)
 
 

@@ -87,9 +87,11 @@ def centred_note(space_min: int, space_max: int, accumulation: tuple[int, ...]) 
 
 def store_critical_batch(study: optuna.Study, spec: StudySpec, sizes: list[int], noise: Optional[dict], *,
                          centred: bool, baselines: bool) -> None:
-    """Store the probe's record with the study and, with baselines, queue the critical batch."""
+    """Store the probe's record with the study and, with baselines and a search centred on the
+    critical batch (no range given: a given range is the user's, its first trials the usual
+    baselines), queue the critical batch."""
     if noise is None:
         return
     study.set_user_attr(R.STUDY_NOISE_SCALE, {**noise, "centred": centred})
-    if baselines and noise.get("critical_batch"):
+    if baselines and centred and noise.get("critical_batch"):
         enqueue_critical_batch(study, spec, sizes, noise["critical_batch"])
