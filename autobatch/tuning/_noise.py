@@ -15,7 +15,7 @@ from .. import records as R
 from ..errors import AutobatchError
 from ..memory import is_out_of_memory
 from ..search import StudySpec, TuneSettings, centre_on_critical_batch, enqueue_critical_batch, range_given
-from ..train import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, probe_noise_scale
+from ..train import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, check_recipe, probe_noise_scale
 from ..workloads import Workload, build_model
 from ._events import Note, TuneRun
 
@@ -37,15 +37,17 @@ def measure_critical_batch(settings: TuneSettings, workload: Workload, device: t
     """The noise-scale probe on a fresh model of the study's recipe at the scaling rule's lr, as
     the study stores it (``records.STUDY_NOISE_SCALE``), with ``critical_batch`` (None when
     ``|G|²`` was not resolved: then the critical batch is beyond what the probe can see). Says it
-    in a ``Note``. None, with a note, when the probe could not run (the memory probe that follows
-    then reports the user's code or memory in its own words)."""
+    in a ``Note``. Raises what ``build_model`` and ``check_recipe`` raise (the user's model,
+    recipe or code: one error line); None, with a note, when the probe itself could not run."""
     started = time.perf_counter()
     b_big = PROBE_MICRO_BATCH * PROBE_ACCUMULATION
+    with torch.random.fork_rng(devices=[]):  # the study's seed, the caller's generator untouched
+        torch.manual_seed(settings.seed)
+        model = build_model(settings.model, num_classes=workload.num_classes,
+                            input_shape=workload.input_shape, vocab_size=workload.vocab_size)
+    # the user's model, recipe and code fail here, as one error line, before anything is probed
+    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval)
     try:
-        with torch.random.fork_rng(devices=[]):  # the study's seed, the caller's generator untouched
-            torch.manual_seed(settings.seed)
-            model = build_model(settings.model, num_classes=workload.num_classes,
-                                input_shape=workload.input_shape, vocab_size=workload.vocab_size)
         estimate = probe_noise_scale(model, workload, device, recipe=settings.recipe, step=settings.step,
                                      learning_rate=settings.space.learning_rate(1.0, b_big), seed=settings.seed,
                                      max_seconds=max(MIN_PROBE_S, PROBE_FRACTION * (settings.budget_s or 0)))
