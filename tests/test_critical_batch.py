@@ -64,9 +64,9 @@ def test_tune_measures_stores_and_centres_on_the_critical_batch(sqlite_url):
     assert spec.space.accumulation_steps[:2] == (1, 2)
     queued = [t for t in study.trials if t.user_attrs.get(R.BASELINE) == CRITICAL_BASELINE]
     assert len(queued) == 1
-    params = queued[0].system_attrs["fixed_params"]  # a waiting trial's enqueued parameters
-    effective = 2 ** (params[R.PARAM_BATCH_LOG2] + params[R.PARAM_ACCUM_LOG2])
-    assert params[R.PARAM_ACCUM_LOG2] >= 1  # it accumulates, so it measures the noise scale as it trains
+    batch, accumulation = R.batch_and_accumulation(queued[0].system_attrs["fixed_params"])  # as enqueued
+    effective = batch * accumulation
+    assert accumulation >= 2  # it accumulates, so it measures the noise scale as it trains
     assert abs(math.log2(effective) - math.log2(critical)) <= 1
 
 
