@@ -81,6 +81,8 @@ STOP_DETAIL = "stop_detail"                   # human sentence for the reason
 BASELINE = "baseline"                         # label of an enqueued reference configuration
 USER_ERROR = "user_error"                     # the line the user's code raised, when it did
 DEVICE = "device"
+NOISE_SCALE = "noise_scale"                   # {"b_small", "b_big", "steps", "series": [[samples_seen,
+                                              # b_simple, low, high], ...]}: trials that accumulate
 
 # Readable copies for optuna-dashboard's attribute table (the numbers above stay the record);
 # capitalised labels, so they sort first there, ahead of the snake_case keys programs read:
@@ -111,6 +113,8 @@ STUDY_MAX_TRIALS = "max_trials"         # int | None: study-wide trial count
 STUDY_MEMORY_MODEL = "memory_model"     # dict: fixed_bytes, per_sample_bytes, cap_bytes, ...
 STUDY_RECOMMENDATION = "recommendation" # dict: the latest Recommendation, as JSON
 STUDY_THROUGHPUT = "probe_throughput"   # [[micro-batch, training samples/s], ...]: the probe's
+STUDY_NOISE_SCALE = "noise_scale"       # dict: the noise-scale probe (b_simple, interval, b_small,
+                                        # b_big, measurements, samples, seconds, critical_batch)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +167,7 @@ class TrialResult:
     metric: str = "accuracy"       # the name of what ``EvalPoint.metric`` measures
     direction: str = "maximize"    # "maximize" | "minimize": which way the metric is better
     peaks: PeakReadings = PeakReadings()
+    noise_scale: Optional[dict] = None  # NOISE_SCALE's value: the gradient noise scale over training
 
     @property
     def throughput(self) -> float:
@@ -240,6 +245,7 @@ def result_attrs(result: TrialResult, *, train_size: int) -> dict[str, Any]:
         MILESTONES: milestones,
         STOP_REASON: result.stop_reason,
         STOP_DETAIL: result.stop_detail,
+        **({NOISE_SCALE: result.noise_scale} if result.noise_scale else {}),
     }
 
 

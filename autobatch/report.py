@@ -7,6 +7,8 @@ global figure registry, nothing left open in the caller's process. The plotted m
 study's (``val_metric``: accuracy unless the recipe names another; ``MetricAxis``); the data
 keys keep the name "accuracy".
 
+The critical-batch plots live in ``noise_plots``.
+
 Over 400 lines: four plots and the summary of one stored study, each following the study's
 metric; they share the trials table, the metric axis and the helpers, and read best together.
 """
@@ -28,10 +30,12 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullFormatter, PercentFormatter, ScalarFormatter
+from optuna.trial import TrialState
 
 from . import records as R
 from .errors import AutobatchError
 from .memory import MemoryModel
+from .noise_plots import plot_noise_over_training, plot_steps_to_target
 from .recommender import Recommendation, recommend_study, trials_frame
 from .search import StudySpec
 from .storage import StudyLike, describe, open_study
@@ -91,6 +95,11 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
                "memory.png": plot_memory(df, memory_model)[0],
                "accuracy_heatmap.png": plot_accuracy_map(df, spec)[0],
                "curves.png": plot_curves(df, eval_points, metric)[0]}
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    probe = study.user_attrs.get(R.STUDY_NOISE_SCALE)
+    figures["noise_scale.png"] = plot_noise_over_training(finished, probe)[0]
+    critical = rec.critical_batch if rec is not None else (probe or {}).get("critical_batch")
+    figures["steps_to_target.png"] = plot_steps_to_target(finished, critical)[0]
     paths = []
     for name, fig in figures.items():
         paths.append(out_dir / name)
@@ -385,6 +394,8 @@ def summary_markdown(study_name: str, where: str, df: pd.DataFrame, state_counts
               "![peak memory vs micro-batch size](memory.png)", "",
               "![accuracy over batch size and learning rate](accuracy_heatmap.png)", "",
               "![validation curves](curves.png)", "",
+              "![gradient noise scale over training](noise_scale.png)", "",
+              "![steps to target against effective batch](steps_to_target.png)", "",
               "All trials, one row each: [trials.csv](trials.csv).", ""]
     return "\n".join(lines)
 

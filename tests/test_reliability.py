@@ -230,7 +230,8 @@ def test_two_tunes_started_at_once_on_a_fresh_file_share_one_study(tmp_path):
     trials = optuna.load_study(study_name="both", storage=url).trials
     assert len([t for t in trials if t.state in RESULTS]) == 6 and len(trials) == 6
     baselines = [t.user_attrs.get(R.BASELINE) for t in trials if R.BASELINE in t.user_attrs]
-    assert sorted(baselines) == ["folk-default-32", "largest-fit-linear-lr"]  # queued once, not twice
+    assert len(baselines) == len(set(baselines))  # queued once, not twice
+    assert {"folk-default-32", "largest-fit-linear-lr"} <= set(baselines)
     configs = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(configs)) == len(configs)  # each process seeds its sampler apart
     assert sum("resuming study 'both'" in err for _, err in outs) == 1  # one created it, one joined

@@ -18,7 +18,8 @@ from autobatch.search import StudySpec
 from tests.conftest import capped_study, run_cli
 
 STUDY = "report-demo"
-FILES = ("tradeoff.png", "memory.png", "accuracy_heatmap.png", "curves.png", "trials.csv", "summary.md")
+FILES = ("tradeoff.png", "memory.png", "accuracy_heatmap.png", "curves.png", "noise_scale.png", "steps_to_target.png",
+         "trials.csv", "summary.md")
 
 
 @pytest.fixture(scope="module")

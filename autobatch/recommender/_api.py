@@ -17,6 +17,7 @@ from ..storage import describe as describe_storage
 from ..units import parse_bytes, parse_duration
 from ._choice import (apply_constraints, candidates, describe, metric_interval, pareto_front, picks, rationale,
                       speed_tolerance, supported, time_to_target)
+from ._critical import critical_batch, goodput_pick
 from ._fit import accuracy_rows, fit_tradeoff, metric_sign
 from ._recommendation import Recommendation
 
@@ -63,10 +64,13 @@ def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = 
     df = read_trials(study, spec.space.multiplier_for)
     more = resume_command(study.study_name, storage or describe_storage(study), "--n-trials",
                           str(len(df) + 2 * MIN_TRIALS))
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    noise = critical_batch(study.user_attrs.get(R.STUDY_NOISE_SCALE),
+                           [t.user_attrs.get(R.NOISE_SCALE) for t in study.get_trials(deepcopy=False, states=states)])
     return recommend_from_frame(
         df, spec, study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
         max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
-        priority=priority, more_trials=more)
+        priority=priority, more_trials=more, critical=noise)
 
 
 def publish(study: optuna.Study, rec: Recommendation) -> None:
@@ -86,10 +90,13 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          study_name: str, max_memory: Union[int, str, None] = None,
                          max_epoch_time: Union[float, str, None] = None,
                          min_accuracy: Optional[float] = None,
-                         priority: str = "balanced", more_trials: str = "") -> Recommendation:
+                         priority: str = "balanced", more_trials: str = "",
+                         critical: Optional[dict] = None) -> Recommendation:
     """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
     study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics.
-    ``more_trials``: the command that runs more trials, for the error when there are too few."""
+    ``more_trials``: the command that runs more trials, for the error when there are too few.
+    ``critical``: the study's critical batch (``recommender._critical.critical_batch``), stated
+    with the answer beside the candidate of highest predicted goodput."""
     _check_priority(priority)
     if min_accuracy is not None and not spec.recipe.metric_is_fraction:
         raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
@@ -139,7 +146,16 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
         diagnostics=fit.diagnostics(), recipe=spec.recipe,
         train_samples=spec.train_samples or None, train_size=spec.train_size or None,
-        device=_device_type(df, fit.trials))
+        device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec))
+
+
+def _critical_fields(critical: Optional[dict], feasible: pd.DataFrame, spec: StudySpec) -> dict:
+    """The Recommendation's critical-batch fields (none without a critical batch)."""
+    if not critical:
+        return {}
+    return {"critical_batch": critical["value"], "critical_batch_interval": critical["interval"],
+            "critical_batch_source": critical["source"],
+            "goodput_pick": goodput_pick(feasible, critical["value"], spec.train_size)}
 
 
 def _device_type(df: pd.DataFrame, numbers: tuple[int, ...]) -> Optional[str]:

@@ -74,6 +74,12 @@ class Recommendation:
     train_samples: Optional[int] = None
     train_size: Optional[int] = None
     device: Optional[str] = None
+    # the gradient noise scale B_simple (McCandlish et al. 2018) in samples, its interval and where
+    # it comes from (``recommender._critical``); the Pollux-style goodput pick (Qiao et al. 2021)
+    critical_batch: Optional[float] = None
+    critical_batch_interval: Optional[tuple[float, Optional[float]]] = None  # top None: unbounded
+    critical_batch_source: Optional[str] = None
+    goodput_pick: Optional[dict] = None
 
     def __post_init__(self) -> None:
         if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
@@ -238,7 +244,7 @@ class Recommendation:
         if unknown:
             raise AutobatchError(f"unknown recommendation fields: {', '.join(sorted(unknown))}")
         for name in ("metric_interval", "accuracy_interval", "epoch_time_interval", "peak_bytes_interval",
-                     "trials"):
+                     "trials", "critical_batch_interval"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         data["pareto_front"] = tuple(dict(p) for p in data.get("pareto_front", ()))
@@ -268,12 +274,30 @@ class Recommendation:
         lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
         best = f"; best observed trial #{self.best_trial}" if self.best_trial is not None else ""
         lines += ["", self.rationale, "", f"Fitted to {len(self.trials)} trials{best}."]
+        lines += self._critical_lines()
         r = self.recipe
         length = (f", tuned over {self.optimizer_steps} optimizer steps ({self.train_samples} samples)"
                   if self.train_samples else "")
         lines += ["", f"Recipe: {r.optimizer}, {r.schedule} schedule ({r.warmup_fraction:g} warm-up), "
                       f"{r.precision}, {r.loss}{length}."]
         return "\n".join(lines) + "\n"
+
+    def _critical_lines(self) -> list[str]:
+        """The critical batch and the goodput pick, for ``markdown``."""
+        if self.critical_batch is None:
+            return []
+        span = ""
+        if self.critical_batch_interval is not None:
+            lo, hi = self.critical_batch_interval
+            span = f" (interval {lo:.0f}–{hi:.0f})" if hi is not None and math.isfinite(hi) else f" (at least {lo:.0f})"
+        lines = ["", f"Critical batch ≈ {self.critical_batch:.0f}{span}: beyond it, larger batches buy little "
+                     f"speed-up per sample (gradient noise scale, McCandlish et al. 2018; {self.critical_batch_source})."]
+        if self.goodput_pick:
+            g = self.goodput_pick
+            lines.append(f"Highest predicted goodput (throughput x statistical efficiency, Pollux): batch "
+                         f"{g['batch_size']} x {g['accumulation_steps']} accumulation (effective "
+                         f"{g['effective_batch_size']}, efficiency {g['efficiency']:.2f}).")
+        return lines
 
 
 def _plain(value: Any) -> Any:

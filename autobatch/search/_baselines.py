@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 
 from .. import records as R
@@ -25,3 +27,26 @@ def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int]) ->
         study.enqueue_trial(params_for(spec.space, batch_size=batch,
                                        accumulation_steps=min(spec.space.accumulation_steps),
                                        multiplier=multiplier), user_attrs={R.BASELINE: label})
+
+
+CRITICAL_BASELINE = "critical-batch"
+
+
+def enqueue_critical_batch(study: optuna.Study, spec: StudySpec, sizes: list[int], critical_batch: float) -> None:
+    """Queue the configuration at the critical batch (the gradient noise scale): the effective
+    batch of the space nearest ``critical_batch`` (in log scale) at the rule's lr, from the largest
+    micro-batch that fits (``sizes``, ascending) and the fewest accumulation steps, at least 2
+    when the space has them (so that the trial measures the noise scale as it trains). Nothing
+    when no configuration of the space comes within a factor of 2."""
+    options = [(b * a, b, a) for b in sizes for a in spec.space.accumulation_steps]
+    if not options:
+        return
+    target = math.log2(critical_batch)
+    effective = min({e for e, _, _ in options}, key=lambda e: abs(math.log2(e) - target))
+    if abs(math.log2(effective) - target) > 1:
+        return
+    matching = [(b, a) for e, b, a in options if e == effective]
+    accumulating = [(b, a) for b, a in matching if a >= 2]
+    batch, accumulation = max(accumulating or matching)
+    study.enqueue_trial(params_for(spec.space, batch_size=batch, accumulation_steps=accumulation, multiplier=1.0),
+                        user_attrs={R.BASELINE: CRITICAL_BASELINE})

@@ -115,3 +115,43 @@ def fit_space_to_data(space: SearchSpace, train_size: int) -> tuple[SearchSpace,
     return limited, (f"the training set has {train_size} samples: micro-batches up to {limited.batch_size_max}, "
                      f"accumulation steps {', '.join(map(str, accumulation))}; effective batches above "
                      f"{train_size} are refused")
+
+
+DEFAULT_SPACE = SearchSpace()
+CRITICAL_LOW, CRITICAL_HIGH = 1 / 8, 4.0  # the effective batches searched around the critical batch
+SMALLEST_CENTRED_MICRO = 2                # below it BatchNorm cannot train
+
+
+def range_given(space: SearchSpace, given: frozenset[str] = frozenset()) -> bool:
+    """Whether the user chose the batch range: a ``space.`` bound or accumulation named by a flag
+    or study file, or bounds other than the defaults."""
+    keys = {"space.batch_size_min", "space.batch_size_max", "space.accumulation_steps"}
+    return bool(keys & given) or (space.batch_size_min, space.batch_size_max, space.accumulation_steps) != (
+        DEFAULT_SPACE.batch_size_min, DEFAULT_SPACE.batch_size_max, DEFAULT_SPACE.accumulation_steps)
+
+
+def centre_on_critical_batch(space: SearchSpace, critical_batch: float, *, train_size: int,
+                             largest_micro: Optional[int] = None, lower_bound: Optional[float] = None) -> SearchSpace:
+    """``space`` with its effective batches centred on ``critical_batch`` (the gradient noise
+    scale, McCandlish et al. 2018): effective batches from ``B_crit/8`` to ``4 B_crit`` in powers of
+    two (at least ``SMALLEST_CENTRED_MICRO``, at most the training set). The top is reached by
+    accumulating: micro-batches up to half of it (and up to ``largest_micro``, the largest that
+    fits in memory, once known), accumulation steps from 1 to what reaches it, at least ``(1, 2)``
+    (a trial that accumulates measures the noise scale as it trains). Raises ``AutobatchError``
+    for a critical batch that is not positive and finite.
+
+    ``lower_bound``: the low end of the estimate's interval; the range then starts at an eighth of
+    it. The probe at the start of training can overestimate the critical batch many times over
+    (``scripts/bench_noise.py``: about 20x on mnist1d, where ``|G|²`` is barely resolved at
+    initialisation), so the bottom of the range follows what the estimate cannot rule out."""
+    if not (math.isfinite(critical_batch) and critical_batch > 0):
+        raise AutobatchError(f"critical batch must be positive and finite, got {critical_batch}")
+    data_max = 2 ** int(math.log2(max(1, train_size)))
+    high = min(2 ** math.ceil(math.log2(max(1.0, CRITICAL_HIGH * critical_batch))), data_max)
+    bottom = min(critical_batch, lower_bound) if lower_bound and lower_bound > 0 else critical_batch
+    low = min(max(SMALLEST_CENTRED_MICRO, 2 ** math.floor(math.log2(max(1.0, CRITICAL_LOW * bottom)))), high)
+    top = max(low, high // 2)
+    if largest_micro is not None:
+        top = max(low, min(top, 2 ** int(math.log2(max(1, largest_micro)))))
+    accumulation = tuple(2 ** i for i in range(max(1, int(math.log2(max(1, high // top)))) + 1))
+    return dataclasses.replace(space, batch_size_min=low, batch_size_max=top, accumulation_steps=accumulation)

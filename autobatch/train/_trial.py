@@ -29,6 +29,7 @@ from ..workloads import Workload
 from ._batches import MicroBatches
 from ._build import make_compute_loss, make_optimizer, make_precision, make_scheduler
 from ._evaluate import evaluate
+from ._noise_track import NoiseScaleTrack
 from ._step import train_step
 
 DIVERGENCE_FACTOR = 4.0  # smoothed loss this many times its start: diverged
@@ -114,6 +115,7 @@ def train_trial(
     eval_batch = eval_batch_size or b * EVAL_BATCH_FACTOR
     meter, phase = TrialMeter(device), "train"
     live = lambda: live_tensor_bytes(state_tensors(model, optimizer))  # noqa: E731
+    noise = NoiseScaleTrack(b_small=b, b_big=b * k) if k > 1 else None  # read at checkpoints only
 
     curve: list[EvalPoint] = []
     samples, train_time, eval_time = 0, 0.0, 0.0
@@ -127,7 +129,8 @@ def train_trial(
         for step_index in range(total_steps):
             with meter.phase("train", live) if step_index < MEASURED_STEPS else nullcontext():
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
-                                       compute_loss=compute_loss, precision=precision)
+                                       compute_loss=compute_loss, precision=precision,
+                                       grad_norms=noise.pending if noise else None)
             scheduler.step()
             samples += b * k
             steps_done += 1
@@ -161,6 +164,8 @@ def train_trial(
                     stop, detail = STOP_OVER_CAP, f"evaluation at batch {eval_batch} {over}"
                     break
                 phase = "train"
+                if noise is not None:
+                    noise.checkpoint(samples)
                 prune = False
                 # One step may pass several checkpoints (an effective batch larger than their
                 # spacing): each is reported, so every trial has every checkpoint.
@@ -199,6 +204,7 @@ def train_trial(
         config=config, curve=tuple(curve), samples_seen=samples, train_time_s=train_time,
         eval_time_s=eval_time, wall_time_s=end - started, measured_peak_bytes=meter.peak_bytes(),
         stop_reason=stop, stop_detail=detail, metric=recipe.metric, direction=recipe.direction, peaks=peaks,
+        noise_scale=noise.to_dict() if noise is not None and noise.series else None,
     )
 
 

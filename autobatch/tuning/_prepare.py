@@ -22,6 +22,7 @@ from ..train import check_recipe, eval_points, eval_runner, measure_throughput, 
 from ..units import format_bytes
 from ..workloads import Workload, build_model
 from ._events import Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyResumed, TuneRun
+from ._noise import centred_note, centred_settings, measure_critical_batch, store_critical_batch
 from ._worker import counts
 
 SPEC_WAIT_S = 30.0  # how long a start that lost the race to create a study waits for its spec
@@ -125,6 +126,9 @@ def prepare_study(settings: TuneSettings, storage: optuna.storages.BaseStorage, 
             return created
         study = find_study(storage, study_name)  # another tune created it meanwhile: resume it
     spec = stored_spec(study)
+    # what was not given is the study's own, as on any resume (a start that lost the race to create
+    # the study has not adopted it yet; e.g. the space the creator centred on the critical batch)
+    settings = settings.resumed_from(spec)
     wanted = StudySpec(model=settings.model, dataset=settings.dataset, space=settings.space,
                        recipe=settings.recipe, step=settings.step, step_eval=settings.step_eval)
     difference = spec.identity_difference(wanted)
@@ -143,7 +147,15 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
     """Probe, plan and create the study; None when another process created it first."""
     if note:
         run.emit(Note(text=note))
+    noise = measure_critical_batch(settings, workload, device, run)
+    given, centred = settings, centred_settings(settings, noise, len(workload.train))
+    settings = centred or settings
     result, sizes, measured = probe_workload(settings, workload, device, run)
+    if centred is not None:  # the top of the range reached by accumulating what fits in memory
+        settings = centred_settings(given, noise, len(workload.train), largest_micro=sizes[-1])
+        sizes = [b for b in sizes if b <= settings.space.batch_size_max]
+        space = settings.space
+        run.emit(centred_note(space.batch_size_min, space.batch_size_max, space.accumulation_steps))
     budget_end = deadline_of(settings, started)
     times = TrialTimes.from_throughput(measured)
     train_size, val_size = len(workload.train), len(workload.val)
@@ -180,6 +192,7 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
     study.set_user_attr(R.STUDY_THROUGHPUT, [list(m) for m in measured])
     if settings.baselines:
         enqueue_baselines(study, spec, sizes)
+    store_critical_batch(study, spec, sizes, noise, centred=centred is not None, baselines=settings.baselines)
     study.set_user_attr(R.STUDY_SPEC, spec.to_dict())  # last: a study with a spec is complete
     return study, spec
 

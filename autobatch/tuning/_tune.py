@@ -21,6 +21,7 @@ from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
+from ._noise import critical_batch_sentence
 from ._objective import StudyFailedError, user_failure
 from ._prepare import deadline_of, prepare_study, stored_spec
 from ._worker import counts, run_worker
@@ -124,6 +125,10 @@ def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, st
             why = f"({c['pruned']} pruned, {c['fail']} failed)"
         raise AutobatchError(f"no trial of study {name!r} completed {why}; "
                              f"to resume it with more: {fix}")
+    if answer.get("critical_batch"):
+        interval = answer.get("critical_batch_interval")
+        run.emit(Note(text=f"{critical_batch_sentence(answer['critical_batch'], interval)} "
+                           f"({answer.get('critical_batch_source')})"))
     run.emit(RecommendationMade(answer=answer))
     return TuneOutcome(name, mask_url(url), c, time.time() - started, answer)
 
