@@ -23,7 +23,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ``--tune URL --code PATH`` measures another checkout's autobatch: it goes first on the path.
-_CODE = sys.argv[sys.argv.index("--code") + 1] if sys.argv[1:2] == ["--tune"] else str(ROOT)
+_CODE = sys.argv[sys.argv.index("--code") + 1] if sys.argv[1:2] in (["--tune"], ["--trainer"]) else str(ROOT)
 for _path in (_CODE, ROOT / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
@@ -57,8 +57,33 @@ def trainer_rows(quick: bool) -> list[dict]:
     return rows
 
 
-def render_trainer(rows: list[dict]) -> list[str]:
-    rounds = len(rows[0]["raw"][PLAIN]) if rows else 0
+def trainer_rows_of(code: pathlib.Path, quick: bool) -> list[dict]:
+    """``trainer_rows`` with the checkout ``code``'s trainer, in a fresh interpreter. A trainer
+    without ``measure_memory`` (before this work) always measures memory: both of its columns
+    are that trainer."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)}
+    done = subprocess.run([sys.executable, __file__, "--trainer", "quick" if quick else "full", "--code", str(code)],
+                          env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _trainer_main(quick: bool) -> None:
+    import inspect
+
+    import _bench_common
+
+    train_trial = _bench_common.train_trial
+    if "measure_memory" not in inspect.signature(train_trial).parameters:  # an older trainer
+        _bench_common.train_trial = lambda *args, measure_memory=True, **kwargs: train_trial(*args, **kwargs)
+    print(json.dumps(trainer_rows(quick)))
+
+
+def render_trainer(groups: dict[str, list[dict]]) -> list[str]:
+    rounds = len(groups["after"][0]["raw"][PLAIN])
     lines = [
         "### Trainer against a plain PyTorch loop", "",
         f"Training samples per CPU-second of the training thread (`time.thread_time`, one torch thread), "
@@ -67,27 +92,29 @@ def render_trainer(rows: list[dict]) -> list[str]:
         "loader, steps, the trainer's divergence checks). Plain loop: the loop written out in "
         "`scripts/_bench_common.py` (`make_optimizer`, `make_scheduler`, shuffled index batches from "
         "the same in-memory tensors, forward, `cross_entropy`, backward, step, zero_grad, schedule step). "
-        "*autobatch*: `train_trial` with no evaluation checkpoints; *+ memory*: with the CPU memory "
-        "accounting of its first 2 steps that `tune` runs (the profiler; kept out of the trial's "
-        "training time, so it is tuner overhead, not trainer speed). Ratios per round against the "
-        "same round's plain loop: median [min, max]. *Noise floor*: the plain loop against itself "
-        "in the same round; a ratio within it is a tie.", "",
-        "| task | micro-batch | steps / run | plain loop samples/CPU-s | autobatch / plain | "
+        "*autobatch*: `train_trial` with no evaluation checkpoints (`measure_memory=False`); *+ memory*: "
+        "with the CPU memory accounting of its first 2 steps that `tune` runs (the profiler; kept out of "
+        "the trial's training time, so it is tuner overhead, not trainer speed). Ratios per round against "
+        "the same round's plain loop: median [min, max]. *Noise floor*: the plain loop against itself "
+        "in the same round; a ratio within its range is a tie. *before*: the main branch this work "
+        "started from, whose trainer always measured memory (both its columns are that trainer).", "",
+        "| code | task | micro-batch | steps / run | plain loop samples/CPU-s | autobatch / plain | "
         "noise floor (plain / plain) | autobatch + memory / plain | goal (≥97%) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for row in rows:
-        raw = row["raw"]
-        ours, floor, measured = (Spread.of(ratios(raw, name)) for name in (TRAINER, PLAIN_AGAIN, TRAINER_MEASURED))
-        if ours.median >= TRAINER_GOAL:
-            verdict = "met"
-        elif ours.median >= floor.low:
-            verdict = "tie with the plain loop (within the noise floor)"
-        else:
-            verdict = "not met"
-        pct = "{:.1%}"
-        lines.append(f"| {row['model']} / digits | {row['batch_size']} | {row['steps']} | "
-                     f"{statistics.median(raw[PLAIN]):,.0f} | {ours.show(pct)} | {floor.show(pct)} | "
-                     f"{measured.show(pct)} | {verdict} |")
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for label, rows in groups.items():
+        for row in rows:
+            raw = row["raw"]
+            ours, floor, measured = (Spread.of(ratios(raw, name)) for name in (TRAINER, PLAIN_AGAIN, TRAINER_MEASURED))
+            if ours.median >= TRAINER_GOAL:
+                verdict = "met"
+            elif ours.median >= floor.low:
+                verdict = "tie with the plain loop (within the noise floor)"
+            else:
+                verdict = "not met"
+            pct = "{:.1%}"
+            lines.append(f"| {label} | {row['model']} / digits | {row['batch_size']} | {row['steps']} | "
+                         f"{statistics.median(raw[PLAIN]):,.0f} | {ours.show(pct)} | {floor.show(pct)} | "
+                         f"{measured.show(pct)} | {verdict} |")
     return lines
 
 
@@ -304,7 +331,9 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
 
     load = load_average()
     tmp = pathlib.Path(tempfile.mkdtemp())
-    trainer = trainer_rows(quick)
+    trainer = {"after": trainer_rows(quick)}
+    if BEFORE.exists():
+        trainer = {"before": trainer_rows_of(BEFORE, quick), **trainer}
     tune = {"after": tune_rows(ROOT, [f"sqlite:///{tmp / 'after.db'}", POSTGRES])}
     if BEFORE.exists():
         tune = {"before": tune_rows(BEFORE, [f"sqlite:///{tmp / 'before.db'}", POSTGRES]), **tune}
@@ -324,6 +353,9 @@ BEFORE = pathlib.Path(os.environ.get("AUTOBATCH_BENCH_BEFORE", "/nonexistent")) 
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--trainer"]:  # trainer_rows of the checkout --code
+        _trainer_main(sys.argv[2] == "quick")
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--tune":  # one tune_overhead, of the checkout --code
         print(json.dumps(tune_overhead(sys.argv[2])))
         return
