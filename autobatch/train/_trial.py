@@ -155,7 +155,8 @@ def train_trial(
                 begun = time.perf_counter()
                 with meter.phase("train", live):
                     step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
-                                           compute_loss=compute_loss, precision=precision)
+                                           compute_loss=compute_loss, precision=precision,
+                                           grad_norms=noise.pending if noise else None)
                 profile_time += time.perf_counter() - begun
             else:
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
