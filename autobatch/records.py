@@ -302,6 +302,13 @@ def finish_in_rdb(rdb: optuna.storages.RDBStorage, trial_id_: int, *, state: Tri
     return True
 
 
+def memory_constraint_attrs(value: float) -> dict[str, Any]:
+    """The memory constraint's system attributes, for a trial that has none yet: Optuna 5's
+    per-key form (what ``Trial.set_constraint("memory", value)`` writes, which the samplers
+    read) and the legacy list form (which optuna-dashboard 0.21 reads)."""
+    return {MEMORY_CONSTRAINT: float(value), LEGACY_CONSTRAINTS: [float(value)]}
+
+
 def set_memory_constraint(trial: optuna.Trial, value: float) -> None:
     """Feasibility for the sampler (<= 0 fits). Written in Optuna 5's per-key form, which
     the samplers read, and in the legacy list form, which optuna-dashboard 0.21 reads."""
@@ -315,11 +322,6 @@ def set_infeasible(trial: optuna.Trial) -> None:
     trial.set_constraint("trainable", 1.0)
     current = trial.storage.get_trial_system_attrs(trial_id(trial)).get(LEGACY_CONSTRAINTS) or []
     trial.storage.set_trial_system_attr(trial_id(trial), LEGACY_CONSTRAINTS, [*current, 1.0])
-
-
-def mark_out_of_memory(trial: optuna.Trial) -> None:
-    """Record that the trial ran out of memory (a violated constraint for the sampler)."""
-    trial.storage.set_trial_system_attr(trial_id(trial), OOM_CONSTRAINT, 1.0)
 
 
 # --- reading ---------------------------------------------------------------------------------

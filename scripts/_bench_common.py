@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from autobatch.records import TrialConfig
-from autobatch.train import make_optimizer, train_trial
+from autobatch.train import make_optimizer, make_scheduler, train_trial
 from autobatch.workloads import Workload, build_model
 
 
@@ -60,18 +60,22 @@ def load_average() -> str:
 
 # --- trainer throughput against a plain PyTorch loop -------------------------------------
 
-def plain_loop_throughput(model: nn.Module, workload: Workload, *, batch_size: int,
-                          learning_rate: float, samples: int, seed: int) -> float:
-    """Samples/s of the loop everyone writes: shuffled index batches from the same in-memory
-    tensors, forward, backward, step, zero_grad; the same optimizer as autobatch's trainer.
-    No evaluation, no schedule, no checks."""
+PLAIN, PLAIN_AGAIN, TRAINER, TRAINER_MEASURED = "plain", "plain again", "autobatch", "autobatch + memory"
+
+
+def plain_loop_cpu(model: nn.Module, workload: Workload, *, batch_size: int, learning_rate: float,
+                   steps: int, seed: int) -> float:
+    """This thread's CPU seconds for the loop everyone writes, set-up included: the recipe's
+    optimizer and lr schedule (``make_optimizer``, ``make_scheduler``), shuffled index batches
+    from the same in-memory tensors, forward, ``cross_entropy``, backward, step, zero_grad,
+    schedule step. No evaluation, no checks."""
+    start = time.thread_time()
     x, y = workload.train.tensors
     optimizer = make_optimizer(model.parameters(), learning_rate)
+    scheduler = make_scheduler(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
-    steps = max(1, math.ceil(samples / batch_size))
     model.train()
     order, position = torch.randperm(len(x), generator=generator), 0
-    start = time.perf_counter()
     for _ in range(steps):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(x), generator=generator), 0
@@ -81,38 +85,51 @@ def plain_loop_throughput(model: nn.Module, workload: Workload, *, batch_size: i
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return steps * batch_size / (time.perf_counter() - start)
+        scheduler.step()
+    return time.thread_time() - start
 
 
-def trainer_throughput(model: nn.Module, workload: Workload, *, batch_size: int,
-                       learning_rate: float, samples: int, seed: int) -> float:
-    """Samples/s as autobatch's ``train_trial`` records it (evaluation excluded; here there is
-    none), for the same samples, accumulation 1."""
+def trainer_cpu(model: nn.Module, workload: Workload, *, batch_size: int, learning_rate: float,
+                steps: int, seed: int, measure_memory: bool = False) -> float:
+    """This thread's CPU seconds for autobatch's ``train_trial`` over the same steps (accumulation
+    1, no evaluation checkpoints), the whole call: set-up, loader, steps, divergence checks;
+    ``measure_memory`` as ``tune`` runs it (the profiled first steps included)."""
     config = TrialConfig(batch_size=batch_size, learning_rate=learning_rate, accumulation_steps=1)
-    result = train_trial(model, workload, config, train_samples=samples, checkpoints=(),
-                         device=torch.device("cpu"), seed=seed)
-    return result.throughput
+    start = time.thread_time()
+    train_trial(model, workload, config, train_samples=steps * batch_size, checkpoints=(),
+                device=torch.device("cpu"), seed=seed, measure_memory=measure_memory)
+    return time.thread_time() - start
 
 
-def compare_throughput(model_name: str, workload: Workload, *, batch_size: int,
-                       learning_rate: float, samples: int, repeats: int) -> dict:
-    """Interleaved runs of both loops on freshly initialised models (same init for both), after
-    one untimed warm-up of each; alternating which goes first. Returns the raw samples/s."""
+def compare_throughput(model_name: str, workload: Workload, *, batch_size: int, learning_rate: float,
+                       steps: int, rounds: int) -> dict[str, list[float]]:
+    """Training samples per CPU-second (``time.thread_time``: this thread's CPU, so waiting for
+    a core on a shared machine does not count; run with one torch thread) of the plain loop, of
+    the plain loop again (the noise floor: the same code twice), of ``train_trial`` and of
+    ``train_trial`` with the memory measurement ``tune`` runs, over ``rounds`` interleaved rounds
+    (the order rotates each round) after one untimed warm-up of each, on freshly initialised
+    models (the same initialisation for all). Returns the raw samples/CPU-s by loop."""
     def fresh() -> nn.Module:
         torch.manual_seed(0)
-        return build_model(model_name, num_classes=workload.num_classes,
-                           input_shape=workload.input_shape)
+        return build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape)
 
-    loops = {"autobatch": trainer_throughput, "plain": plain_loop_throughput}
+    loops = {PLAIN: plain_loop_cpu, PLAIN_AGAIN: plain_loop_cpu, TRAINER: trainer_cpu,
+             TRAINER_MEASURED: lambda *a, **k: trainer_cpu(*a, **k, measure_memory=True)}
     kwargs = dict(batch_size=batch_size, learning_rate=learning_rate, seed=0)
     for loop in loops.values():  # warm-up: allocator, kernels and caches of this shape
-        loop(fresh(), workload, samples=max(batch_size, samples // 4), **kwargs)
+        loop(fresh(), workload, steps=max(2, steps // 4), **kwargs)
     measured: dict[str, list[float]] = {name: [] for name in loops}
-    for rep in range(repeats):
-        order = list(loops) if rep % 2 == 0 else list(reversed(loops))
-        for name in order:
-            measured[name].append(loops[name](fresh(), workload, samples=samples, **kwargs))
+    names = list(loops)
+    for rep in range(rounds):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            seconds = loops[name](fresh(), workload, steps=steps, **kwargs)
+            measured[name].append(steps * batch_size / seconds)
     return measured
+
+
+def ratios(measured: dict[str, list[float]], name: str, reference: str = PLAIN) -> list[float]:
+    """Per-round ratios ``name / reference`` of interleaved measurements (same round, same load)."""
+    return [a / b for a, b in zip(measured[name], measured[reference])]
 
 
 def bench_main(run, doc: str) -> None:

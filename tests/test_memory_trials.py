@@ -190,3 +190,42 @@ def test_c15_the_evaluation_batch_is_chosen_under_the_cap():
     assert result.stop_reason == R.STOP_COMPLETED
     assert result.peaks.eval_bytes <= cap and result.measured_peak_bytes <= cap
     assert result.peaks.eval_bytes > result.peaks.train_bytes      # the evaluation really was the binding part
+
+
+def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, monkeypatch):
+    """The measured peak's prediction error and the memory constraint go in the one write of
+    the trial's results (no attribute written on its own, no re-read of the study's attributes
+    per trial, stale trials looked for once per heartbeat interval), and read back as Optuna's
+    ``Trial.set_constraint`` would have stored them."""
+    import collections
+
+    import optuna
+
+    from autobatch.storage import _rdb
+
+    calls: collections.Counter = collections.Counter()
+    counting = []  # from the study being ready (the worker loop) on
+    names = ("set_trial_user_attr", "get_study_user_attrs", "_get_stale_trial_ids", "write_trial_attrs")
+    for name in names:
+        original = getattr(_rdb._RetryingRDBStorage, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += bool(counting)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(_rdb._RetryingRDBStorage, name, counted)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = SearchSpace(batch_size_min=16, batch_size_max=64, lr_multiplier_min=0.5, lr_multiplier_max=2.0)
+    tune(TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.2, n_trials=5, storage=url,
+                      study_name="s", baselines=False, space=space, pruner="none"),
+         callbacks=[lambda run, event: counting.append(1) if type(event).__name__ == "StudyReady" else None])
+    trials = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)
+    trained = [t for t in trials if t.user_attrs.get(R.SAMPLES_SEEN)]
+    assert len(trained) == 5
+    for t in trained:
+        over = t.system_attrs[R.MEMORY_CONSTRAINT]  # (peak - cap) / cap, the machine's memory the cap
+        assert -1 < over < 0 and t.system_attrs[R.LEGACY_CONSTRAINTS] == [over]
+        assert R.MEMORY_PREDICTION_ERROR in t.user_attrs and t.user_attrs[R.MEASURED_PEAK_BYTES] > 0
+    assert calls["set_trial_user_attr"] == 0
+    assert calls["write_trial_attrs"] == 2 * 5  # the configuration, then the results
+    assert calls["get_study_user_attrs"] <= 4  # the worker's start and the answer's 3 reads; was 2 per trial
+    assert calls["_get_stale_trial_ids"] <= 2

@@ -1,3 +1,4 @@
+import contextlib
 import time
 
 import pytest
@@ -66,6 +67,71 @@ def test_divergence_ends_the_trial(digits):
                          train_samples=2000, checkpoints=(1000, 2000), device=CPU)
     assert result.stop_reason == STOP_DIVERGED
     assert result.samples_seen < 2000 and "loss" in result.stop_detail
+
+
+def test_loss_trend_judges_each_step_as_a_per_step_check_would():
+    from autobatch.train import DIVERGENCE_FACTOR, LossTrend
+
+    losses = [2.0, 1.9, 1.8, 3.0, 40.0, 1e3, 1e4, 1e5]
+    per_step = LossTrend()
+    for step, loss in enumerate(losses):  # one loss at a time
+        per_step = per_step.after([loss], step)
+        if per_step.diverged:
+            break
+    batched = LossTrend().after(losses[:3], 0).after(losses[3:], 3)  # two reads
+    assert batched == per_step and batched.diverged.endswith(f"at step {step}") and step == 5
+    assert batched.smooth > DIVERGENCE_FACTOR * batched.first
+    assert batched.after([float("nan")], 9) is batched  # a verdict stays
+    nan = LossTrend().after([2.0, 2.1], 0).after([1.0, float("nan"), 1.0], 2)
+    assert nan.diverged == "loss became nan at step 3" and nan.first == 2.0
+    sound = LossTrend().after([2.0, 1.0, 0.5], 0)
+    assert not sound.diverged and sound.first == 2.0 and sound.smooth == pytest.approx(0.9 * (0.9 * 2 + 0.1) + 0.05)
+
+
+def test_the_trial_loop_reads_no_value_off_the_device_per_step(digits, monkeypatch):
+    """Losses are read in batches (one transfer per ``LOSS_READ_EVERY`` steps), never by a
+    per-step ``.item()``: on a GPU that would wait for the device every step."""
+    from autobatch.train import LOSS_READ_EVERY
+
+    reads = {"item": 0, "tolist": 0}
+    for name in reads:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    steps = 3 * LOSS_READ_EVERY + 1
+    result = train_trial(_model(), digits, TrialConfig(batch_size=8, learning_rate=0.05), train_samples=8 * steps,
+                         checkpoints=(), device=CPU, measure_memory=False)
+    assert result.stop_reason == STOP_COMPLETED and result.samples_seen == 8 * steps
+    assert reads == {"item": 0, "tolist": 4}  # after steps 16, 32, 48 and the last
+
+
+def test_profiled_steps_are_kept_out_of_the_training_time(digits, monkeypatch):
+    """The CPU profiler slows the measured steps down; the training time counts them at the
+    unprofiled steps' rate, and the wall time keeps what they really took (here a profiler
+    made 0.4 s slower per measured step)."""
+    from autobatch.memory import TrialMeter
+
+    phase = TrialMeter.phase
+
+    @contextlib.contextmanager
+    def slow_phase(self, name, live_bytes):
+        with phase(self, name, live_bytes):
+            yield
+            if name == "train":
+                time.sleep(0.4)
+    monkeypatch.setattr(TrialMeter, "phase", slow_phase)
+    config = TrialConfig(batch_size=8, learning_rate=0.05)
+    measured = train_trial(_model(), digits, config, train_samples=8 * 40, checkpoints=(160, 320), device=CPU)
+    assert measured.peaks.train_bytes > 0 and measured.measured_peak_bytes > 0
+    assert measured.wall_time_s > 0.8 + measured.eval_time_s and measured.train_time_s < 0.4
+    assert 0 < measured.curve[0].train_time_s < measured.curve[1].train_time_s <= measured.train_time_s
+    bare = train_trial(_model(), digits, config, train_samples=8 * 40, checkpoints=(160, 320), device=CPU,
+                       measure_memory=False)
+    assert bare.peaks.train_bytes is None and bare.measured_peak_bytes is None
+    assert [p.metric for p in bare.curve] == [p.metric for p in measured.curve]  # the same training
 
 
 def test_pruning_callback_stops(digits):

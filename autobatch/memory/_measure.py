@@ -119,6 +119,11 @@ class TrialMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._rss = self.device.type == "cpu" and reset_peak_resident()
 
+    @property
+    def profiles(self) -> bool:
+        """Whether a phase runs under the profiler (CPU), which slows the work inside it down."""
+        return self.device.type == "cpu"
+
     @contextmanager
     def phase(self, name: str, live_bytes: Callable[[], int]) -> Iterator[None]:
         kind = self.device.type

@@ -9,7 +9,6 @@ from typing import Any, Optional
 import numpy as np
 from scipy import linalg
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
@@ -102,6 +101,8 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
                                                         optimizer=None).fit(Z, y)
             self.std_scale_ = _loo_std_scale(self.gp_, self.coverage)
         else:
+            from sklearn.ensemble import GradientBoostingRegressor  # here: sklearn.ensemble takes ~1 s to import
+
             low = (1 - self.coverage) / 2
             self.quantile_models_ = tuple(
                 GradientBoostingRegressor(loss="quantile", alpha=q, n_estimators=150,

@@ -47,12 +47,13 @@ class Claim:
 
 def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_key: str,
                 deadline_key: str, seconds_needed: float = 0.0, refresh: bool = True,
-                final_fail_key: Optional[str] = None) -> Claim:
+                final_fail_key: Optional[str] = None, keys: tuple[str, ...] = ()) -> Claim:
     """Take the next trial of the study if its limits allow, as one transaction.
 
     ``limit_key``/``deadline_key``: the study user attributes holding the trial count (int or
     None) and the deadline (unix time or None). No trial is taken when results plus RUNNING
     trials reach the count, or when fewer than ``seconds_needed`` are left before the deadline.
+    ``keys``: more study user attributes to read in the same query (``Claim.attrs``).
     Storages other than Optuna's RDB storage (in-memory: one process) take the same steps
     through Optuna's public calls. ``final_fail_key``: a FAIL trial with this user attribute is
     a final outcome (the user's code raised; never re-queued) and counts like a result.
@@ -63,7 +64,7 @@ def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_ke
         return _claim_plain(storage, study_id, limit_key, deadline_key, seconds_needed, final_fail_key)
     claim = getattr(rdb, "claim_trial", None) or (lambda *a, **k: claim_in_rdb(rdb, *a, **k))
     taken = claim(study_id, limit_key=limit_key, deadline_key=deadline_key, seconds_needed=seconds_needed,
-                  final_fail_key=final_fail_key)
+                  final_fail_key=final_fail_key, keys=keys)
     if taken.trial_id is not None and storage is not rdb and refresh:
         # Optuna's cache in front of the RDB storage learns of the trial by reading what is new
         # (it refuses writes to a trial it has not seen).
@@ -72,13 +73,14 @@ def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_ke
 
 
 def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: str, deadline_key: str,
-                 seconds_needed: float = 0.0, final_fail_key: Optional[str] = None) -> Claim:
+                 seconds_needed: float = 0.0, final_fail_key: Optional[str] = None,
+                 keys: tuple[str, ...] = ()) -> Claim:
     models = rdb_models()
     with rdb_session(rdb) as session:
         models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
         rows = (session.query(models.StudyUserAttributeModel)
                 .filter(models.StudyUserAttributeModel.study_id == study_id,
-                        models.StudyUserAttributeModel.key.in_((limit_key, deadline_key))).all())
+                        models.StudyUserAttributeModel.key.in_((limit_key, deadline_key, *keys))).all())
         attrs = {row.key: json.loads(row.value_json) for row in rows}
         counts = _counts_in(session, models, study_id, final_fail_key)
         why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
@@ -131,7 +133,8 @@ def _counts_in(session: Any, models: Any, study_id: int, final_fail_key: Optiona
 
 
 def _claim_plain(storage: optuna.storages.BaseStorage, study_id: int, limit_key: str,
-                 deadline_key: str, seconds_needed: float, final_fail_key: Optional[str]) -> Claim:
+                 deadline_key: str, seconds_needed: float, final_fail_key: Optional[str],
+                 keys: tuple[str, ...] = ()) -> Claim:
     attrs = storage.get_study_user_attrs(study_id)
     trials = storage.get_all_trials(study_id, deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}

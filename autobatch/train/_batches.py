@@ -50,14 +50,14 @@ class MicroBatches:
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
                  num_workers: Optional[int] = None, name: str = "dataset"):
-        self.batch_size, self.device, self.name = batch_size, device, name
+        self.batch_size, self.device, self.name = batch_size, torch.device(device), name
         self._loader: Optional[DataLoader] = None
         self._iterator: Optional[Iterator[Any]] = None
         self._sliced = _is_tensor_pairs(dataset)
         if self._sliced:
             self.x, self.y = (t.to(device) for t in dataset.tensors)
             self.n, self.gen = len(dataset), torch.Generator().manual_seed(seed)
-            self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+            self.order, self.pos = torch.empty(0, dtype=torch.long, device=device), 0
         else:
             workers = default_num_workers() if num_workers is None else num_workers
             self._loader = DataLoader(dataset, batch_size=batch_size, sampler=index_stream(len(dataset), seed),
@@ -74,15 +74,25 @@ class MicroBatches:
         return to_device(batch, self.device, non_blocking=True)
 
     def _tensor_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.pos, self.pos + self.batch_size
+        if end <= len(self.order):  # within this epoch: one slice, as a plain loop does
+            self.pos = end
+            idx = self.order[start:end]
+            return self.x[idx], self.y[idx]
         parts, need = [], self.batch_size
         while need:
             if self.pos == len(self.order):  # next epoch: as index_stream does
-                self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+                self.order, self.pos = self._epoch_order(), 0
             take = min(need, len(self.order) - self.pos)
             parts.append(self.order[self.pos:self.pos + take])
             self.pos, need = self.pos + take, need - take
-        idx = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(self.device)
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self.x[idx], self.y[idx]
+
+    def _epoch_order(self) -> torch.Tensor:
+        """One epoch's shuffled indices, on the data's device (one copy per epoch, not per batch)."""
+        order = torch.randperm(self.n, generator=self.gen)
+        return order if self.device.type == "cpu" else order.to(self.device)
 
     def next(self) -> Any:
         # No bound method kept on self: a reference cycle would leave the batches (and a

@@ -54,7 +54,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, next_batch: N
     for index in range(accumulation_steps):
         batch = next_batch()
         with precision.autocast():
-            loss = compute_loss(model, batch) / accumulation_steps
+            loss = compute_loss(model, batch)
+            if accumulation_steps > 1:  # at 1 no division: no extra forward and backward op
+                loss = loss / accumulation_steps
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total = loss.detach().float() if total is None else total + loss.detach().float()
         del batch, loss  # the next micro-batch must not coexist with this one

@@ -5,6 +5,10 @@ A single linear loop, nanoGPT-style: one training step (micro-batches with
 scheduler's step -> divergence check -> evaluation of the recipe's metric at fixed samples-seen
 checkpoints -> timing. Evaluation happens at the same numbers of training samples for
 every batch size and accumulation setting, so trials are compared like with like.
+
+Per step the loop does what a plain PyTorch loop does and no more: no host synchronisation (the
+losses are read every ``LOSS_READ_EVERY`` steps and at checkpoints, see ``_divergence``), and
+the memory accounting of the first ``MEASURED_STEPS`` steps is kept out of the training time.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from ..units import format_bytes
 from ..workloads import Workload
 from ._batches import MicroBatches
 from ._build import make_compute_loss, make_optimizer, make_precision, make_scheduler
+from ._divergence import LOSS_READ_EVERY, LossTrend, read_losses
 from ._evaluate import evaluate
 from ._noise_track import NoiseScaleTrack
 from ._step import train_step
 
-DIVERGENCE_FACTOR = 4.0  # smoothed loss this many times its start: diverged
 MEASURED_STEPS = 2       # optimizer steps measured: the first allocates the state, the second runs with it
 
 OnEval = Callable[[EvalPoint], bool]  # returns True to stop the trial (pruned)
@@ -78,6 +82,7 @@ def train_trial(
     num_workers: Optional[int] = None,
     eval_batch_size: Optional[int] = None,
     memory_cap: Optional[int] = None,
+    measure_memory: bool = True,
 ) -> TrialResult:
     """Train ``model`` with ``config`` for ``train_samples`` samples; evaluate at ``checkpoints``.
 
@@ -94,7 +99,14 @@ def train_trial(
     first evaluation, each plus the tensors alive before it. A measured phase over
     ``memory_cap`` stops the trial as ``over_cap``; an allocation failure on any device
     (``is_out_of_memory``, also when the user's code raised it) stops it as ``out_of_memory``;
-    either names the phase.
+    either names the phase. ``measure_memory=False`` measures nothing (no peaks, no cap
+    enforced), for re-training a configuration whose memory is known.
+
+    Time: ``train_time_s`` (and each checkpoint's) is the wall time of the training steps;
+    the steps the CPU profiler measured (slowed down by it) are counted at the rate of the
+    unprofiled steps, their real wall time stays in ``wall_time_s``. Divergence (a non-finite
+    loss, or the smoothed loss over ``DIVERGENCE_FACTOR`` times its start: ``LossTrend``) is
+    judged on losses read every ``LOSS_READ_EVERY`` steps, at checkpoints and at the end.
 
     ``step`` / ``step_eval`` are the user's training-step and evaluation functions (see
     ``make_compute_loss`` and ``evaluate``); ``num_workers`` the loader's worker processes, shut
@@ -119,45 +131,63 @@ def train_trial(
 
     curve: list[EvalPoint] = []
     samples, train_time, eval_time = 0, 0.0, 0.0
-    first_loss, smooth_loss = None, None
+    losses: list[torch.Tensor] = []  # the steps' losses on the device, not read yet
+    trend, read_upto = LossTrend(), 0
+    profiled = MEASURED_STEPS if measure_memory else 0  # steps run inside the memory meter
+    excluded = profiled if meter.profiles else 0        # ... of which the profiler slowed down
+    profile_time = 0.0
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
     steps_done = 0
 
+    def trained_seconds() -> float:
+        """Training time so far, the profiled steps counted at the unprofiled steps' rate."""
+        timed_steps = steps_done - min(steps_done, excluded)
+        if excluded == 0 or timed_steps == 0:
+            return train_time
+        timed = train_time - profile_time
+        return timed * steps_done / timed_steps
+
     try:
         for step_index in range(total_steps):
-            with meter.phase("train", live) if step_index < MEASURED_STEPS else nullcontext():
+            if step_index < profiled:
+                begun = time.perf_counter()
+                with meter.phase("train", live):
+                    step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
+                                           compute_loss=compute_loss, precision=precision,
+                                           grad_norms=noise.pending if noise else None)
+                profile_time += time.perf_counter() - begun
+            else:
                 step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
                                        compute_loss=compute_loss, precision=precision,
                                        grad_norms=noise.pending if noise else None)
             scheduler.step()
             samples += b * k
             steps_done += 1
-            if over := _over_cap(meter, "train", memory_cap):
+            if step_index < profiled and (over := _over_cap(meter, "train", memory_cap)):
                 stop, detail = STOP_OVER_CAP, f"training step at micro-batch {b} {over}"
                 break
 
-            loss_value = step_loss.item()
-            if not math.isfinite(loss_value):
-                stop, detail = STOP_DIVERGED, f"loss became {loss_value} at step {step_index}"
-                break
-            first_loss = loss_value if first_loss is None else first_loss
-            smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
-            if smooth_loss > DIVERGENCE_FACTOR * first_loss:
-                stop = STOP_DIVERGED
-                detail = f"smoothed loss {smooth_loss:.3g} > {DIVERGENCE_FACTOR:g}x its start {first_loss:.3g}"
-                break
+            losses.append(step_loss)
+            due = bool(pending) and samples >= pending[0]
+            if due or len(losses) >= LOSS_READ_EVERY or steps_done == total_steps:
+                trend = trend.after(read_losses(losses), read_upto)  # one transfer for these steps
+                read_upto += len(losses)
+                losses.clear()
+                if trend.diverged:
+                    stop, detail = STOP_DIVERGED, trend.diverged
+                    break
             if deadline is not None and time.time() > deadline:
                 stop, detail = STOP_BUDGET, f"cut off by the study budget after {samples} samples"
                 break
 
-            if pending and samples >= pending[0]:
+            if due:
                 sync(device)
                 now = time.perf_counter()
                 train_time += now - segment
                 phase = "eval"
-                with meter.phase("eval", live) if not curve else nullcontext():
+                with meter.phase("eval", live) if not curve and measure_memory else nullcontext():
                     value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe, step=step,
                                                step_eval=step_eval, num_workers=num_workers)
                 if over := _over_cap(meter, "eval", memory_cap):
@@ -171,7 +201,7 @@ def train_trial(
                 # spacing): each is reported, so every trial has every checkpoint.
                 while pending and samples >= pending[0] and not prune:
                     point = EvalPoint(samples_seen=pending.pop(0), metric=value, loss=val_loss,
-                                      train_time_s=train_time)
+                                      train_time_s=trained_seconds())
                     curve.append(point)
                     prune = on_eval is not None and on_eval(point)  # reporting counts as evaluation
                 segment = time.perf_counter()
@@ -197,6 +227,7 @@ def train_trial(
     sync(device)
     end = time.perf_counter()
     train_time += end - segment
+    train_time = trained_seconds()
     failed = phase if stop in (STOP_OUT_OF_MEMORY, STOP_OVER_CAP) else None
     peaks = PeakReadings(train_bytes=meter.peaks.get("train"), eval_bytes=meter.peaks.get("eval"),
                          eval_batch_size=eval_batch, rss_bytes=meter.rss_bytes, failed_phase=failed)

@@ -24,10 +24,12 @@ class OverMemory:
     detail: str
 
 
-def current_estimate(study: optuna.Study, fallback: Optional[MemoryEstimate]) -> Optional[MemoryEstimate]:
-    """The estimate as last refit and stored with the study (another worker may have refit it);
-    ``fallback`` when the study has none."""
-    data = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
+def current_estimate(study: optuna.Study, fallback: Optional[MemoryEstimate],
+                     attrs: Optional[dict] = None) -> Optional[MemoryEstimate]:
+    """The estimate as last refit and stored with the study (another worker may have refit it),
+    from ``attrs`` (the study's user attributes as just read, e.g. by the claim) or a fresh
+    read; ``fallback`` when the study has none."""
+    data = (study.user_attrs if attrs is None else attrs).get(R.STUDY_MEMORY_MODEL)
     return MemoryEstimate.from_dict(data) if data else fallback
 
 
@@ -46,26 +48,28 @@ def over_memory(estimate: Optional[MemoryEstimate], batch_size: int, cap: Option
     return None
 
 
-def check_measured(trial: optuna.Trial, result: TrialResult, predicted: Optional[float],
-                   cap: Optional[int]) -> bool:
-    """Compare the trial's measured peak with the cap and the prediction; store both and the
-    trial's memory constraint (set once, as Optuna allows: measured over cap, else predicted,
-    else 0). True when the trial went over the cap: it is then infeasible (violated constraint,
-    reason stored) whatever its training did."""
+def measured_memory(result: TrialResult, predicted: Optional[float],
+                    cap: Optional[int]) -> tuple[dict, dict, bool]:
+    """What to store about the trial's measured peak against the cap and the prediction:
+    ``(user_attrs, system_attrs, over_cap)``, for the one write of the trial's results. The
+    memory constraint (measured over cap, else predicted, else 0) goes in both of its forms
+    (``records.memory_constraint_attrs``). ``over_cap``: the trial went over the cap, so it is
+    infeasible (violated constraint, reason stored) whatever its training did."""
     measured = result.measured_peak_bytes
+    user: dict = {}
     if measured and predicted:
-        trial.set_user_attr(R.MEMORY_PREDICTION_ERROR, relative_error(predicted, measured))
+        user[R.MEMORY_PREDICTION_ERROR] = relative_error(predicted, measured)
     peak = measured or predicted
     over = (peak - cap) / cap if peak and cap else 0.0
-    R.set_memory_constraint(trial, over)
+    system = R.memory_constraint_attrs(over)
     if not measured or over <= 0:
-        return False
+        return user, system, False
     if result.stop_reason != R.STOP_OVER_CAP:  # e.g. a CUDA peak after the measured phases
         detail = (f"measured peak {format_bytes(measured)} > cap {format_bytes(cap)}"
                   + (f" (after: {result.stop_detail})" if result.stop_detail else ""))
-        R.write_attrs(trial, {R.STOP_REASON: R.STOP_OVER_CAP, R.STOP_DETAIL: detail,
-                              R.READABLE_STOP: f"{R.STOP_OVER_CAP}: {detail}"})
-    return True
+        user.update({R.STOP_REASON: R.STOP_OVER_CAP, R.STOP_DETAIL: detail,
+                     R.READABLE_STOP: f"{R.STOP_OVER_CAP}: {detail}"})
+    return user, system, True
 
 
 def trial_peaks(trial: optuna.trial.FrozenTrial) -> Optional[TrialPeaks]:
@@ -79,14 +83,20 @@ def trial_peaks(trial: optuna.trial.FrozenTrial) -> Optional[TrialPeaks]:
     return peaks if (peaks.train_bytes or peaks.eval_bytes or peaks.failed) else None
 
 
-def refit_study_memory(study: optuna.Study) -> Optional[MemoryEstimate]:
-    """Refit the stored estimate from every trial's measured peaks, store it, return it."""
-    data = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
+def refit_study_memory(study: optuna.Study, attrs: Optional[dict] = None,
+                       trials: Optional[list[optuna.trial.FrozenTrial]] = None) -> Optional[MemoryEstimate]:
+    """Refit the stored estimate from every trial's measured peaks, store it when it changed,
+    return it. ``attrs``/``trials``: the study's user attributes and trials as already read (the
+    claim's and the worker's snapshot plus the trial just run: a trial another worker finished
+    meanwhile joins at the next refit, which reads every trial again); None reads them."""
+    data = (study.user_attrs if attrs is None else attrs).get(R.STUDY_MEMORY_MODEL)
     if not data:
         return None
-    measured = [p for p in map(trial_peaks, study.get_trials(deepcopy=False)) if p is not None]
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    measured = [p for p in map(trial_peaks, trials) if p is not None]
     if not measured:
         return MemoryEstimate.from_dict(data)
     updated = refit(data, measured)
-    study.set_user_attr(R.STUDY_MEMORY_MODEL, updated)
+    if updated != data:
+        study.set_user_attr(R.STUDY_MEMORY_MODEL, updated)
     return MemoryEstimate.from_dict(updated)

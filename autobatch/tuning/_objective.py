@@ -20,6 +20,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import records as R
+from .._optuna_internals import cached_frozen
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
 from ..records import EvalPoint, TrialConfig
@@ -27,7 +28,7 @@ from ..search import VALUES, StudySpec, suggest
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialProgress, TrialStarted, TuneRun
-from ._memcheck import check_measured, current_estimate, over_memory, refit_study_memory
+from ._memcheck import current_estimate, measured_memory, over_memory, refit_study_memory
 from ._readable import readable_attrs
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
@@ -49,6 +50,10 @@ class TrialContext:
     num_workers: Optional[int] = None  # data loader workers (None: what fits the machine)
     trial_seconds: Optional[Callable[[TrialConfig], float]] = None  # predicted wall time of a trial
     param_encoding: str = VALUES       # how the study's trials name their parameters (search.param_encoding)
+    # The study as the worker read it when this trial started (None: read afresh): its user
+    # attributes (the claim's) and its trials (the sampler's and the pruner's snapshot).
+    study_attrs: Optional[dict] = None
+    trials: Optional[tuple[FrozenTrial, ...]] = None
 
     def __post_init__(self) -> None:
         check_device(self.spec.recipe, self.device)  # e.g. an fp16 study joined on a CPU: refused up front
@@ -66,7 +71,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
     config, _ = suggest(trial, spec.space, ctx.param_encoding)
     timings["sample"] = clock() - started
     # memory: the study's latest (refit) estimate; prune before training what will not fit
-    estimate = current_estimate(study, ctx.memory_model)
+    estimate = current_estimate(study, ctx.memory_model, ctx.study_attrs)
     predicted = estimate.predict(config.batch_size) if estimate else None
     attrs = R.configuration_attrs(config, device=str(ctx.device), predicted_peak_bytes=predicted)
     cap = spec.max_memory_bytes
@@ -135,22 +140,25 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
                          memory_cap=cap)
     measured = R.result_attrs(result, train_size=spec.train_size)
     measured[R.EVAL_TIME_S] = max(0.0, result.eval_time_s - timings["report"])  # evaluation, not storage
+    # memory: the measured peak against the cap and the prediction, in the same one write
+    memory_attrs, system_attrs, over_cap = measured_memory(result, predicted, cap)
+    measured.update(memory_attrs)
+    if result.stop_reason in (R.STOP_INFEASIBLE, R.STOP_ERROR):
+        measured[R.USER_ERROR] = result.stop_detail
+    if result.stop_reason == R.STOP_OUT_OF_MEMORY:
+        system_attrs[R.OOM_CONSTRAINT] = 1.0  # a violated constraint for the sampler
     started = clock()
-    R.write_attrs(trial, _readable(trial, measured))
+    R.write_attrs(trial, _readable(trial, measured), system_attrs)
+    # the estimate refit from every trial's measured peaks, this one's included
+    others = None if ctx.trials is None else [t for t in ctx.trials if t.number != trial.number]
+    refit_study_memory(study, ctx.study_attrs, None if others is None else [*others, cached_frozen(trial)])
     timings["write"] += clock() - started
-    # memory: the measured peak against the cap and the prediction; the estimate refit from it
-    over_cap = check_measured(trial, result, predicted, cap)
-    refit_study_memory(study)
     if over_cap or result.stop_reason == R.STOP_OVER_CAP:
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     if result.stop_reason == R.STOP_COMPLETED:
         return _tell(timings, study, trial, result.final_metric)
     if result.stop_reason == R.STOP_BUDGET:
         return _tell(timings, study, trial, state=TrialState.FAIL)
-    if result.stop_reason == R.STOP_OUT_OF_MEMORY:
-        R.mark_out_of_memory(trial)
-    if result.stop_reason in (R.STOP_INFEASIBLE, R.STOP_ERROR):
-        trial.set_user_attr(R.USER_ERROR, result.stop_detail)
     if result.stop_reason == R.STOP_INFEASIBLE:
         R.set_infeasible(trial)
         return _failed(study, _tell(timings, study, trial, state=TrialState.PRUNED))

@@ -20,6 +20,7 @@ shared database could otherwise choose code that runs on every worker joining it
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -103,20 +104,26 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     base = TrialContext(spec=spec, workload=workload, device=resolve_device(device_name), memory_model=memory_model,
                         num_workers=num_workers, trial_seconds=clock.seconds,  # checks the device first
                         param_encoding=param_encoding(study.get_trials(deepcopy=False)))
-    done = 0
+    done, stale_checked = 0, -math.inf
+    stale_every = getattr(backend(study), "get_heartbeat_interval", lambda: None)() or 0.0
     while not run.stopped:
         timings: dict[str, float] = {}
-        claim = next_claim(study, seconds_needed=clock.shortest(), timings=timings, refresh=False)
+        # Dead workers' trials go stale only after the heartbeat's grace period: looking for them
+        # once per heartbeat interval finds each as soon as looking at every claim would, near enough.
+        check_stale = time.monotonic() - stale_checked >= stale_every
+        stale_checked = time.monotonic() if check_stale else stale_checked
+        claim = next_claim(study, seconds_needed=clock.shortest(), timings=timings, refresh=False,
+                           check_stale=check_stale, keys=(R.STUDY_MEMORY_MODEL,))
         if claim is None:
             break
         deadline = claim.attrs.get(R.STUDY_DEADLINE)
-        ctx = dataclasses.replace(base, deadline=deadline)
         study.sampler = make_sampler(base_seed + claim.number)
         # One read of the trials per trial (Optuna's cache makes it a read of what changed): the
         # sampler's view and the pruner's snapshot, as Study.ask has the sampler read once.
         trials = study.get_trials(deepcopy=False)
         fill_trial_cache(study, trials)
         pruner.refresh(trials)
+        ctx = dataclasses.replace(base, deadline=deadline, study_attrs=claim.attrs, trials=tuple(trials))
         started = time.perf_counter() - timings["claim"]
         try:
             with heartbeat(backend(study), claim.trial_id):
@@ -191,18 +198,23 @@ class _TrialClock:
 
 
 def next_claim(study: optuna.Study, *, seconds_needed: float = 0.0,
-               timings: Optional[dict[str, float]] = None, refresh: bool = True):
-    """The next trial to run (a ``storage.Claim``), or None when the study is done. Waits while
-    other workers' trials may still die and come back, past the deadline too (so no dead
-    worker's trial is left RUNNING): live trials stop at the deadline by themselves, a dead one
-    goes stale within the heartbeat's grace period."""
+               timings: Optional[dict[str, float]] = None, refresh: bool = True, check_stale: bool = True,
+               keys: tuple[str, ...] = ()):
+    """The next trial to run (a ``storage.Claim``, with the study user attributes ``keys`` too),
+    or None when the study is done. Waits while other workers' trials may still die and come
+    back, past the deadline too (so no dead worker's trial is left RUNNING): live trials stop at
+    the deadline by themselves, a dead one goes stale within the heartbeat's grace period.
+    ``check_stale=False`` skips looking for dead workers' trials before the first try (never
+    while waiting)."""
     storage = backend(study)
     while True:
         started = time.perf_counter()
-        fail_stale_trials(study)  # re-queues dead workers' configurations
+        if check_stale:
+            fail_stale_trials(study)  # re-queues dead workers' configurations
+        check_stale = True
         claim = claim_trial(storage, study_id(study), limit_key=R.STUDY_MAX_TRIALS,
                             deadline_key=R.STUDY_DEADLINE, seconds_needed=seconds_needed, refresh=refresh,
-                            final_fail_key=R.USER_ERROR)
+                            final_fail_key=R.USER_ERROR, keys=keys)
         if timings is not None:
             timings["claim"] = time.perf_counter() - started  # the last try: idle waits excluded
         if claim.trial_id is not None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NoReturn, Optional
 
 import torch
 from torch import nn
@@ -49,12 +49,17 @@ def user_code(where: str) -> Iterator[None]:
     out-of-memory error, an ``AutobatchError`` and ``KeyboardInterrupt`` pass through."""
     try:
         yield
-    except AutobatchError:
-        raise
     except Exception as exc:
-        if is_out_of_memory(exc):
-            raise
-        raise UserCodeError(where, exc) from exc
+        raise_user_error(where, exc)
+
+
+def raise_user_error(where: str, exc: Exception) -> NoReturn:
+    """What ``user_code`` raises for ``exc`` (call it in an ``except`` block): ``exc`` itself
+    when it is an ``AutobatchError`` or an out-of-memory error, else a ``UserCodeError`` naming
+    ``where``. For a per-step path, where a context manager's cost counts."""
+    if isinstance(exc, AutobatchError) or is_out_of_memory(exc):
+        raise exc
+    raise UserCodeError(where, exc) from exc
 
 
 def split_batch(batch: Any) -> tuple[Any, Any, Optional[str]]:
