@@ -67,7 +67,7 @@ def _results(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     ('baselines = "no"\n', ('baselines = "no"', "valid boolean", "baselines = false")),
     ("workers = 1.9\n", ("workers = 1.9", "valid integer", "workers = 2")),
     ("epochs = true\n", ("epochs = true", "valid number", "epochs = 2.5")),
-    ('budget = "5 minutes"\n', ('budget = "5 minutes"', "malformed duration", 'budget = "10m"')),
+    ('budget = "5 parsecs"\n', ('budget = "5 parsecs"', "malformed duration", 'budget = "10m"')),
     ('[space]\nbatch_size_mn = 8\n', ("unknown key '[space] batch_size_mn'", "batch_size_min")),
     ('modle = "mlp"\n', ("unknown key 'modle'", "model")),
 ])
