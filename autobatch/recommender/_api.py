@@ -91,12 +91,15 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          max_epoch_time: Union[float, str, None] = None,
                          min_accuracy: Optional[float] = None,
                          priority: str = "balanced", more_trials: str = "",
-                         critical: Optional[dict] = None) -> Recommendation:
+                         critical: Optional[dict] = None, calibrate: bool = True) -> Recommendation:
     """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
     study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics.
     ``more_trials``: the command that runs more trials, for the error when there are too few.
     ``critical``: the study's critical batch (``recommender._critical.critical_batch``), stated
-    with the answer beside the candidate of highest predicted goodput."""
+    with the answer beside the candidate of highest predicted goodput.
+    ``calibrate``: the seed-noise floor in the accuracy model and the selective conformal
+    interval at the chosen setting (``_calibration``); False gives the model's own interval
+    (for benchmarks comparing the two)."""
     _check_priority(priority)
     if min_accuracy is not None and not spec.recipe.metric_is_fraction:
         raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
@@ -114,7 +117,7 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
             f"at least {MIN_TRIALS}: run more trials"
             + (f": {more_trials}" if more_trials else f" (autobatch tune --study-name {study_name})"))
-    fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
+    fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE, calibrate=calibrate)
     # Candidates need local support: the accuracy model is not trusted to extrapolate into a
     # corner no completed trial has seen (there it once predicted 110%, and an untested lr
     # edge re-trained 22.8 points worse than predicted).
@@ -123,7 +126,10 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
     feasible, constraints = apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
     chosen_by = picks(feasible, front, speed_tolerance(fit, feasible))
-    chosen = feasible.loc[chosen_by[priority]]
+    chosen = feasible.loc[chosen_by[priority]].copy()
+    diagnostics = fit.diagnostics()
+    if calibrate:  # the chosen setting is the luckiest prediction: its interval is calibrated for that
+        chosen["accuracy_lo"], chosen["accuracy_hi"], diagnostics["calibration"] = fit.selective_interval(chosen)
     best = completed.loc[(metric_sign(spec) * completed["val_metric"]).idxmax(), "number"]
     described = describe(chosen, fit)
     return Recommendation(
@@ -144,7 +150,7 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         trials=fit.trials, best_trial=int(best),
         rationale=rationale(priority, feasible, chosen_by, constraints, fit),
         constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
-        diagnostics=fit.diagnostics(), recipe=spec.recipe,
+        diagnostics=diagnostics, recipe=spec.recipe,
         train_samples=spec.train_samples or None, train_size=spec.train_size or None,
         device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec))
 
