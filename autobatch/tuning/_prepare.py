@@ -16,7 +16,8 @@ from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import ProbeResult, default_cap, is_out_of_memory, probe
 from ..search import (FOLK_BATCH, StudySpec, TrialTimes, TuneSettings, check_budget, enqueue_baselines, fit_reserve,
-                      fit_space_to_data, floor_samples, make_pruner, plan_train_samples, resume_command)
+                      fit_space_to_data, floor_samples, make_pruner, plan_train_samples, resume_command,
+                      verification_runs)
 from ..storage import find_study
 from ..train import check_recipe, eval_points, eval_runner, measure_throughput, step_runner
 from ..units import format_bytes
@@ -163,9 +164,11 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
     eval_s = settings.n_evals * val_size * times.eval_per_sample + times.start_s
     floor = floor_samples(min(max(FOLK_BATCH, sizes[0]), sizes[-1]), train_size)
     seconds_left = budget_end - time.time() if budget_end else None
+    verify_runs = verification_runs(settings.n_trials) if settings.verify_runs is None else settings.verify_runs
     train_samples = plan_train_samples(
         seconds_left=seconds_left, seconds_per_sample=per_sample, train_size=train_size,
-        n_trials=settings.n_trials, epochs=settings.epochs, floor=floor, seconds_per_trial=eval_s)
+        n_trials=settings.n_trials, epochs=settings.epochs, floor=floor, seconds_per_trial=eval_s,
+        reserved_runs=verify_runs)
     if seconds_left is not None:
         epochs = train_samples / train_size
         check_budget(seconds_left=seconds_left, trial_seconds=train_samples * per_sample + eval_s,
@@ -177,7 +180,7 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
         train_size=train_size, val_size=val_size,
         num_classes=workload.num_classes, input_shape=tuple(workload.input_shape),
         max_memory_bytes=result.cap_bytes, pruner=settings.pruner, seed=settings.seed,
-        step=settings.step, step_eval=settings.step_eval)
+        step=settings.step, step_eval=settings.step_eval, verify_runs=verify_runs)
     make_pruner(spec.pruner, spec.eval_points)  # an unknown pruner fails before anything is stored
     run.emit(PlanMade(spec=spec))
     try:

@@ -1,0 +1,131 @@
+"""Verification: the recommended setting re-trained with fresh seeds, inside the budget.
+
+The plan reserves ``spec.verify_runs`` runs (``search.verification_runs``: one, two when the
+budget allows) of the study's recipe and trial length; after the search, ``verify_answer``
+trains the answer with seeds no trial used, evaluates it once at the end, stores each run as a
+completed trial (``records.VERIFICATION``: a repeat the seed-noise estimate uses the next time
+the study is fitted) and the summary as the study attribute ``records.STUDY_VERIFICATION``, and
+returns the recommendation with the measurement beside the prediction. A measurement outside
+the predicted interval is said plainly (``Recommendation.verification_line``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .. import records as R
+from ..errors import UserCodeError
+from ..recommender import Recommendation
+from ..records import TrialConfig
+from ..search import StudySpec, TrialTimes, distributions, params_for, verification_seconds
+from ..train import train_trial
+from ..workloads import build_model
+from ._memcheck import current_estimate
+from ._objective import TrialContext
+
+VERIFY_SEED_OFFSET = 1_000_003  # verification seeds: spec.seed + this + k, never a trial's seed + number
+
+
+def verification_reserve(study: optuna.Study, spec: StudySpec) -> float:
+    """Seconds kept at the end of the budget for ``spec.verify_runs`` verification runs, timed
+    from the probe's throughput (``search.verification_seconds``); 0 when none are planned."""
+    measured = study.user_attrs.get(R.STUDY_THROUGHPUT) or []
+    if not spec.verify_runs or not measured or not spec.train_samples:
+        return 0.0
+    times = TrialTimes.from_throughput([tuple(m) for m in measured])
+    sizes = [int(b) for b, _ in measured]
+    return spec.verify_runs * verification_seconds(times, sizes, spec.train_samples, spec.val_size)
+
+
+def verdict(values: list[float], interval: Optional[tuple[float, float]]) -> Optional[str]:
+    """``"inside"`` when every measurement lies in ``interval``, else ``"below"``/``"above"``
+    by where their mean lies (``"outside"`` when it lies inside but a run does not); None
+    without an interval or a measurement."""
+    if not values or interval is None:
+        return None
+    lo, hi = interval
+    if all(lo <= v <= hi for v in values):
+        return "inside"
+    mean = sum(values) / len(values)
+    return "below" if mean < lo else "above" if mean > hi else "outside"
+
+
+def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *,
+                  end: Optional[float] = None) -> Recommendation:
+    """``rec`` with the verification fields filled: ``ctx.spec.verify_runs`` re-trainings of its
+    setting with fresh seeds (fewer when ``end``, unix time, leaves no room for another; none,
+    with the reason in ``verification_note``, when it leaves room for none)."""
+    spec = ctx.spec
+    if not spec.verify_runs:
+        return dataclasses.replace(rec, verification_note="not verified: the study plans no verification run")
+    previous = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
+    first_seed = spec.seed + VERIFY_SEED_OFFSET + len(previous.get("seeds") or ())
+    config = TrialConfig(batch_size=rec.batch_size, learning_rate=rec.learning_rate,
+                         accumulation_steps=rec.accumulation_steps)
+    estimate = current_estimate(study, ctx.memory_model)
+    measured = study.user_attrs.get(R.STUDY_THROUGHPUT) or []
+    needed = (TrialTimes.from_throughput([tuple(m) for m in measured]).seconds(
+        rec.batch_size, spec.train_samples, spec.val_size) if measured else 0.0)
+    values: list[float] = []
+    seeds: list[int] = []
+    numbers: list[int] = []
+    note = None
+    for k in range(spec.verify_runs):
+        if end is not None and time.time() + needed > end:
+            note = (f"not verified: the budget has {max(0.0, end - time.time()):.0f}s left and a run "
+                    f"needs about {needed:.0f}s; give the study more budget" if not values else
+                    f"verified with {len(values)} of {spec.verify_runs} planned runs: no time left for more")
+            break
+        seed = first_seed + k
+        torch.manual_seed(seed)
+        try:
+            model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
+                                vocab_size=ctx.workload.vocab_size)
+        except UserCodeError as exc:
+            note = f"not verified: the model could not be built ({exc})"
+            break
+        result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
+                             checkpoints=(spec.train_samples,), device=ctx.device, recipe=spec.recipe, seed=seed,
+                             deadline=end, step=spec.step, step_eval=spec.step_eval, num_workers=ctx.num_workers,
+                             eval_batch_size=estimate.eval_batch(config.batch_size) if estimate else None,
+                             memory_cap=spec.max_memory_bytes)
+        attrs = {**R.configuration_attrs(config, device=str(ctx.device),
+                                         predicted_peak_bytes=rec.predicted_peak_bytes),
+                 **R.result_attrs(result, train_size=spec.train_size), R.VERIFICATION: k}
+        done = result.stop_reason == R.STOP_COMPLETED and result.final_metric is not None
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if done else TrialState.FAIL, value=result.final_metric if done else None,
+            params=params_for(spec.space, batch_size=rec.batch_size, accumulation_steps=rec.accumulation_steps,
+                              multiplier=rec.lr_multiplier),
+            distributions=distributions(spec.space), user_attrs=attrs))
+        numbers.append(study.get_trials(deepcopy=False)[-1].number)
+        if not done:
+            note = f"verification run stopped: {result.stop_reason} ({result.stop_detail})"
+            break
+        values.append(float(result.final_metric))
+        seeds.append(seed)
+    return record_verification(study, rec, values, seeds, numbers, note)
+
+
+def record_verification(study: optuna.Study, rec: Recommendation, values: list[float], seeds: list[int],
+                        numbers: list[int], note: Optional[str]) -> Recommendation:
+    """Store the measurement with the study (``records.STUDY_VERIFICATION``) and return ``rec``
+    with it."""
+    interval = rec.metric_interval
+    result = dataclasses.replace(
+        rec, verified_metric=sum(values) / len(values) if values else None, verified_values=tuple(values),
+        verified_seeds=tuple(seeds), verification_verdict=verdict(values, interval),
+        verification_note=note)
+    study.set_user_attr(R.STUDY_VERIFICATION, {
+        "batch_size": rec.batch_size, "accumulation_steps": rec.accumulation_steps,
+        "lr_multiplier": rec.lr_multiplier, "learning_rate": rec.learning_rate,
+        "predicted_metric": rec.predicted_metric, "metric_interval": list(interval) if interval else None,
+        "values": values, "seeds": seeds, "trials": numbers, "verdict": result.verification_verdict,
+        "note": note, "split": "validation"})
+    return result
