@@ -158,3 +158,42 @@ def test_calibration_raises_coverage_of_fresh_seeds_at_the_chosen_setting():
             inside[calibrate] += int(((measured >= lo) & (measured <= hi)).sum())
     assert inside[True] > inside[False]
     assert inside[True] / total >= 0.55
+
+
+# --- saying when confidence is low; BatchNorm with accumulation ---------------------------------
+
+from autobatch.recommender import batchnorm_note, confidence_note  # noqa: E402
+
+SPACE = dict(space_batch=(8, 256), space_multiplier=(0.1, 10.0))
+
+
+def test_confident_answer_has_no_note():
+    assert confidence_note(completed=20, effective_batches=[8, 64, 512], multipliers=[0.2, 1.0, 5.0],
+                           batch_size=32, lr_multiplier=1.3, **SPACE) is None
+
+
+def test_low_confidence_says_why_and_what_would_fix_it():
+    few = confidence_note(completed=5, effective_batches=[8, 64, 512], multipliers=[0.2, 1.0, 5.0],
+                          batch_size=32, lr_multiplier=1.3, **SPACE)
+    assert few.startswith("low confidence: only 5 completed trials") and "more budget" in few
+    narrow = confidence_note(completed=20, effective_batches=[32, 64], multipliers=[0.2, 5.0],
+                             batch_size=32, lr_multiplier=1.3, **SPACE)
+    assert "span 2x of effective batch" in narrow and "a wider effective batch range" in narrow
+    edge = confidence_note(completed=20, effective_batches=[8, 64, 512], multipliers=[0.2, 1.0, 10.0],
+                           batch_size=256, lr_multiplier=10.0, **SPACE)
+    assert "largest micro-batch searched (256)" in edge and "a larger batch_size_max" in edge
+    assert "largest lr multiplier searched (10)" in edge and "a larger lr_multiplier_max" in edge
+    assert "\n" not in edge
+
+
+def test_recommendation_carries_the_confidence_note():
+    df = trials_frame(make_study(Law(), n=8, seed=4))
+    rec = recommend_from_frame(df, SPEC, None, study_name="s")
+    assert rec.confidence_note and "completed trials" in rec.confidence_note
+    assert rec.confidence_note[1:] in rec.markdown() and rec.to_dict()["confidence_note"] == rec.confidence_note
+
+
+def test_batchnorm_note_only_when_accumulating():
+    assert batchnorm_note(32, 1) is None
+    note = batchnorm_note(16, 4)
+    assert "micro-batch of 16" in note and "effective batch of 64" in note and "Hoffer" in note

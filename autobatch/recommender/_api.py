@@ -17,6 +17,7 @@ from ..storage import describe as describe_storage
 from ..units import parse_bytes, parse_duration
 from ._choice import (apply_constraints, candidates, describe, metric_interval, pareto_front, picks, rationale,
                       speed_tolerance, supported, time_to_target)
+from ._confidence import confidence_note
 from ._critical import critical_batch, goodput_pick
 from ._fit import accuracy_rows, fit_tradeoff, metric_sign
 from ._recommendation import Recommendation
@@ -152,7 +153,13 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
         diagnostics=diagnostics, recipe=spec.recipe,
         train_samples=spec.train_samples or None, train_size=spec.train_size or None,
-        device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec))
+        device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec),
+        confidence_note=confidence_note(
+            completed=len(completed), effective_batches=completed["effective_batch_size"].to_numpy(dtype=float),
+            multipliers=completed["lr_multiplier"].to_numpy(dtype=float), batch_size=int(chosen["batch_size"]),
+            lr_multiplier=float(chosen["lr_multiplier"]),
+            space_batch=(min(spec.space.batch_sizes), max(spec.space.batch_sizes)),
+            space_multiplier=(spec.space.lr_multiplier_min, spec.space.lr_multiplier_max)))
 
 
 def _critical_fields(critical: Optional[dict], feasible: pd.DataFrame, spec: StudySpec) -> dict:

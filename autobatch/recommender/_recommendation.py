@@ -87,6 +87,10 @@ class Recommendation:
     verified_seeds: tuple[int, ...] = ()
     verification_verdict: Optional[str] = None    # "inside", "below", "above", "outside" the interval
     verification_note: Optional[str] = None       # why it was not (fully) verified
+    verified_holdout_metric: Optional[float] = None  # the same runs on validation samples no trial saw
+    verified_holdout_samples: Optional[int] = None
+    confidence_note: Optional[str] = None         # why to trust it less and what would fix it
+    batchnorm_note: Optional[str] = None          # BatchNorm sees the micro-batch (accumulating answers)
 
     def __post_init__(self) -> None:
         if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
@@ -278,6 +282,9 @@ class Recommendation:
         if self.metric_interval is not None:
             lo, hi = self.metric_interval
             line += f" [{fmt(lo)}, {fmt(hi)}]"
+        if self.verified_holdout_metric is not None:
+            line += (f"; {fmt(self.verified_holdout_metric)} on {self.verified_holdout_samples} held-out "
+                     "validation samples the study did not select on")
         if self.verification_verdict in ("below", "above", "outside"):
             where = {"below": "below", "above": "above", "outside": "partly outside"}[self.verification_verdict]
             line += (f"; the re-training came out {where} the predicted interval: the prediction did not hold, "
@@ -310,9 +317,9 @@ class Recommendation:
         best = f"; best observed trial #{self.best_trial}" if self.best_trial is not None else ""
         lines += ["", self.rationale, "", f"Fitted to {len(self.trials)} trials{best}."]
         lines += self._critical_lines()
-        verification = self.verification_line()
-        if verification:
-            lines += ["", verification[0].upper() + verification[1:] + ("" if verification.endswith(".") else ".")]
+        for note in (self.verification_line(), self.confidence_note, self.batchnorm_note):
+            if note:
+                lines += ["", note[0].upper() + note[1:] + ("" if note.endswith(".") else ".")]
         r = self.recipe
         length = (f", tuned over {self.optimizer_steps} optimizer steps ({self.train_samples} samples)"
                   if self.train_samples else "")

@@ -20,7 +20,7 @@ from ..recommender import Recommendation, publish, recommend_study
 from ..search import StudySpec, TuneSettings, fit_reserve, resume_command
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
-from ..workloads import check_model_name, load_workload
+from ..workloads import check_model_name, load_workload, split_holdout
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
 from ._noise import critical_batch_sentence
 from ._objective import StudyFailedError, TrialContext, user_failure
@@ -115,10 +115,11 @@ def _verifier(study: optuna.Study, spec: StudySpec, workload, device, settings: 
               started: float):
     """The function that verifies an answer within what is left of the budget."""
     memory = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
-    ctx = TrialContext(spec=spec, workload=workload, device=device, num_workers=settings.num_workers,
+    select, held_out = split_holdout(workload, spec.verify_holdout, spec.seed)
+    ctx = TrialContext(spec=spec, workload=select, device=device, num_workers=settings.num_workers,
                        memory_model=MemoryEstimate.from_dict(memory) if memory else None)
     end = started + settings.budget_s - fit_reserve(settings.budget_s) if settings.budget_s else None
-    return lambda rec: verify_answer(study, rec, ctx, end=end)
+    return lambda rec: verify_answer(study, rec, ctx, end=end, held_out=held_out)
 
 
 def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, started: float,

@@ -18,13 +18,14 @@ from typing import Optional
 import optuna
 import torch
 from optuna.trial import TrialState
+from torch.utils.data import Dataset
 
 from .. import records as R
 from ..errors import UserCodeError
-from ..recommender import Recommendation
+from ..recommender import Recommendation, batchnorm_note
 from ..records import TrialConfig
 from ..search import StudySpec, TrialTimes, distributions, params_for, verification_seconds
-from ..train import train_trial
+from ..train import EVAL_BATCH_FACTOR, evaluate, train_trial
 from ..workloads import build_model
 from ._memcheck import current_estimate
 from ._objective import TrialContext
@@ -43,6 +44,11 @@ def verification_reserve(study: optuna.Study, spec: StudySpec) -> float:
     return spec.verify_runs * verification_seconds(times, sizes, spec.train_samples, spec.val_size)
 
 
+def _over_cap(peak: Optional[float], cap: Optional[int]) -> float:
+    """The memory constraint's value (<= 0 fits), as ``_memcheck.check_measured`` writes it."""
+    return (peak - cap) / cap if peak and cap else 0.0
+
+
 def verdict(values: list[float], interval: Optional[tuple[float, float]]) -> Optional[str]:
     """``"inside"`` when every measurement lies in ``interval``, else ``"below"``/``"above"``
     by where their mean lies (``"outside"`` when it lies inside but a run does not); None
@@ -57,11 +63,15 @@ def verdict(values: list[float], interval: Optional[tuple[float, float]]) -> Opt
 
 
 def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *,
-                  end: Optional[float] = None) -> Recommendation:
+                  end: Optional[float] = None, held_out: Optional[Dataset] = None) -> Recommendation:
     """``rec`` with the verification fields filled: ``ctx.spec.verify_runs`` re-trainings of its
     setting with fresh seeds (fewer when ``end``, unix time, leaves no room for another; none,
-    with the reason in ``verification_note``, when it leaves room for none)."""
+    with the reason in ``verification_note``, when it leaves room for none). Each run is scored
+    on ``ctx.workload.val`` (the samples the trials were scored on: the same quantity as the
+    prediction, so the verdict compares like with like) and on ``held_out`` (validation samples
+    no trial saw, ``workloads.split_holdout``) when given."""
     spec = ctx.spec
+    rec = with_batchnorm_note(rec, ctx)
     if not spec.verify_runs:
         return dataclasses.replace(rec, verification_note="not verified: the study plans no verification run")
     previous = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
@@ -73,6 +83,7 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
     needed = (TrialTimes.from_throughput([tuple(m) for m in measured]).seconds(
         rec.batch_size, spec.train_samples, spec.val_size) if measured else 0.0)
     values: list[float] = []
+    held: list[float] = []
     seeds: list[int] = []
     numbers: list[int] = []
     note = None
@@ -99,33 +110,63 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
                                          predicted_peak_bytes=rec.predicted_peak_bytes),
                  **R.result_attrs(result, train_size=spec.train_size), R.VERIFICATION: k}
         done = result.stop_reason == R.STOP_COMPLETED and result.final_metric is not None
+        if done and held_out is not None:
+            batch = estimate.eval_batch(config.batch_size) if estimate else config.batch_size * EVAL_BATCH_FACTOR
+            attrs[R.HOLDOUT_METRIC], _ = evaluate(model, held_out, batch, ctx.device, spec.recipe, step=spec.step,
+                                                  step_eval=spec.step_eval, num_workers=ctx.num_workers)
+            held.append(float(attrs[R.HOLDOUT_METRIC]))
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE if done else TrialState.FAIL, value=result.final_metric if done else None,
             params=params_for(spec.space, batch_size=rec.batch_size, accumulation_steps=rec.accumulation_steps,
                               multiplier=rec.lr_multiplier),
-            distributions=distributions(spec.space), user_attrs=attrs))
+            distributions=distributions(spec.space), user_attrs=attrs,
+            intermediate_values={p.samples_seen: p.metric for p in result.curve},
+            system_attrs=R.memory_constraint_system_attrs(_over_cap(result.measured_peak_bytes, spec.max_memory_bytes))))
         numbers.append(study.get_trials(deepcopy=False)[-1].number)
         if not done:
             note = f"verification run stopped: {result.stop_reason} ({result.stop_detail})"
             break
         values.append(float(result.final_metric))
         seeds.append(seed)
-    return record_verification(study, rec, values, seeds, numbers, note)
+    return record_verification(study, rec, values, seeds, numbers, note, held,
+                               len(held_out) if held_out is not None and held else 0)
 
 
 def record_verification(study: optuna.Study, rec: Recommendation, values: list[float], seeds: list[int],
-                        numbers: list[int], note: Optional[str]) -> Recommendation:
+                        numbers: list[int], note: Optional[str], held: list[float] = (),
+                        held_samples: int = 0) -> Recommendation:
     """Store the measurement with the study (``records.STUDY_VERIFICATION``) and return ``rec``
     with it."""
     interval = rec.metric_interval
     result = dataclasses.replace(
         rec, verified_metric=sum(values) / len(values) if values else None, verified_values=tuple(values),
         verified_seeds=tuple(seeds), verification_verdict=verdict(values, interval),
-        verification_note=note)
+        verification_note=note, verified_holdout_metric=sum(held) / len(held) if held else None,
+        verified_holdout_samples=held_samples or None)
     study.set_user_attr(R.STUDY_VERIFICATION, {
         "batch_size": rec.batch_size, "accumulation_steps": rec.accumulation_steps,
         "lr_multiplier": rec.lr_multiplier, "learning_rate": rec.learning_rate,
         "predicted_metric": rec.predicted_metric, "metric_interval": list(interval) if interval else None,
         "values": values, "seeds": seeds, "trials": numbers, "verdict": result.verification_verdict,
-        "note": note, "split": "validation"})
+        "note": note, "holdout_values": list(held), "holdout_samples": held_samples})
     return result
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    """True when ``model`` has a BatchNorm layer (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, lazy ones)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def with_batchnorm_note(rec: Recommendation, ctx: TrialContext) -> Recommendation:
+    """``rec`` with ``batchnorm_note`` set when it accumulates on a model with BatchNorm layers."""
+    if rec.accumulation_steps <= 1:
+        return rec
+    spec = ctx.spec
+    try:
+        model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape,
+                            vocab_size=ctx.workload.vocab_size)
+    except UserCodeError:
+        return rec
+    if not has_batchnorm(model):
+        return rec
+    return dataclasses.replace(rec, batchnorm_note=batchnorm_note(rec.batch_size, rec.accumulation_steps))
