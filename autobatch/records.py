@@ -80,8 +80,6 @@ STOP_REASON = "stop_reason"                   # see STOP_* below
 STOP_DETAIL = "stop_detail"                   # human sentence for the reason
 BASELINE = "baseline"                         # label of an enqueued reference configuration
 REPEAT = "repeat_of"                          # label of a configuration deliberately run twice (seed noise)
-VERIFICATION = "verification"                 # index of a re-training of the answer with a fresh seed
-HOLDOUT_METRIC = "holdout_metric"             # a verification run's metric on the held-out validation slice
 USER_ERROR = "user_error"                     # the line the user's code raised, when it did
 DEVICE = "device"
 NOISE_SCALE = "noise_scale"                   # {"b_small", "b_big", "steps", "series": [[samples_seen,
@@ -318,12 +316,6 @@ def set_memory_constraint(trial: optuna.Trial, value: float) -> None:
     the samplers read, and in the legacy list form, which optuna-dashboard 0.21 reads."""
     trial.set_constraint("memory", value)
     trial.storage.set_trial_system_attr(trial_id(trial), LEGACY_CONSTRAINTS, [value])
-
-
-def memory_constraint_system_attrs(value: float) -> dict[str, Any]:
-    """The system attributes ``set_memory_constraint`` writes, for a trial created whole
-    (``optuna.trial.create_trial``): Optuna 5's per-key form and the legacy list form."""
-    return {f"{LEGACY_CONSTRAINTS}:memory": float(value), LEGACY_CONSTRAINTS: [float(value)]}
 
 
 def set_infeasible(trial: optuna.Trial) -> None:

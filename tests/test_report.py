@@ -49,10 +49,7 @@ def test_report_cli_writes_every_file(stored):
     assert "autobatch recommendation" in summary          # Recommendation.markdown()
     assert "folk-default-32" in summary                   # a baseline against the best
     assert all(f"({name})" in summary for name in FILES if name.endswith(".png"))
-    study = optuna.load_study(study_name=STUDY, storage=url)
-    verification = [t for t in study.trials if R.VERIFICATION in t.user_attrs]
-    assert len(verification) == 1                    # tune's re-training of its answer: a trial too
-    assert len((where / "out" / "trials.csv").read_text().strip().splitlines()) == 11 + 1  # header + 10 + 1
+    assert len((where / "out" / "trials.csv").read_text().strip().splitlines()) == 11  # header + 10
 
 
 def test_report_missing_study_is_one_line_exit_2(stored):
@@ -128,7 +125,7 @@ def test_accuracy_map_and_curves(study):
         steps = sorted(with_curve[n].intermediate_values)  # reported at samples seen
         assert list(x) == steps and set(steps) <= set(spec.eval_points)
         assert np.allclose(y, [with_curve[n].intermediate_values[s] for s in steps])
-        if n in completed and R.VERIFICATION not in completed[n].user_attrs:  # verification: scored once, at the end
+        if n in completed:
             assert list(x) == list(spec.eval_points)
     assert sorted(curves["pruned"]) == sorted(n for n in with_curve if n not in completed)
     dashed = [line for line in ax.lines if line.get_linestyle() == "--"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autobatch import records as R
-from autobatch.recommender import Recommendation
+from autobatch.recommender import Recommendation, recommend_study
 from autobatch.search import SearchSpace, TrialTimes, TuneSettings, plan_train_samples, verification_runs, \
     verification_seconds
 from autobatch.tuning import tune
@@ -65,18 +65,15 @@ def test_tune_verifies_its_answer_with_fresh_seeds(tmp_path):
     settings = TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.3, n_trials=6, storage=url,
                             study_name="v", space=SearchSpace(batch_size_min=16, batch_size_max=64,
                                                               accumulation_steps=(1, 2)), pruner="none")
-    outcome = tune(settings)
-    answer = outcome.answer
+    answer = tune(settings).answer
     study = optuna.load_study(study_name="v", storage=url)
+    assert len(study.trials) == 6                                   # --n-trials stays the search's count
     stored = study.user_attrs[R.STUDY_VERIFICATION]
-    runs = [t for t in study.trials if R.VERIFICATION in t.user_attrs]
-    assert len(runs) == 1 == len(stored["values"])                 # 6 planned trials: one run reserved
-    run = runs[0]
-    assert run.state == optuna.trial.TrialState.COMPLETE and run.value == stored["values"][0]
-    assert (run.user_attrs[R.BATCH_SIZE], run.user_attrs[R.ACCUMULATION_STEPS]) == (
-        answer["batch_size"], answer["accumulation_steps"])
+    assert len(stored["values"]) == 1 == len(stored["runs"])        # 6 planned trials: one run reserved
+    assert (stored["batch_size"], stored["accumulation_steps"]) == (answer["batch_size"],
+                                                                     answer["accumulation_steps"])
     trial_seeds = {study.user_attrs[R.STUDY_SPEC]["seed"] + t.number for t in study.trials}
-    assert stored["seeds"][0] not in trial_seeds                    # a fresh seed
+    assert stored["seeds"][0] not in trial_seeds and stored["seconds"] > 0     # a fresh seed, timed
     assert answer["verified_values"] == stored["values"] and answer["verification_verdict"] in (
         "inside", "below", "above")
     assert answer["verification"].startswith("verified: ")
@@ -87,8 +84,32 @@ def test_tune_verifies_its_answer_with_fresh_seeds(tmp_path):
     # digits' 359 validation samples: 108 held out of every trial, scored by the verification only
     spec = study.user_attrs[R.STUDY_SPEC]
     assert spec["verify_holdout"] == 108 and spec["val_size"] == 251 and stored["holdout_samples"] == 108
-    assert 0 <= run.user_attrs[R.HOLDOUT_METRIC] <= 1 and rec.verified_holdout_samples == 108
+    assert 0 <= stored["holdout_values"][0] <= 1 and rec.verified_holdout_samples == 108
     assert "108 held-out validation samples" in answer["verification"]
+    # recommend later: the stored verification beside the prediction it checked; the runs are repeats
+    later = recommend_study(study)
+    if (later.batch_size, later.accumulation_steps) == (rec.batch_size, rec.accumulation_steps):
+        assert later.verified_values == rec.verified_values and later.predicted_metric == rec.predicted_metric
+    # a complete study asked again is not re-trained: the same verification is returned
+    again = tune(settings).answer
+    assert optuna.load_study(study_name="v", storage=url).user_attrs[R.STUDY_VERIFICATION]["runs"] == stored["runs"]
+    assert again["verified_values"] == answer["verified_values"]
+
+
+def test_verification_runs_are_repeats_for_the_seed_noise():
+    from autobatch.recommender._calibration import setting_key
+    from autobatch.recommender._fit import repeat_noise, verification_repeats
+
+    stored = {"runs": [{"batch_size": 32, "accumulation_steps": 1, "lr_multiplier": 2.0, "value": 0.90},
+                       {"batch_size": 32, "accumulation_steps": 1, "lr_multiplier": 2.0, "value": 0.94}]}
+    extra = verification_repeats(stored)
+    assert extra == [(setting_key(32, 1, 2.0), 0.90), (setting_key(32, 1, 2.0), 0.94)]
+    import pandas as pd
+    trials = pd.DataFrame({"batch_size": [32, 64], "accumulation_steps": [1, 1], "lr_multiplier": [2.0, 1.0],
+                           "val_metric": [0.92, 0.8]})
+    noise = repeat_noise(trials, extra)              # 0.92 (trial) with 0.90 and 0.94 (verification)
+    assert noise.dof == 2 and noise.variance == pytest.approx(((0.02 ** 2) * 2) / 2)
+    assert repeat_noise(trials) is None
 
 
 def test_holdout_split_is_deterministic_disjoint_and_only_where_the_data_allows():

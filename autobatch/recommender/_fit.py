@@ -13,7 +13,7 @@ zero (``_calibration.clip_interval``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -191,18 +191,21 @@ class TradeoffFit:
 
 def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[str, Any]], *,
                  kind: str = "gp", coverage: float = COVERAGE,
-                 random_state: int = 0, calibrate: bool = True) -> TradeoffFit:
+                 random_state: int = 0, calibrate: bool = True,
+                 extra_repeats: Sequence[tuple[tuple, float]] = ()) -> TradeoffFit:
     """Fit the three models to a ``trials_frame`` table (at least one timed trial); the metric
     model to the oriented score of ``spec.recipe``'s metric (see the module docstring).
     ``calibrate``: keep the GP's noise at or above the seed-to-seed variance of repeated
-    settings (``_calibration.seed_noise``); False fits as before calibration (benchmarks)."""
+    settings (``_calibration.seed_noise``); False fits as before calibration (benchmarks).
+    ``extra_repeats``: ``(setting_key, metric)`` runs that are not trials (the verification runs,
+    ``verification_repeats``), pooled with the trials for the seed-noise estimate only."""
     sign = metric_sign(spec)
     acc_df, div_df = accuracy_rows(df), diverged_rows(df)
     thr_df, mem_df = throughput_rows(df), memory_rows(df)
     if thr_df.empty:
         raise AutobatchError("no trial of this study recorded a throughput")
     as_float = lambda col: col.to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
-    noise = repeat_noise(acc_df) if calibrate else None
+    noise = repeat_noise(acc_df, extra_repeats) if calibrate else None
     accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state,
                              noise_floor=noise.variance if noise else 0.0).fit(
         accuracy_features(as_float(acc_df["batch_size"]), as_float(acc_df["lr_multiplier"]),
@@ -229,9 +232,18 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
 NONNEGATIVE_METRICS = ("val_loss", "mae", "rmse")
 
 
-def repeat_noise(completed: pd.DataFrame) -> Optional[SeedNoise]:
+def repeat_noise(completed: pd.DataFrame, extra: Sequence[tuple[tuple, float]] = ()) -> Optional[SeedNoise]:
     """Seed-to-seed spread of the completed trials' metric over settings run more than once
-    (baselines, the planned repeat, verification runs); None without a repeat."""
+    (the baselines' planned repeat), with the ``extra`` (setting key, metric) runs (the
+    verification runs); None without a repeat."""
     keys = [setting_key(b, a, m) for b, a, m in zip(completed["batch_size"], completed["accumulation_steps"],
                                                      completed["lr_multiplier"])]
-    return seed_noise(completed["val_metric"].to_numpy(dtype=float), keys)
+    values = list(completed["val_metric"].to_numpy(dtype=float))
+    return seed_noise(values + [v for _, v in extra], keys + [k for k, _ in extra])
+
+
+def verification_repeats(stored: Optional[dict]) -> list[tuple[tuple, float]]:
+    """The verification runs of the study attribute ``records.STUDY_VERIFICATION`` as
+    ``(setting_key, metric)`` pairs."""
+    return [(setting_key(r["batch_size"], r["accumulation_steps"], r["lr_multiplier"]), float(r["value"]))
+            for r in (stored or {}).get("runs") or () if r.get("value") is not None]

@@ -2,10 +2,11 @@
 
 The plan reserves ``spec.verify_runs`` runs (``search.verification_runs``: one, two when the
 budget allows) of the study's recipe and trial length; after the search, ``verify_answer``
-trains the answer with seeds no trial used, evaluates it once at the end, stores each run as a
-completed trial (``records.VERIFICATION``: a repeat the seed-noise estimate uses the next time
-the study is fitted) and the summary as the study attribute ``records.STUDY_VERIFICATION``, and
-returns the recommendation with the measurement beside the prediction. A measurement outside
+trains the answer with seeds no trial used, evaluates it once at the end, stores the
+measurements as the study attribute ``records.STUDY_VERIFICATION`` (not as trials: the study's
+trial count, report and sampler stay the search's; the recommender reads them as repeats of the
+setting for its seed-noise estimate, ``recommender.verification_repeats``), and returns the
+recommendation with the measurement beside the prediction. A measurement outside
 the predicted interval is said plainly (``Recommendation.verification_line``).
 """
 
@@ -17,14 +18,13 @@ from typing import Optional
 
 import optuna
 import torch
-from optuna.trial import TrialState
 from torch.utils.data import Dataset
 
 from .. import records as R
 from ..errors import UserCodeError
-from ..recommender import Recommendation, batchnorm_note
+from ..recommender import Recommendation, batchnorm_note, same_setting, with_stored_verification
 from ..records import TrialConfig
-from ..search import StudySpec, TrialTimes, distributions, params_for, verification_seconds
+from ..search import StudySpec, TrialTimes, verification_seconds
 from ..train import EVAL_BATCH_FACTOR, evaluate, train_trial
 from ..workloads import build_model
 from ._memcheck import current_estimate
@@ -42,11 +42,6 @@ def verification_reserve(study: optuna.Study, spec: StudySpec) -> float:
     times = TrialTimes.from_throughput([tuple(m) for m in measured])
     sizes = [int(b) for b, _ in measured]
     return spec.verify_runs * verification_seconds(times, sizes, spec.train_samples, spec.val_size)
-
-
-def _over_cap(peak: Optional[float], cap: Optional[int]) -> float:
-    """The memory constraint's value (<= 0 fits), as ``_memcheck.check_measured`` writes it."""
-    return (peak - cap) / cap if peak and cap else 0.0
 
 
 def verdict(values: list[float], interval: Optional[tuple[float, float]]) -> Optional[str]:
@@ -75,6 +70,8 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
     if not spec.verify_runs:
         return dataclasses.replace(rec, verification_note="not verified: the study plans no verification run")
     previous = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
+    if previous.get("values") and same_setting(rec, previous):  # verified already (a resumed, complete study)
+        return with_stored_verification(rec, previous)
     first_seed = spec.seed + VERIFY_SEED_OFFSET + len(previous.get("seeds") or ())
     config = TrialConfig(batch_size=rec.batch_size, learning_rate=rec.learning_rate,
                          accumulation_steps=rec.accumulation_steps)
@@ -85,7 +82,7 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
     values: list[float] = []
     held: list[float] = []
     seeds: list[int] = []
-    numbers: list[int] = []
+    seconds = 0.0
     note = None
     for k in range(spec.verify_runs):
         if end is not None and time.time() + needed > end:
@@ -106,34 +103,24 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
                              deadline=end, step=spec.step, step_eval=spec.step_eval, num_workers=ctx.num_workers,
                              eval_batch_size=estimate.eval_batch(config.batch_size) if estimate else None,
                              memory_cap=spec.max_memory_bytes)
-        attrs = {**R.configuration_attrs(config, device=str(ctx.device),
-                                         predicted_peak_bytes=rec.predicted_peak_bytes),
-                 **R.result_attrs(result, train_size=spec.train_size), R.VERIFICATION: k}
         done = result.stop_reason == R.STOP_COMPLETED and result.final_metric is not None
-        if done and held_out is not None:
-            batch = estimate.eval_batch(config.batch_size) if estimate else config.batch_size * EVAL_BATCH_FACTOR
-            attrs[R.HOLDOUT_METRIC], _ = evaluate(model, held_out, batch, ctx.device, spec.recipe, step=spec.step,
-                                                  step_eval=spec.step_eval, num_workers=ctx.num_workers)
-            held.append(float(attrs[R.HOLDOUT_METRIC]))
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE if done else TrialState.FAIL, value=result.final_metric if done else None,
-            params=params_for(spec.space, batch_size=rec.batch_size, accumulation_steps=rec.accumulation_steps,
-                              multiplier=rec.lr_multiplier),
-            distributions=distributions(spec.space), user_attrs=attrs,
-            intermediate_values={p.samples_seen: p.metric for p in result.curve},
-            system_attrs=R.memory_constraint_system_attrs(_over_cap(result.measured_peak_bytes, spec.max_memory_bytes))))
-        numbers.append(study.get_trials(deepcopy=False)[-1].number)
+        seconds += result.wall_time_s
         if not done:
             note = f"verification run stopped: {result.stop_reason} ({result.stop_detail})"
             break
+        if held_out is not None:
+            batch = estimate.eval_batch(config.batch_size) if estimate else config.batch_size * EVAL_BATCH_FACTOR
+            metric, _ = evaluate(model, held_out, batch, ctx.device, spec.recipe, step=spec.step,
+                                 step_eval=spec.step_eval, num_workers=ctx.num_workers)
+            held.append(float(metric))
         values.append(float(result.final_metric))
         seeds.append(seed)
-    return record_verification(study, rec, values, seeds, numbers, note, held,
+    return record_verification(study, rec, values, seeds, seconds, note, held,
                                len(held_out) if held_out is not None and held else 0)
 
 
 def record_verification(study: optuna.Study, rec: Recommendation, values: list[float], seeds: list[int],
-                        numbers: list[int], note: Optional[str], held: list[float] = (),
+                        seconds: float, note: Optional[str], held: list[float] = (),
                         held_samples: int = 0) -> Recommendation:
     """Store the measurement with the study (``records.STUDY_VERIFICATION``) and return ``rec``
     with it."""
@@ -143,11 +130,15 @@ def record_verification(study: optuna.Study, rec: Recommendation, values: list[f
         verified_seeds=tuple(seeds), verification_verdict=verdict(values, interval),
         verification_note=note, verified_holdout_metric=sum(held) / len(held) if held else None,
         verified_holdout_samples=held_samples or None)
-    study.set_user_attr(R.STUDY_VERIFICATION, {
+    setting = {"batch_size": rec.batch_size, "accumulation_steps": rec.accumulation_steps,
+               "lr_multiplier": rec.lr_multiplier}
+    previous = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
+    runs = [*(previous.get("runs") or ()), *({**setting, "value": v, "seed": s} for v, s in zip(values, seeds))]
+    study.set_user_attr(R.STUDY_VERIFICATION, {"runs": runs,
         "batch_size": rec.batch_size, "accumulation_steps": rec.accumulation_steps,
         "lr_multiplier": rec.lr_multiplier, "learning_rate": rec.learning_rate,
         "predicted_metric": rec.predicted_metric, "metric_interval": list(interval) if interval else None,
-        "values": values, "seeds": seeds, "trials": numbers, "verdict": result.verification_verdict,
+        "values": values, "seeds": seeds, "seconds": seconds, "verdict": result.verification_verdict,
         "note": note, "holdout_values": list(held), "holdout_samples": held_samples})
     return result
 
