@@ -126,3 +126,14 @@ def test_holdout_split_is_deterministic_disjoint_and_only_where_the_data_allows(
     assert split_holdout(digits, 0, seed=0) == (digits, None)
     with pytest.raises(ValueError):
         split_holdout(digits, len(digits.val), seed=0)
+
+
+def test_study_file_turns_verification_off(tmp_path):
+    from autobatch.search import build_settings
+
+    path = tmp_path / "study.toml"
+    path.write_text('model = "mlp"\nverify_runs = 0\n')
+    assert build_settings(path, {}).verify_runs == 0
+    assert TuneSettings().verify_runs is None                      # the plan's one or two
+    with pytest.raises(Exception, match="verify_runs"):
+        TuneSettings(verify_runs=9)
