@@ -4,8 +4,8 @@
 
 For each task (small_cnn on digits, cnn1d on MNIST-1D, mlp on breast_cancer) and each of several
 tune seeds, ``autobatch.tune`` runs a small study (with its verification runs, whose cost as a
-share of the tune's wall time is recorded). From the same trials (the verification runs left
-out: they came after the prediction) the recommendation is computed twice, with calibration off
+share of the tune's wall time is recorded). From the same trials (the verification runs are
+not trials) the recommendation is computed twice, with calibration off
 (``recommend_from_frame(calibrate=False)``: the GP's own interval, as before issue 18) and on
 (the seed-noise floor and the selective conformal width, ``recommender._calibration``). Each
 recommended setting is then re-trained with ``RETRAIN_SEEDS`` fresh seeds on the study's recipe
@@ -70,13 +70,13 @@ def one_study(dataset: str, model: str, epochs: float, seed: int, n_trials: int,
     wall = time.perf_counter() - started
     study = optuna.load_study(study_name=name, storage=storage)
     spec = StudySpec.from_dict(study.user_attrs[R.STUDY_SPEC])
-    verification = [t for t in study.trials if R.VERIFICATION in t.user_attrs]
-    verify_s = sum(t.user_attrs.get(R.WALL_TIME_S) or 0.0 for t in verification)
-    df = trials_frame(study)
-    df = df[~df["number"].isin([t.number for t in verification])]
+    verification = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
+    df = trials_frame(study)   # the verification runs are not trials: the prediction they checked is these trials'
     memory = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
-    row: dict[str, Any] = {"task": f"{model} on {dataset}", "seed": seed, "wall_s": wall, "verify_s": verify_s,
-                           "verify_runs": len(verification), "answer": outcome.answer.get("verification")}
+    row: dict[str, Any] = {"task": f"{model} on {dataset}", "seed": seed, "wall_s": wall,
+                           "verify_s": verification.get("seconds") or 0.0,
+                           "verify_runs": len(verification.get("values") or ()),
+                           "answer": outcome.answer.get("verification")}
     for label, calibrate in (("before", False), ("after", True)):
         rec = recommend_from_frame(df, spec, memory, study_name=name, calibrate=calibrate)
         measured = retrain(spec, rec, [SEED_BASE + 101 * seed + i for i in range(RETRAIN_SEEDS)])
