@@ -198,3 +198,15 @@ def test_batchnorm_note_only_when_accumulating():
     assert batchnorm_note(32, 1) is None
     note = batchnorm_note(16, 4)
     assert "micro-batch of 16" in note and "effective batch of 64" in note and "Hoffer" in note
+
+
+def test_far_extrapolations_are_left_out_of_the_calibration_set():
+    """A 6-trial small_cnn/digits study: trials 1 and 3 were held-out predictions 4x less certain
+    (a micro-batch no other trial came near); their residuals (38 and 13 points) said nothing
+    about the answer's neighbourhood and once widened its interval to [55%, 100%]."""
+    r = np.array([-0.067, -0.381, 0.059, 0.134, 0.022, -0.005])
+    p = np.array([0.588, 0.676, 0.526, 0.676, 0.908, 0.922])
+    sd = np.array([0.064, 0.245, 0.064, 0.245, 0.064, 0.064])
+    assert set(calibration_set(p, loo_sd=sd)) == {0, 2, 4, 5}
+    assert selective_half_width(r, p, 0.8, loo_sd=sd) == pytest.approx(0.067)
+    assert selective_half_width(r, p, 0.8) == pytest.approx(0.381)

@@ -164,14 +164,15 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
         _, low, high = self._mean_low_high(X)
         return low, high
 
-    def loo(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        """Leave-one-out ``(residuals y_i - mu_{-i}, predictions mu_{-i})`` of the training
-        trials, closed form (``_calibration.loo_residuals``); None for ``quantile_gbm``."""
+    def loo(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Leave-one-out ``(residuals y_i - mu_{-i}, predictions mu_{-i}, predictive sds)`` of
+        the training trials, closed form (``_calibration.loo_residuals``); None for
+        ``quantile_gbm``."""
         check_is_fitted(self, "x_min_")
         if self.kind != "gp":
             return None
-        residual, _ = loo_residuals(self.gp_.L_, self.gp_.alpha_, float(np.ravel(self.gp_._y_train_std)[0]))
-        return residual, self.y_ - residual
+        residual, sd = loo_residuals(self.gp_.L_, self.gp_.alpha_, float(np.ravel(self.gp_._y_train_std)[0]))
+        return residual, self.y_ - residual, sd
 
 
 def _loo_std_scale(gp: GaussianProcessRegressor, coverage: float) -> float:

@@ -153,14 +153,14 @@ class TradeoffFit:
         loo = self.accuracy.loo()
         if loo is None:
             return lo, hi, {"method": "model interval (no leave-one-out for this model)"}
-        residual, predicted = loo
-        half = selective_half_width(residual, predicted, self.accuracy.coverage)
+        residual, predicted, loo_sd = loo
+        half = selective_half_width(residual, predicted, self.accuracy.coverage, loo_sd=loo_sd)
         c_lo, c_hi = calibrated_interval(float(row["accuracy"]), lo, hi, half)
         bounds = self.score_bounds()
         if bounds != (None, None):
             c_lo, c_hi = clip_interval(c_lo, c_hi, *bounds)
-        return c_lo, c_hi, {"method": "selective split conformal (leave-one-out, top trials by prediction)",
-                            "half_width": half, "calibration_trials": len(calibration_set(predicted)),
+        return c_lo, c_hi, {"method": "selective split conformal (leave-one-out, top half by prediction)",
+                            "half_width": half, "calibration_trials": len(calibration_set(predicted, loo_sd=loo_sd)),
                             "model_interval": [lo, hi]}
 
     def score_bounds(self) -> tuple[Optional[float], Optional[float]]:
