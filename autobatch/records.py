@@ -79,6 +79,7 @@ MILESTONES = "milestones"                     # {"0.90": [samples, seconds], ...
 STOP_REASON = "stop_reason"                   # see STOP_* below
 STOP_DETAIL = "stop_detail"                   # human sentence for the reason
 BASELINE = "baseline"                         # label of an enqueued reference configuration
+REPEAT = "repeat_of"                          # label of a configuration deliberately run twice (seed noise)
 USER_ERROR = "user_error"                     # the line the user's code raised, when it did
 DEVICE = "device"
 NOISE_SCALE = "noise_scale"                   # {"b_small", "b_big", "steps", "series": [[samples_seen,
@@ -115,6 +116,7 @@ STUDY_RECOMMENDATION = "recommendation" # dict: the latest Recommendation, as JS
 STUDY_THROUGHPUT = "probe_throughput"   # [[micro-batch, training samples/s], ...]: the probe's
 STUDY_NOISE_SCALE = "noise_scale"       # dict: the noise-scale probe (b_simple, interval, b_small,
                                         # b_big, measurements, samples, seconds, critical_batch)
+STUDY_VERIFICATION = "verification"     # dict: the answer re-trained with fresh seeds (tuning.verify_answer)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,7 +77,7 @@ def real_study_coverage(quick: bool, out_dir: pathlib.Path) -> dict[str, Any]:
     from autobatch.search import TuneSettings
     from autobatch.train import train_trial
     from autobatch.tuning import tune
-    from autobatch.workloads import build_model, load_workload
+    from autobatch.workloads import build_model, load_workload, split_holdout
 
     torch.set_num_threads(1)
     n_trials, seeds = (20, range(1000, 1005)) if quick else (40, range(1000, 1010))
@@ -88,7 +88,8 @@ def real_study_coverage(quick: bool, out_dir: pathlib.Path) -> dict[str, Any]:
         study = optuna.load_study(study_name="coverage", storage=storage)
         rec = recommend_study(study, priority="balanced")
         spec = StudySpec.from_dict(study.user_attrs["autobatch_spec"])
-    workload = load_workload(spec.dataset, seed=spec.seed)
+    # the trials' validation samples (a held-out slice, if the study kept one, is verification's)
+    workload, _ = split_holdout(load_workload(spec.dataset, seed=spec.seed), spec.verify_holdout, spec.seed)
     config = TrialConfig(batch_size=rec.batch_size, learning_rate=rec.learning_rate,
                          accumulation_steps=rec.accumulation_steps)
 

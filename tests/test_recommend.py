@@ -296,8 +296,12 @@ def test_priority_order_on_random_studies(seed):
     recs = {p: _recommend(df, priority=p) for p in PRIORITIES}
     speed, balanced, accuracy = (recs[p] for p in ("speed", "balanced", "accuracy"))
     assert speed.predicted_epoch_time_s <= balanced.predicted_epoch_time_s <= accuracy.predicted_epoch_time_s
-    # settings rank by the lower end of their accuracy interval (RANK_BY)
-    low = {name: rec.accuracy_interval[0] for name, rec in recs.items()}
+    # settings rank by the lower end of the model's accuracy interval (RANK_BY); the interval
+    # reported at the chosen setting is then calibrated for the selection (never narrower)
+    low = {name: rec.diagnostics["calibration"]["model_interval"][0] for name, rec in recs.items()}
+    for rec in recs.values():
+        model_lo, model_hi = rec.diagnostics["calibration"]["model_interval"]
+        assert rec.accuracy_interval[0] <= model_lo + 1e-12 and rec.accuracy_interval[1] >= model_hi - 1e-12
     assert low["accuracy"] >= low["balanced"] >= low["speed"]
     assert low["speed"] >= low["accuracy"] - SPEED_TOLERANCE
     front = [(p["predicted_epoch_time_s"], p["accuracy_interval"][0]) for p in accuracy.pareto_front]

@@ -19,10 +19,11 @@ training script's optimizer, scheduler, loss, autocast and DataLoader, and expor
 
 from ._accuracy import ACCURACY_KINDS, AccuracyModel, accuracy_features
 from ._api import (MIN_TRIALS, PRIORITIES, RANDOM_STATE, publish, recommend, recommend_from_frame,
-                   recommend_study, trials_frame)
+                   recommend_study, same_setting, trials_frame, with_stored_verification)
 from ._exports import (EXPORT_FORMATS, TrainingSetup, export_text, hf_training_arguments,
                        lightning_configure_optimizers, lightning_export, lightning_trainer_kwargs,
                        optimizer_description, to_json, to_toml)
+from ._confidence import LOW_TRIALS, batchnorm_note, confidence_note
 from ._choice import (N_LR_MULTIPLIERS, RANK_BY, SPEED_TOLERANCE, SUPPORT_DOUBLINGS, SUPPORT_LR_FACTOR, TIE,
                       candidates, pareto_front, supported)
 from ._fit import (TradeoffFit, accuracy_rows, divergence_blocked, diverged_rows, fit_tradeoff, memory_rows,
@@ -32,7 +33,7 @@ from ._memory_fit import MemoryFit, fit_memory
 from ._recommendation import Recommendation
 from ._throughput import DEFAULT_LOG_SD, ThroughputModel
 
-__all__ = ["ACCURACY_KINDS", "AccuracyModel", "COVERAGE", "DEFAULT_LOG_SD", "EXPORT_FORMATS", "MIN_TRIALS",
+__all__ = ["same_setting", "with_stored_verification", "LOW_TRIALS", "batchnorm_note", "confidence_note", "ACCURACY_KINDS", "AccuracyModel", "COVERAGE", "DEFAULT_LOG_SD", "EXPORT_FORMATS", "MIN_TRIALS",
            "MemoryFit", "TrainingSetup", "export_text", "hf_training_arguments", "lightning_configure_optimizers",
            "lightning_export", "lightning_trainer_kwargs", "optimizer_description", "to_json", "to_toml",
            "N_LR_MULTIPLIERS", "PRIORITIES", "RANDOM_STATE", "RANK_BY", "Recommendation", "SPEED_TOLERANCE",

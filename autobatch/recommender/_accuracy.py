@@ -14,6 +14,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._calibration import loo_residuals
 from ._intervals import COVERAGE, z_quantile
 
 ACCURACY_KINDS = ("gp", "quantile_gbm")
@@ -47,6 +48,11 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
     ``kind="quantile_gbm"``: three ``GradientBoostingRegressor(loss="quantile")`` models (the
     interval's two ends and the median).
 
+    ``noise_floor`` (metric units squared, e.g. ``_calibration.seed_noise``'s pooled variance of
+    repeated settings): the white noise is kept at or above it, so seed-to-seed spread measured
+    by repeats is in every predictive interval even when maximum likelihood would explain it
+    away with a wiggly mean.
+
     The GP's std is widened by ``std_scale_`` (>= 1), the split-conformal quantile of its
     closed-form leave-one-out residuals, because maximum-likelihood hyperparameters fitted to a
     dozen trials under-state the noise.
@@ -66,8 +72,9 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
 
     def __init__(self, kind: str = "gp", coverage: float = COVERAGE,
                  n_restarts_optimizer: int = 2, random_state: Optional[int] = 0,
-                 max_fit_points: Optional[int] = 48) -> None:
+                 max_fit_points: Optional[int] = 48, noise_floor: float = 0.0) -> None:
         self.kind = kind
+        self.noise_floor = noise_floor
         self.coverage = coverage
         self.n_restarts_optimizer = n_restarts_optimizer
         self.random_state = random_state
@@ -84,11 +91,16 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
         span = X.max(axis=0) - self.x_min_
         self.x_scale_ = np.where(span > 0, span, 1.0)
         Z = self._scaled(X)
+        self.y_ = y
         if self.kind == "gp":
+            # normalize_y divides y by its std: the floor in those units (it may exceed the
+            # trials' whole spread when they barely differ; the bound's top then moves above it)
+            y_var = float(np.var(y)) if len(y) > 1 and np.var(y) > 0 else 1.0
+            floor = max(1e-5, float(self.noise_floor) / y_var)
             kernel = (ConstantKernel(1.0, (1e-2, 1e2))
                       * Matern(length_scale=np.full(X.shape[1], 0.5),
                                length_scale_bounds=(5e-2, 1e2), nu=2.5)
-                      + WhiteKernel(0.1, (1e-5, 1.0)))
+                      + WhiteKernel(max(0.1, floor), (floor, max(1.0, 2 * floor))))
             subset = self._fit_subset(len(y))
             restarts = self.n_restarts_optimizer if len(subset) == len(y) else min(1, self.n_restarts_optimizer)
             gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts,
@@ -151,6 +163,16 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
         """Lower and upper ends of the ``coverage`` prediction interval."""
         _, low, high = self._mean_low_high(X)
         return low, high
+
+    def loo(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Leave-one-out ``(residuals y_i - mu_{-i}, predictions mu_{-i}, predictive sds)`` of
+        the training trials, closed form (``_calibration.loo_residuals``); None for
+        ``quantile_gbm``."""
+        check_is_fitted(self, "x_min_")
+        if self.kind != "gp":
+            return None
+        residual, sd = loo_residuals(self.gp_.L_, self.gp_.alpha_, float(np.ravel(self.gp_._y_train_std)[0]))
+        return residual, self.y_ - residual, sd
 
 
 def _loo_std_scale(gp: GaussianProcessRegressor, coverage: float) -> float:

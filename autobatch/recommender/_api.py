@@ -3,7 +3,8 @@ training, a few seconds at most); ``publish`` stores it with the study."""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import dataclasses
+from typing import Optional, Sequence, Union
 
 import optuna
 import pandas as pd
@@ -17,8 +18,9 @@ from ..storage import describe as describe_storage
 from ..units import parse_bytes, parse_duration
 from ._choice import (apply_constraints, candidates, describe, metric_interval, pareto_front, picks, rationale,
                       speed_tolerance, supported, time_to_target)
+from ._confidence import confidence_note
 from ._critical import critical_batch, goodput_pick
-from ._fit import accuracy_rows, fit_tradeoff, metric_sign
+from ._fit import accuracy_rows, fit_tradeoff, metric_sign, verification_repeats
 from ._recommendation import Recommendation
 
 MIN_TRIALS = 4            # completed trials needed: three inputs and one to spare
@@ -67,10 +69,36 @@ def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     noise = critical_batch(study.user_attrs.get(R.STUDY_NOISE_SCALE),
                            [t.user_attrs.get(R.NOISE_SCALE) for t in study.get_trials(deepcopy=False, states=states)])
-    return recommend_from_frame(
+    stored = study.user_attrs.get(R.STUDY_VERIFICATION)
+    rec = recommend_from_frame(
         df, spec, study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
         max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
-        priority=priority, more_trials=more, critical=noise)
+        priority=priority, more_trials=more, critical=noise, extra_repeats=verification_repeats(stored))
+    return with_stored_verification(rec, stored)
+
+
+def same_setting(rec: Recommendation, stored: dict) -> bool:
+    """True when ``stored`` (``records.STUDY_VERIFICATION``) re-trained ``rec``'s setting."""
+    return (stored.get("batch_size") == rec.batch_size and stored.get("accumulation_steps") == rec.accumulation_steps
+            and abs(float(stored.get("lr_multiplier") or 0) / rec.lr_multiplier - 1) < 1e-6)
+
+
+def with_stored_verification(rec: Recommendation, stored: Optional[dict]) -> Recommendation:
+    """``rec`` with the study's stored verification when it re-trained this very setting: the
+    measurement beside the prediction it was checked against (the one made before it ran; the
+    verification runs are repeats in today's fit)."""
+    if not stored or not stored.get("values") or not same_setting(rec, stored):
+        return rec
+    values, held = stored["values"], stored.get("holdout_values") or []
+    interval = tuple(stored["metric_interval"]) if stored.get("metric_interval") else rec.metric_interval
+    accuracy = ({"predicted_accuracy": stored["predicted_metric"], "accuracy_interval": interval}
+                if rec.predicted_accuracy is not None else {})
+    return dataclasses.replace(
+        rec, predicted_metric=stored["predicted_metric"], metric_interval=interval, **accuracy,
+        verified_metric=sum(values) / len(values), verified_values=tuple(values),
+        verified_seeds=tuple(stored.get("seeds") or ()), verification_verdict=stored.get("verdict"),
+        verification_note=stored.get("note"), verified_holdout_metric=sum(held) / len(held) if held else None,
+        verified_holdout_samples=stored.get("holdout_samples") or None)
 
 
 def publish(study: optuna.Study, rec: Recommendation) -> None:
@@ -91,12 +119,17 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          max_epoch_time: Union[float, str, None] = None,
                          min_accuracy: Optional[float] = None,
                          priority: str = "balanced", more_trials: str = "",
-                         critical: Optional[dict] = None) -> Recommendation:
+                         critical: Optional[dict] = None, calibrate: bool = True,
+                         extra_repeats: Sequence[tuple[tuple, float]] = ()) -> Recommendation:
     """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
     study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics.
     ``more_trials``: the command that runs more trials, for the error when there are too few.
     ``critical``: the study's critical batch (``recommender._critical.critical_batch``), stated
-    with the answer beside the candidate of highest predicted goodput."""
+    with the answer beside the candidate of highest predicted goodput.
+    ``calibrate``: the seed-noise floor in the accuracy model and the selective conformal
+    interval at the chosen setting (``_calibration``); False gives the model's own interval
+    (for benchmarks comparing the two). ``extra_repeats``: runs that are not trials, for the
+    seed-noise estimate (``fit_tradeoff``)."""
     _check_priority(priority)
     if min_accuracy is not None and not spec.recipe.metric_is_fraction:
         raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
@@ -114,7 +147,8 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             f"study {study_name!r} has {len(completed)} completed trials; a recommendation needs "
             f"at least {MIN_TRIALS}: run more trials"
             + (f": {more_trials}" if more_trials else f" (autobatch tune --study-name {study_name})"))
-    fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE)
+    fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE, calibrate=calibrate,
+                       extra_repeats=extra_repeats)
     # Candidates need local support: the accuracy model is not trusted to extrapolate into a
     # corner no completed trial has seen (there it once predicted 110%, and an untested lr
     # edge re-trained 22.8 points worse than predicted).
@@ -123,7 +157,10 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
     feasible, constraints = apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
     chosen_by = picks(feasible, front, speed_tolerance(fit, feasible))
-    chosen = feasible.loc[chosen_by[priority]]
+    chosen = feasible.loc[chosen_by[priority]].copy()
+    diagnostics = fit.diagnostics()
+    if calibrate:  # the chosen setting is the luckiest prediction: its interval is calibrated for that
+        chosen["accuracy_lo"], chosen["accuracy_hi"], diagnostics["calibration"] = fit.selective_interval(chosen)
     best = completed.loc[(metric_sign(spec) * completed["val_metric"]).idxmax(), "number"]
     described = describe(chosen, fit)
     return Recommendation(
@@ -144,9 +181,15 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
         trials=fit.trials, best_trial=int(best),
         rationale=rationale(priority, feasible, chosen_by, constraints, fit),
         constraints=constraints, time_to_target=time_to_target(completed, chosen, min_accuracy),
-        diagnostics=fit.diagnostics(), recipe=spec.recipe,
+        diagnostics=diagnostics, recipe=spec.recipe,
         train_samples=spec.train_samples or None, train_size=spec.train_size or None,
-        device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec))
+        device=_device_type(df, fit.trials), **_critical_fields(critical, feasible, spec),
+        confidence_note=confidence_note(
+            completed=len(completed), effective_batches=completed["effective_batch_size"].to_numpy(dtype=float),
+            multipliers=completed["lr_multiplier"].to_numpy(dtype=float), batch_size=int(chosen["batch_size"]),
+            lr_multiplier=float(chosen["lr_multiplier"]),
+            space_batch=(min(spec.space.batch_sizes), max(spec.space.batch_sizes)),
+            space_multiplier=(spec.space.lr_multiplier_min, spec.space.lr_multiplier_max)))
 
 
 def _critical_fields(critical: Optional[dict], feasible: pd.DataFrame, spec: StudySpec) -> dict:

@@ -5,13 +5,15 @@ The metric model (``AccuracyModel``, named for the default metric) fits the stud
 *oriented so that higher is better*: the metric itself when the study maximizes it (accuracy),
 its negative when it minimizes it (a loss, an error). Every prediction column called
 ``accuracy*`` below holds that oriented score; ``to_metric`` turns it back into the metric.
-Scores of an accuracy metric are clipped to [0, 1]; other metrics are not bounded.
+Scores of an accuracy metric are clipped to [0, 1], the built-in losses and errors (validation
+loss, MAE, RMSE) to >= 0, a user's metric is not bounded; epoch times and peaks are never below
+zero (``_calibration.clip_interval``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,8 @@ from .. import records as R
 from ..errors import AutobatchError
 from ..search import StudySpec
 from ._accuracy import AccuracyModel, accuracy_features
+from ._calibration import (SeedNoise, calibrated_interval, calibration_set, clip_interval, seed_noise,
+                           selective_half_width, setting_key)
 from ._intervals import COVERAGE
 from ._memory_fit import MemoryFit, fit_memory
 from ._throughput import ThroughputModel
@@ -103,6 +107,8 @@ class TradeoffFit:
     sign: float = 1.0             # metric_sign: score = sign * metric
     bounded: bool = True          # an accuracy metric: scores clipped to [0, 1]
     metric_name: str = "accuracy"  # for display: "accuracy", "validation loss", "RMSE", ...
+    nonnegative: bool = False     # a built-in loss or error: the metric is >= 0
+    noise: Optional[SeedNoise] = None  # seed-to-seed spread of repeated settings, when any
 
     def to_metric(self, score: Any) -> Any:
         """The metric for an oriented score (or an array of them)."""
@@ -117,8 +123,10 @@ class TradeoffFit:
         features = accuracy_features(b, m, a)
         accuracy = self.accuracy.predict(features)
         acc_lo, acc_hi = self.accuracy.predict_interval(features)
-        if self.bounded:
-            accuracy, acc_lo, acc_hi = (np.clip(v, 0, 1) for v in (accuracy, acc_lo, acc_hi))
+        bounds = self.score_bounds()
+        if bounds != (None, None):
+            accuracy = np.clip(accuracy, *bounds)
+            acc_lo, acc_hi = clip_interval(acc_lo, acc_hi, *bounds)
         ba = np.column_stack([b, a])
         throughput = self.throughput.predict(ba)
         thr_lo, thr_hi = self.throughput.predict_interval(ba)
@@ -127,20 +135,50 @@ class TradeoffFit:
             "effective_batch_size": (b * a).astype(int), "lr_multiplier": m,
             "accuracy": accuracy, "accuracy_lo": acc_lo, "accuracy_hi": acc_hi, "throughput": throughput,
             "epoch_time_s": self.train_size / throughput,
-            "epoch_time_lo": self.train_size / thr_hi, "epoch_time_hi": self.train_size / thr_lo,
+            "epoch_time_lo": np.maximum(0.0, self.train_size / thr_hi), "epoch_time_hi": self.train_size / thr_lo,
             "diverges": divergence_blocked(b * a, m, self.diverged, self.completed)})
         if self.memory is None:
             out["peak_bytes"] = out["peak_lo"] = out["peak_hi"] = np.nan
         else:
             out["peak_bytes"] = self.memory.predict(b)
-            out["peak_lo"], out["peak_hi"] = self.memory.interval(b)
+            out["peak_lo"], out["peak_hi"] = clip_interval(*self.memory.interval(b), lower=0.0)
         return out
+
+    def selective_interval(self, row: pd.Series) -> tuple[float, float, dict[str, Any]]:
+        """The interval (oriented scores, low to high) at a setting chosen for its high
+        prediction: the wider of the model's and the selective conformal one
+        (``_calibration.selective_half_width`` over the GP's leave-one-out residuals), clipped
+        to ``score_bounds``; with what it rests on, for the diagnostics."""
+        lo, hi = float(row["accuracy_lo"]), float(row["accuracy_hi"])
+        loo = self.accuracy.loo()
+        if loo is None:
+            return lo, hi, {"method": "model interval (no leave-one-out for this model)"}
+        residual, predicted, loo_sd = loo
+        half = selective_half_width(residual, predicted, self.accuracy.coverage, loo_sd=loo_sd)
+        c_lo, c_hi = calibrated_interval(float(row["accuracy"]), lo, hi, half)
+        bounds = self.score_bounds()
+        if bounds != (None, None):
+            c_lo, c_hi = clip_interval(c_lo, c_hi, *bounds)
+        return c_lo, c_hi, {"method": "selective split conformal (leave-one-out, top half by prediction)",
+                            "half_width": half, "calibration_trials": len(calibration_set(predicted, loo_sd=loo_sd)),
+                            "model_interval": [lo, hi]}
+
+    def score_bounds(self) -> tuple[Optional[float], Optional[float]]:
+        """Where an oriented score can physically lie: [0, 1] for an accuracy, <= 0 for a
+        minimized loss or error (the metric >= 0), unbounded for a user's metric."""
+        if self.bounded:
+            return 0.0, 1.0
+        if self.nonnegative:
+            return (0.0, None) if self.sign > 0 else (None, 0.0)
+        return None, None
 
     def diagnostics(self) -> dict[str, Any]:
         acc = self.accuracy
         described = (f"{acc.gp_.kernel_}, interval std x {acc.std_scale_:.2f}" if acc.kind == "gp"
                      else "quantile gradient boosting")
-        return {"coverage": acc.coverage, "train_size": self.train_size,
+        noise = (None if self.noise is None else
+                 {"seed_sd": self.noise.sd, "dof": self.noise.dof, "repeated_settings": self.noise.settings})
+        return {"coverage": acc.coverage, "train_size": self.train_size, "seed_noise": noise,
                 "accuracy": {"model": acc.kind, "fitted": described, "trials": self.accuracy_trials,
                              "diverged_trials": len(self.diverged)},
                 "throughput": {"law": "s/sample = beta + alpha/b + gamma/(a*b)",
@@ -153,16 +191,23 @@ class TradeoffFit:
 
 def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[str, Any]], *,
                  kind: str = "gp", coverage: float = COVERAGE,
-                 random_state: int = 0) -> TradeoffFit:
+                 random_state: int = 0, calibrate: bool = True,
+                 extra_repeats: Sequence[tuple[tuple, float]] = ()) -> TradeoffFit:
     """Fit the three models to a ``trials_frame`` table (at least one timed trial); the metric
-    model to the oriented score of ``spec.recipe``'s metric (see the module docstring)."""
+    model to the oriented score of ``spec.recipe``'s metric (see the module docstring).
+    ``calibrate``: keep the GP's noise at or above the seed-to-seed variance of repeated
+    settings (``_calibration.seed_noise``); False fits as before calibration (benchmarks).
+    ``extra_repeats``: ``(setting_key, metric)`` runs that are not trials (the verification runs,
+    ``verification_repeats``), pooled with the trials for the seed-noise estimate only."""
     sign = metric_sign(spec)
     acc_df, div_df = accuracy_rows(df), diverged_rows(df)
     thr_df, mem_df = throughput_rows(df), memory_rows(df)
     if thr_df.empty:
         raise AutobatchError("no trial of this study recorded a throughput")
     as_float = lambda col: col.to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
-    accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state).fit(
+    noise = repeat_noise(acc_df, extra_repeats) if calibrate else None
+    accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state,
+                             noise_floor=noise.variance if noise else 0.0).fit(
         accuracy_features(as_float(acc_df["batch_size"]), as_float(acc_df["lr_multiplier"]),
                           as_float(acc_df["accumulation_steps"])),
         sign * as_float(acc_df["val_metric"]))
@@ -180,4 +225,25 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
                        diverged=points(div_df), completed=points(acc_df),
                        train_size=train_size_of(df, spec), trials=tuple(sorted(int(n) for n in used)),
                        accuracy_trials=len(acc_df), throughput_trials=len(thr_df), sign=sign,
-                       bounded=spec.recipe.metric_is_fraction, metric_name=spec.recipe.metric_name)
+                       bounded=spec.recipe.metric_is_fraction, metric_name=spec.recipe.metric_name,
+                       nonnegative=spec.recipe.metric in NONNEGATIVE_METRICS, noise=noise)
+
+
+NONNEGATIVE_METRICS = ("val_loss", "mae", "rmse")
+
+
+def repeat_noise(completed: pd.DataFrame, extra: Sequence[tuple[tuple, float]] = ()) -> Optional[SeedNoise]:
+    """Seed-to-seed spread of the completed trials' metric over settings run more than once
+    (the baselines' planned repeat), with the ``extra`` (setting key, metric) runs (the
+    verification runs); None without a repeat."""
+    keys = [setting_key(b, a, m) for b, a, m in zip(completed["batch_size"], completed["accumulation_steps"],
+                                                     completed["lr_multiplier"])]
+    values = list(completed["val_metric"].to_numpy(dtype=float))
+    return seed_noise(values + [v for _, v in extra], keys + [k for k, _ in extra])
+
+
+def verification_repeats(stored: Optional[dict]) -> list[tuple[tuple, float]]:
+    """The verification runs of the study attribute ``records.STUDY_VERIFICATION`` as
+    ``(setting_key, metric)`` pairs."""
+    return [(setting_key(r["batch_size"], r["accumulation_steps"], r["lr_multiplier"]), float(r["value"]))
+            for r in (stored or {}).get("runs") or () if r.get("value") is not None]

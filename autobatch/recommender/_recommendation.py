@@ -33,7 +33,8 @@ from ._exports import TrainingSetup, export_text, hf_training_arguments, lightni
 from ._intervals import COVERAGE
 from ._text import short_repr, summary
 
-_DERIVED = ("metric", "metric_name", "metric_direction", "optimizer_steps", "epochs")  # in to_dict only
+_DERIVED = ("metric", "metric_name", "metric_direction", "optimizer_steps", "epochs",
+            "verification")  # in to_dict only
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -80,6 +81,16 @@ class Recommendation:
     critical_batch_interval: Optional[tuple[float, Optional[float]]] = None  # top None: unbounded
     critical_batch_source: Optional[str] = None
     goodput_pick: Optional[dict] = None
+    # verification (``autobatch.tuning.verify_answer``): the setting re-trained with fresh seeds
+    verified_metric: Optional[float] = None       # mean of the measurements, the metric's units
+    verified_values: tuple[float, ...] = ()
+    verified_seeds: tuple[int, ...] = ()
+    verification_verdict: Optional[str] = None    # "inside", "below", "above", "outside" the interval
+    verification_note: Optional[str] = None       # why it was not (fully) verified
+    verified_holdout_metric: Optional[float] = None  # the same runs on validation samples no trial saw
+    verified_holdout_samples: Optional[int] = None
+    confidence_note: Optional[str] = None         # why to trust it less and what would fix it
+    batchnorm_note: Optional[str] = None          # BatchNorm sees the micro-batch (accumulating answers)
 
     def __post_init__(self) -> None:
         if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
@@ -244,12 +255,43 @@ class Recommendation:
         if unknown:
             raise AutobatchError(f"unknown recommendation fields: {', '.join(sorted(unknown))}")
         for name in ("metric_interval", "accuracy_interval", "epoch_time_interval", "peak_bytes_interval",
-                     "trials", "critical_batch_interval"):
+                     "trials", "critical_batch_interval", "verified_values", "verified_seeds"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         data["pareto_front"] = tuple(dict(p) for p in data.get("pareto_front", ()))
         data["recipe"] = TrainRecipe.from_dict(data.get("recipe"))  # stored before recipes: 0.1's
         return cls(**data)
+
+    @property
+    def verification(self) -> Optional[str]:
+        """``verification_line()``: stored in ``to_dict`` for the CLI and the report."""
+        return self.verification_line()
+
+    def verification_line(self) -> Optional[str]:
+        """One line: measured beside predicted, ``verified: 95.2% (seed 7), predicted 96.2% [95.9%,
+        96.4%]``, and plainly when the measurement fell outside the interval; the reason when
+        it was not verified; None when verification was not attempted."""
+        fraction = self.recipe.metric_is_fraction
+        fmt = (lambda x: f"{x:.1%}") if fraction else (lambda x: f"{x:.4g}")  # noqa: E731
+        if not self.verified_values:
+            return self.verification_note
+        seeds = ", ".join(str(s) for s in self.verified_seeds)
+        runs = (f"{fmt(self.verified_values[0])} (seed {seeds})" if len(self.verified_values) == 1 else
+                f"{fmt(self.verified_metric)} (mean of {', '.join(fmt(v) for v in self.verified_values)}; seeds {seeds})")
+        line = f"verified: {runs}, predicted {fmt(self.predicted_metric)}"
+        if self.metric_interval is not None:
+            lo, hi = self.metric_interval
+            line += f" [{fmt(lo)}, {fmt(hi)}]"
+        if self.verified_holdout_metric is not None:
+            line += (f"; {fmt(self.verified_holdout_metric)} on {self.verified_holdout_samples} held-out "
+                     "validation samples the study did not select on")
+        if self.verification_verdict in ("below", "above", "outside"):
+            where = {"below": "below", "above": "above", "outside": "partly outside"}[self.verification_verdict]
+            line += (f"; the re-training came out {where} the predicted interval: the prediction did not hold, "
+                     "trust the measurement")
+        if self.verification_note:
+            line += f"; {self.verification_note}"
+        return line
 
     def markdown(self) -> str:
         fraction = self.recipe.metric_is_fraction
@@ -275,6 +317,9 @@ class Recommendation:
         best = f"; best observed trial #{self.best_trial}" if self.best_trial is not None else ""
         lines += ["", self.rationale, "", f"Fitted to {len(self.trials)} trials{best}."]
         lines += self._critical_lines()
+        for note in (self.verification_line(), self.confidence_note, self.batchnorm_note):
+            if note:
+                lines += ["", note[0].upper() + note[1:] + ("" if note.endswith(".") else ".")]
         r = self.recipe
         length = (f", tuned over {self.optimizer_steps} optimizer steps ({self.train_samples} samples)"
                   if self.train_samples else "")

@@ -61,6 +61,13 @@ def summary(rec: Any) -> str:
         length = f"; tuned over {rec.optimizer_steps} optimizer steps ({rec.train_samples} samples{epochs})"
     lines.append(f"  recipe       {recipe_line(rec.recipe)}{length}")
     lines.append(f"  why          {rec.rationale}")
+    # issue 18: the verification beside the prediction, low confidence, BatchNorm with accumulation
+    verified = rec.verification_line() or ""
+    verified = verified.removeprefix("verified: ").replace("not verified: ", "no: ", 1)
+    labels = (("verified", verified), ("confidence", (rec.confidence_note or "").removeprefix("low confidence: ")
+                                       and "low: " + rec.confidence_note.removeprefix("low confidence: ")),
+              ("batchnorm", rec.batchnorm_note))
+    lines += [f"  {label:<12} {text}" for label, text in labels if text]
     return "\n".join(lines)
 
 

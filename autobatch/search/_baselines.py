@@ -15,8 +15,11 @@ FOLK_BATCH = 32
 
 def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int]) -> None:
     """Queue the folk default (batch 32 at the rule's lr) and the largest micro-batch that fits
-    with a linearly scaled lr (what a batch-size finder plus the Goyal et al. rule would pick).
-    ``sizes`` are the space's micro-batch sizes that fit, ascending."""
+    with a linearly scaled lr (what a batch-size finder plus the Goyal et al. rule would pick),
+    then the folk default once more (labelled ``records.REPEAT``, a new trial number and so a new
+    seed): one deliberate early repeat that measures the seed-to-seed spread the recommender's
+    interval carries (``recommender._calibration.seed_noise``). ``sizes`` are the space's
+    micro-batch sizes that fit, ascending."""
     folk = min(max(FOLK_BATCH, sizes[0]), sizes[-1])
     largest = sizes[-1]
     linear_multiplier = spec.space.multiplier_for(
@@ -27,6 +30,10 @@ def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int]) ->
         study.enqueue_trial(params_for(spec.space, batch_size=batch,
                                        accumulation_steps=min(spec.space.accumulation_steps),
                                        multiplier=multiplier), user_attrs={R.BASELINE: label})
+    folk_multiplier = min(max(1.0, spec.space.lr_multiplier_min), spec.space.lr_multiplier_max)
+    study.enqueue_trial(params_for(spec.space, batch_size=folk, accumulation_steps=min(spec.space.accumulation_steps),
+                                   multiplier=folk_multiplier),
+                        user_attrs={R.REPEAT: "folk-default-32"})
 
 
 CRITICAL_BASELINE = "critical-batch"

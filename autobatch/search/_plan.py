@@ -37,6 +37,7 @@ EVAL_COST = 1 / 3            # a forward-only sample against a training one (for
 START_S = 0.5                # first guess of a trial's fixed cost: model, loaders, storage
 SAFETY = 1.25                # a trial is started only if it fits this many times over
 FIT_RESERVE_FRACTION, FIT_RESERVE_MIN_S = 0.01, 3.0
+VERIFY_TWO_AT = 16           # planned trials from which two verification runs are reserved, not one
 
 
 class BudgetTooShortError(AutobatchError):
@@ -123,6 +124,22 @@ def _fit_inverse(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
     return a, c
 
 
+def verification_runs(n_trials: Optional[int]) -> int:
+    """Re-trainings of the recommended setting with fresh seeds that the budget reserves: one,
+    two when the study plans ``VERIFY_TWO_AT`` trials or more (``TARGET_TRIALS`` without
+    ``--n-trials``). Two runs also measure the seed-to-seed spread at the answer."""
+    target = min(TARGET_TRIALS, n_trials) if n_trials else TARGET_TRIALS
+    return 2 if target >= VERIFY_TWO_AT else 1
+
+
+def verification_seconds(times: TrialTimes, batch_sizes: Sequence[int], train_samples: int,
+                         val_size: int) -> float:
+    """Seconds one verification run is reserved: a trial of ``train_samples`` evaluated once
+    on ``val_size`` samples, at the slowest of ``batch_sizes`` (the answer is not known yet),
+    ``SAFETY`` times over."""
+    return SAFETY * max(times.seconds(b, train_samples, val_size) for b in batch_sizes)
+
+
 def seconds_per_sample(measured: Sequence[tuple[int, float]], batch_sizes: Sequence[int]) -> float:
     """Mean training seconds per sample over ``batch_sizes``, from measured (batch, samples/s)."""
     times = TrialTimes.from_throughput(measured)
@@ -137,14 +154,16 @@ def floor_samples(folk_batch: int, train_size: int) -> int:
 def plan_train_samples(*, seconds_left: Optional[float], seconds_per_sample: float,
                        train_size: int, n_trials: Optional[int] = None,
                        epochs: Optional[float] = None, floor: int = 1,
-                       seconds_per_trial: float = 0.0) -> int:
+                       seconds_per_trial: float = 0.0, reserved_runs: int = 0) -> int:
     """Training samples per trial (see the module docstring). ``seconds_per_trial``: each
-    trial's predicted evaluation and start-up seconds, which do not shrink with its length."""
+    trial's predicted evaluation and start-up seconds, which do not shrink with its length.
+    ``reserved_runs``: runs of the same length kept for after the search (verification): the
+    time is shared among the target trials and them."""
     if epochs is not None:
         return max(1, round(epochs * train_size))
     if seconds_left is None:
         return max(floor, round(DEFAULT_EPOCHS * train_size))
-    target = min(TARGET_TRIALS, n_trials) if n_trials else TARGET_TRIALS
+    target = (min(TARGET_TRIALS, n_trials) if n_trials else TARGET_TRIALS) + reserved_runs
     per_trial_s = max(0.0, seconds_left) / target - seconds_per_trial
     samples = per_trial_s / seconds_per_sample if per_trial_s > 0 else 0
     return int(max(floor, min(MAX_EPOCHS * train_size, samples)))

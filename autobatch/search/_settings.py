@@ -40,6 +40,7 @@ class TuneSettings:
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     pruner: str = "median"
     n_evals: int = 4
+    verify_runs: Optional[int] = None  # re-trainings of the answer with fresh seeds (None: the plan's 1 or 2; 0: none)
     epochs: Optional[float] = None
     workers: int = 1
     baselines: bool = True
@@ -83,6 +84,8 @@ class TuneSettings:
             raise AutobatchError(f"--workers must be at least 1, got {self.workers}")
         if self.n_evals < 1:
             raise AutobatchError("n_evals must be at least 1")
+        if self.verify_runs is not None and not 0 <= self.verify_runs <= 5:
+            raise AutobatchError(f"verify_runs must be 0 to 5, got {self.verify_runs}")
         if self.epochs is not None and self.epochs <= 0:
             raise AutobatchError("--epochs must be positive")
         from ._sampling import PRUNERS

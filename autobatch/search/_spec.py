@@ -35,6 +35,8 @@ class StudySpec:
     seed: int = 0
     step: Optional[str] = None        # the user's step(model, batch) -> loss, replacing the conventions
     step_eval: Optional[str] = None   # the user's evaluate(model, batches) -> metric (with ``step``)
+    verify_runs: int = 0              # re-trainings of the answer with fresh seeds after the search
+    verify_holdout: int = 0           # validation samples held out of the trials, scored by verification only
 
     # Fields that must match for a study to be resumed.
     IDENTITY = ("model", "dataset", "recipe", "space", "step", "step_eval")  # the recipe first: it moves the space's lr defaults

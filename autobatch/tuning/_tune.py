@@ -9,21 +9,23 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import optuna
 
 from .. import records as R
 from ..errors import AutobatchError
-from ..recommender import publish, recommend_study
-from ..search import StudySpec, TuneSettings, resume_command
+from ..memory import MemoryEstimate
+from ..recommender import Recommendation, publish, recommend_study
+from ..search import StudySpec, TuneSettings, fit_reserve, resume_command
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
-from ..workloads import check_model_name, load_workload
+from ..workloads import check_model_name, load_workload, split_holdout
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
 from ._noise import critical_batch_sentence
-from ._objective import StudyFailedError, user_failure
+from ._objective import StudyFailedError, TrialContext, user_failure
 from ._prepare import deadline_of, prepare_study, stored_spec
+from ._verify import verification_reserve, verify_answer
 from ._worker import counts, run_worker
 
 
@@ -71,14 +73,17 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     workload = load_workload(settings.dataset, data_dir=settings.data_dir, seed=settings.seed)
     for text in workload.notes:
         run.emit(Note(text=text))
-    study, _ = prepare_study(settings, storage, name, workload, device, started, run)
+    study, spec = prepare_study(settings, storage, name, workload, device, started, run)
+    verify = _verifier(study, spec, workload, device, settings, started)
     results = _results(study)
     if settings.n_trials and results >= settings.n_trials and not settings.create_only:
         more = resume_command(name, settings.storage, "--n-trials", str(results + settings.n_trials))
         run.emit(Note(text=f"study {name!r} is complete: {results} trials have results, --n-trials is "
                            f"{settings.n_trials}; to run more: {more}"))
-        return _answer(study, settings, name, url, started, run)
+        return _answer(study, settings, name, url, started, run, verify)
     deadline = deadline_of(settings, started)
+    if deadline is not None:  # the search ends early enough for the verification runs
+        deadline -= verification_reserve(study, spec)
     set_limits(study, deadline=deadline, n_trials=settings.n_trials)
     run.emit(StudyReady(study_name=name, storage=mask_url(url), deadline=deadline, n_trials=settings.n_trials))
     if settings.create_only:
@@ -97,7 +102,7 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     finally:
         _wait_for_helpers(helpers, run)
     fail_stale_trials(study)
-    return _answer(study, settings, name, url, started, run)
+    return _answer(study, settings, name, url, started, run, verify)
 
 
 def _results(study: optuna.Study) -> int:
@@ -106,14 +111,25 @@ def _results(study: optuna.Study) -> int:
     return c["complete"] + c["pruned"] + c.get("fail_final", 0)
 
 
+def _verifier(study: optuna.Study, spec: StudySpec, workload, device, settings: TuneSettings,
+              started: float):
+    """The function that verifies an answer within what is left of the budget."""
+    memory = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
+    select, held_out = split_holdout(workload, spec.verify_holdout, spec.seed)
+    ctx = TrialContext(spec=spec, workload=select, device=device, num_workers=settings.num_workers,
+                       memory_model=MemoryEstimate.from_dict(memory) if memory else None)
+    end = started + settings.budget_s - fit_reserve(settings.budget_s) if settings.budget_s else None
+    return lambda rec: verify_answer(study, rec, ctx, end=end, held_out=held_out)
+
+
 def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, started: float,
-            run: TuneRun) -> TuneOutcome:
+            run: TuneRun, verify=None) -> TuneOutcome:
     """The study's answer; a run with no completed trial is an error whose message is the
     command that gives the study what it lacked."""
     failure = user_failure(study)
     if failure is not None:  # trials ran, none completed, the user's code is why: say that line
         raise StudyFailedError(f"{failure} (no trial completed)")
-    answer = final_answer(study, run, settings.storage)
+    answer = final_answer(study, run, settings.storage, verify=verify)
     c = counts(study)
     if not answer:
         if settings.budget_s and not settings.n_trials:
@@ -168,16 +184,22 @@ def _spawn_worker(study_name: str, url: str, settings: TuneSettings, index: int)
     return subprocess.Popen(cmd, env={**os.environ, ENV_STORAGE: url}, start_new_session=True)
 
 
-def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Optional[str] = None) -> dict:
-    """The trade-off model's recommendation, stored with the study (user attribute and
-    dashboard note); the best completed trial while there are too few trials to fit.
+def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Optional[str] = None,
+                 verify: Optional[Callable[[Recommendation], Recommendation]] = None) -> dict:
+    """The trade-off model's recommendation, verified by ``verify`` (``verify_answer``: fresh
+    seeds) when given, stored with the study (user attribute and dashboard note); the best
+    completed trial while there are too few trials to fit, saying why it was not verified.
     ``storage``: the URL as the user gave it, for the command a note prints."""
     try:
         rec = recommend_study(study, storage=storage)
     except AutobatchError as exc:
         if run is not None:
             run.emit(Note(text=f"trade-off model not fitted: {exc}"))
+            if verify is not None:
+                run.emit(Note(text="not verified: too few completed trials for a recommendation to verify"))
     else:
+        if verify is not None:
+            rec = verify(rec)
         publish(study, rec)
         return rec.to_dict()
     try:

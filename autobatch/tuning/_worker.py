@@ -39,7 +39,7 @@ from ..search import SAFETY, StudySpec, TrialTimes, make_sampler, param_encoding
 from ..storage import StorageLostError, claim_trial, fail_stale_trials, fail_trial, requeue, study_state
 
 from ..train import resolve_device
-from ..workloads import Workload, load_workload
+from ..workloads import Workload, load_workload, split_holdout
 from ._events import Note, TrialFinished, TuneRun
 from ._objective import StudyFailedError, TrialContext, run_trial
 from ._pruning import SnapshotPruner
@@ -97,6 +97,7 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     memory = attrs.get(R.STUDY_MEMORY_MODEL) or {}
     memory_model = MemoryEstimate.from_dict(memory) if memory else None
     workload = workload or load_workload(spec.dataset, data_dir=data_dir, seed=spec.seed)
+    workload, _ = split_holdout(workload, spec.verify_holdout, spec.seed)  # verification's slice: never seen here
     clock = _TrialClock(spec, attrs.get(R.STUDY_THROUGHPUT), memory_model, study)
     base_seed = spec.seed if worker_seed is None else worker_seed
     pruner = SnapshotPruner(spec.pruner, spec.eval_points)
