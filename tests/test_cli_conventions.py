@@ -137,7 +137,7 @@ def test_print_recommendation_is_a_few_lines_and_repr_is_bounded(study_url, tmp_
     rec = recommend(NAME, storage=study_url)
     text = str(rec)
     lines = text.splitlines()
-    assert 4 <= len(lines) <= 8, text
+    assert 4 <= len(lines) <= 11, text  # 7 lines, plus critical batch, verification, confidence, BatchNorm
     assert lines[0].startswith(f"recommended for {NAME}")
     assert f"micro-batch {rec.batch_size} x {rec.accumulation_steps}" in text
     assert f"{rec.predicted_metric:.1%}" in text  # accuracy in percent, as the rationale writes it
@@ -145,6 +145,12 @@ def test_print_recommendation_is_a_few_lines_and_repr_is_bounded(study_url, tmp_
     assert len(repr(rec)) < 400 and f"batch_size={rec.batch_size}" in repr(rec)
     done = run_cli("recommend", "--storage", study_url, "--study-name", NAME, cwd=tmp_path)
     assert done.stdout.strip() == text
+    import dataclasses
+
+    stated = dataclasses.replace(rec, critical_batch=180.0, critical_batch_interval=(90.0, None),
+                                 critical_batch_source="3 trials' end-of-training estimate")
+    line = next(line for line in str(stated).splitlines() if line.strip().startswith("critical"))
+    assert "≈ 180 [90, more]" in line and "3 trials'" in line and "little speed-up per sample" in line
 
 
 def test_balanced_rationale_never_names_one_setting_as_both_ends():

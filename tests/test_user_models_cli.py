@@ -88,6 +88,7 @@ def test_factory_and_label_errors_and_autobatch_debug(tmp_path, sqlite_url, caps
               "model factory tests.userland:broken_factory raised RuntimeError: cannot build")
     _one_line(_main(capsys, *args, "--model", "mlp", "--dataset", "tests.userland:bad_labels_dataset"),
               "largest label 11")
+    _one_line(_main(capsys, *args, "--model", "tests.userland:no_parameters"), "no trainable parameters")
     monkeypatch.setenv("AUTOBATCH_DEBUG", "1")
     shown = _main(capsys, *args, "--model", "tests.userland:broken_factory")
     assert shown.returncode == 2 and "Traceback" in shown.stderr and "weights file missing" in shown.stderr

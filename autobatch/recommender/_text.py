@@ -64,7 +64,13 @@ def summary(rec: Any) -> str:
     # issue 18: the verification beside the prediction, low confidence, BatchNorm with accumulation
     verified = rec.verification_line() or ""
     verified = verified.removeprefix("verified: ").replace("not verified: ", "no: ", 1)
-    labels = (("verified", verified), ("confidence", (rec.confidence_note or "").removeprefix("low confidence: ")
+    critical = ""
+    if rec.critical_batch is not None:
+        lo, hi = rec.critical_batch_interval or (None, None)
+        span = f" [{lo:.0f}, {'more' if hi is None else f'{hi:.0f}'}]" if lo is not None else ""
+        critical = (f"≈ {rec.critical_batch:.0f}{span} ({rec.critical_batch_source}): beyond it, larger "
+                    "batches buy little speed-up per sample")
+    labels = (("critical", critical), ("verified", verified), ("confidence", (rec.confidence_note or "").removeprefix("low confidence: ")
                                        and "low: " + rec.confidence_note.removeprefix("low confidence: ")),
               ("batchnorm", rec.batchnorm_note))
     lines += [f"  {label:<12} {text}" for label, text in labels if text]
