@@ -137,3 +137,15 @@ def test_a_spec_stored_without_a_recipe_is_todays_study():
     assert old == today and old.recipe == TrainRecipe() and old.identity_difference(today) is None
     other = StudySpec(model="resnet18", dataset="digits", recipe=TrainRecipe(optimizer="adamw"))
     assert old.identity_difference(other) == "recipe optimizer is 'sgd' there, 'adamw' here"
+
+
+def test_resume_command_never_prints_a_password_and_never_names_an_unset_variable(monkeypatch):
+    from autobatch.search import resume_command
+
+    url = "postgresql://postgres:hunter2@db.example:5432/studies"
+    monkeypatch.delenv("AUTOBATCH_STORAGE", raising=False)
+    cmd = resume_command("s", url, "--n-trials", "8")
+    assert "hunter2" not in cmd and "postgres:***@db.example:5432/studies" in cmd and "$AUTOBATCH" not in cmd
+    monkeypatch.setenv("AUTOBATCH_STORAGE", url)
+    assert '--storage "$AUTOBATCH_STORAGE"' in resume_command("s", url)
+    assert "--storage sqlite:///x.db --n-trials 8" in resume_command("s", "sqlite:///x.db", "--n-trials", "8")

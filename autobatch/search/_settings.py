@@ -133,7 +133,8 @@ def resume_command(study_name: str, storage: Optional[str], *options: str) -> st
     """The command that resumes the study (its model, dataset, space and recipe are the stored
     ones), with ``options`` such as ``--n-trials 20``. ``storage``: the URL as the user gave it
     (None: ``$AUTOBATCH_STORAGE`` or the default file, which the command then names); a URL with
-    a password is left to the environment, never printed."""
+    a password is never printed: ``"$AUTOBATCH_STORAGE"`` when that variable holds it, else the
+    URL with the password as ``***`` for the user to put back."""
     from sqlalchemy.engine import make_url
 
     parts = ["autobatch", "tune", "--study-name", shlex.quote(study_name)]
@@ -141,8 +142,15 @@ def resume_command(study_name: str, storage: Optional[str], *options: str) -> st
         storage = f"sqlite:///{DEFAULT_SQLITE.resolve()}"
     if storage is not None:
         try:
-            secret = make_url(storage).password is not None
+            url = make_url(storage)
+            secret = url.password is not None
         except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: quoted as given
             secret = False
-        parts += ["--storage", '"$AUTOBATCH_STORAGE"' if secret else shlex.quote(storage)]
+        if not secret:
+            shown = shlex.quote(storage)
+        elif os.environ.get(ENV_STORAGE) == storage:  # the environment holds it: name the variable
+            shown = '"$AUTOBATCH_STORAGE"'
+        else:  # the password masked: the user puts theirs back (or sets $AUTOBATCH_STORAGE)
+            shown = shlex.quote(url.render_as_string(hide_password=True))
+        parts += ["--storage", shown]
     return " ".join([*parts, *options])
