@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import optuna
 
 from .. import records as R
@@ -13,27 +15,31 @@ from ._spec import StudySpec
 FOLK_BATCH = 32
 
 
-def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int]) -> None:
+def enqueue_baselines(study: optuna.Study, spec: StudySpec, sizes: list[int], limit: Optional[int] = None) -> int:
     """Queue the folk default (batch 32 at the rule's lr) and the largest micro-batch that fits
     with a linearly scaled lr (what a batch-size finder plus the Goyal et al. rule would pick),
     then the folk default once more (labelled ``records.REPEAT``, a new trial number and so a new
     seed): one deliberate early repeat that measures the seed-to-seed spread the recommender's
     interval carries (``recommender._calibration.seed_noise``). ``sizes`` are the space's
-    micro-batch sizes that fit, ascending."""
+    micro-batch sizes that fit, ascending. ``limit``: at most this many (the study's
+    ``--n-trials``: a queued trial beyond it would stay waiting for ever). Returns how many."""
     folk = min(max(FOLK_BATCH, sizes[0]), sizes[-1])
     largest = sizes[-1]
     linear_multiplier = spec.space.multiplier_for(
         spec.space.base_lr * largest / spec.space.reference_batch_size, largest)
+    queue = []
     for label, batch, multiplier in (("folk-default-32", folk, 1.0),
                                      ("largest-fit-linear-lr", largest, linear_multiplier)):
         multiplier = min(max(multiplier, spec.space.lr_multiplier_min), spec.space.lr_multiplier_max)
-        study.enqueue_trial(params_for(spec.space, batch_size=batch,
-                                       accumulation_steps=min(spec.space.accumulation_steps),
-                                       multiplier=multiplier), user_attrs={R.BASELINE: label})
+        queue.append((params_for(spec.space, batch_size=batch, accumulation_steps=min(spec.space.accumulation_steps),
+                                 multiplier=multiplier), {R.BASELINE: label}))
     folk_multiplier = min(max(1.0, spec.space.lr_multiplier_min), spec.space.lr_multiplier_max)
-    study.enqueue_trial(params_for(spec.space, batch_size=folk, accumulation_steps=min(spec.space.accumulation_steps),
-                                   multiplier=folk_multiplier),
-                        user_attrs={R.REPEAT: "folk-default-32"})
+    queue.append((params_for(spec.space, batch_size=folk, accumulation_steps=min(spec.space.accumulation_steps),
+                             multiplier=folk_multiplier), {R.REPEAT: "folk-default-32"}))
+    queue = queue if limit is None else queue[:max(0, limit)]
+    for params, attrs in queue:
+        study.enqueue_trial(params, user_attrs=attrs)
+    return len(queue)
 
 
 CRITICAL_BASELINE = "critical-batch"

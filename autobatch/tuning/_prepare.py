@@ -195,9 +195,10 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
     study.set_metric_names([spec.recipe.metric.rsplit(":", 1)[-1]])
     study.set_user_attr(R.STUDY_MEMORY_MODEL, result.to_dict())
     study.set_user_attr(R.STUDY_THROUGHPUT, [list(m) for m in measured])
-    if settings.baselines:
-        enqueue_baselines(study, spec, sizes)
-    store_critical_batch(study, spec, sizes, noise, centred=centred is not None, baselines=settings.baselines)
+    queued = enqueue_baselines(study, spec, sizes, limit=settings.n_trials) if settings.baselines else 0
+    room = settings.n_trials is None or queued < settings.n_trials  # nothing queued beyond --n-trials
+    store_critical_batch(study, spec, sizes, noise, centred=centred is not None,
+                         baselines=settings.baselines and room)
     study.set_user_attr(R.STUDY_SPEC, spec.to_dict())  # last: a study with a spec is complete
     return study, spec
 
