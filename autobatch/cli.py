@@ -309,6 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     debug = getattr(args, "debug", False) or os.environ.get("AUTOBATCH_DEBUG", "") not in ("", "0")
+    from .interrupts import install
+
+    install()  # a Ctrl-C swallowed by a garbage-collector callback is raised again at the next step
     try:
         return args.func(args)
     except AutobatchError as exc:

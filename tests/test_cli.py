@@ -153,3 +153,29 @@ def test_probe_prints_the_memory_model(tmp_path):
     # on CPU the default cap is the memory available to the process
     assert "(cpu memory available)" in human.stdout and "largest micro-batch under the cap" in human.stdout
     assert "training step at 2:" in human.stderr and "evaluation at" in human.stderr  # progress
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again_at_the_next_check():
+    """Python ignores a KeyboardInterrupt raised inside a weak-reference callback (it prints
+    "Exception ignored"); the CLI's handler records it and the step and claim loops raise it."""
+    import weakref
+
+    from autobatch import interrupts
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.install()
+        interrupts.check()  # nothing pressed: no-op
+
+        class Freed:
+            pass
+
+        obj = Freed()
+        ref = weakref.ref(obj, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+        del obj  # the handler raises inside the callback: Python reports it and goes on
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupts._pressed.clear()

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import AutobatchError
+from ..interrupts import check as check_interrupt
 from ..memory import EVAL_BATCH_FACTOR, TrialMeter, is_out_of_memory, live_tensor_bytes
 from ..recipe import TrainRecipe
 from ..records import (STOP_BUDGET, STOP_COMPLETED, STOP_DIVERGED, STOP_ERROR, STOP_INFEASIBLE,
@@ -151,6 +152,7 @@ def train_trial(
 
     try:
         for step_index in range(total_steps):
+            check_interrupt()  # a recorded Ctrl-C that a callback swallowed: raised here
             if step_index < profiled:
                 begun = time.perf_counter()
                 with meter.phase("train", live):

@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from .. import records as R
 from .._optuna_internals import backend, fill_trial_cache, study_id
 from ..errors import AutobatchError
+from ..interrupts import check as check_interrupt
 from ..memory import MemoryEstimate
 from ..search import SAFETY, StudySpec, TrialTimes, make_sampler, param_encoding
 from ..storage import StorageLostError, claim_trial, fail_stale_trials, fail_trial, requeue, study_state
@@ -108,6 +109,7 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
     done, stale_checked = 0, -math.inf
     stale_every = getattr(backend(study), "get_heartbeat_interval", lambda: None)() or 0.0
     while not run.stopped:
+        check_interrupt()  # a Ctrl-C a callback swallowed (during the probes, say) ends the run here
         timings: dict[str, float] = {}
         # Dead workers' trials go stale only after the heartbeat's grace period: looking for them
         # once per heartbeat interval finds each as soon as looking at every claim would, near enough.
