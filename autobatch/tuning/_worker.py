@@ -119,14 +119,18 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
                            check_stale=check_stale, keys=(R.STUDY_MEMORY_MODEL,))
         if claim is None:
             break
-        deadline = claim.attrs.get(R.STUDY_DEADLINE)
-        study.sampler = make_sampler(base_seed + claim.number)
-        # One read of the trials per trial (Optuna's cache makes it a read of what changed): the
-        # sampler's view and the pruner's snapshot, as Study.ask has the sampler read once.
-        trials = study.get_trials(deepcopy=False)
-        fill_trial_cache(study, trials)
-        pruner.refresh(trials)
-        ctx = dataclasses.replace(base, deadline=deadline, study_attrs=claim.attrs, trials=tuple(trials))
+        try:  # the trial is RUNNING from its claim on: a Ctrl-C from here on hands it back
+            deadline = claim.attrs.get(R.STUDY_DEADLINE)
+            study.sampler = make_sampler(base_seed + claim.number)
+            # One read of the trials per trial (Optuna's cache makes it a read of what changed): the
+            # sampler's view and the pruner's snapshot, as Study.ask has the sampler read once.
+            trials = study.get_trials(deepcopy=False)
+            fill_trial_cache(study, trials)
+            pruner.refresh(trials)
+            ctx = dataclasses.replace(base, deadline=deadline, study_attrs=claim.attrs, trials=tuple(trials))
+        except KeyboardInterrupt:
+            _abandon(study, claim.trial_id, "interrupted (Ctrl-C)")
+            raise
         started = time.perf_counter() - timings["claim"]
         try:
             with heartbeat(backend(study), claim.trial_id):
