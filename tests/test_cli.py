@@ -179,3 +179,25 @@ def test_a_ctrl_c_swallowed_by_a_callback_is_raised_again_at_the_next_check():
     finally:
         signal.signal(signal.SIGINT, previous)
         interrupts._pressed.clear()
+
+
+def test_a_ctrl_c_during_a_claim_is_held_back_until_the_claim_is_named():
+    """``interrupts.deferred()`` records a SIGINT without raising it; ``check()`` raises it after
+    (the worker hands the claimed trial back there); outside it Ctrl-C raises at once."""
+    from autobatch import interrupts
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        interrupts.install()
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGINT)  # recorded, not raised
+            taken = "trial 7"
+        assert taken == "trial 7"
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+        interrupts._pressed.clear()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # outside: raised at once, as before
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupts._pressed.clear()

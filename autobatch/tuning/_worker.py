@@ -35,6 +35,7 @@ from .. import records as R
 from .._optuna_internals import backend, fill_trial_cache, study_id
 from ..errors import AutobatchError
 from ..interrupts import check as check_interrupt
+from ..interrupts import deferred as deferred_interrupt
 from ..memory import MemoryEstimate
 from ..search import SAFETY, StudySpec, TrialTimes, make_sampler, param_encoding
 from ..storage import StorageLostError, claim_trial, fail_stale_trials, fail_trial, requeue, study_state
@@ -115,11 +116,15 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
         # once per heartbeat interval finds each as soon as looking at every claim would, near enough.
         check_stale = time.monotonic() - stale_checked >= stale_every
         stale_checked = time.monotonic() if check_stale else stale_checked
-        claim = next_claim(study, seconds_needed=clock.shortest(), timings=timings, refresh=False,
-                           check_stale=check_stale, keys=(R.STUDY_MEMORY_MODEL,))
-        if claim is None:
-            break
+        claim = None
         try:  # the trial is RUNNING from its claim on: a Ctrl-C from here on hands it back
+            # A Ctrl-C during the claim is held back until ``claim`` names the trial it took.
+            with deferred_interrupt():
+                claim = next_claim(study, seconds_needed=clock.shortest(), timings=timings, refresh=False,
+                                   check_stale=check_stale, keys=(R.STUDY_MEMORY_MODEL,))
+            if claim is None:
+                break
+            check_interrupt()
             deadline = claim.attrs.get(R.STUDY_DEADLINE)
             study.sampler = make_sampler(base_seed + claim.number)
             # One read of the trials per trial (Optuna's cache makes it a read of what changed): the
@@ -129,7 +134,8 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
             pruner.refresh(trials)
             ctx = dataclasses.replace(base, deadline=deadline, study_attrs=claim.attrs, trials=tuple(trials))
         except KeyboardInterrupt:
-            _abandon(study, claim.trial_id, "interrupted (Ctrl-C)")
+            if claim is not None:
+                _abandon(study, claim.trial_id, "interrupted (Ctrl-C)")
             raise
         started = time.perf_counter() - timings["claim"]
         try:
@@ -228,7 +234,9 @@ def next_claim(study: optuna.Study, *, seconds_needed: float = 0.0,
             return claim
         if not claim.counts.get("running"):
             return None
+        check_interrupt()  # no trial held: a Ctrl-C held back by the caller ends the wait here
         time.sleep(POLL_SECONDS)
+        check_interrupt()
 
 
 def next_trial_id(study: optuna.Study, **_ignored) -> Optional[int]:
