@@ -7,7 +7,8 @@ its negative when it minimizes it (a loss, an error). Every prediction column ca
 ``accuracy*`` below holds that oriented score; ``to_metric`` turns it back into the metric.
 Scores of an accuracy metric are clipped to [0, 1], the built-in losses and errors (validation
 loss, MAE, RMSE) to >= 0, a user's metric is not bounded; epoch times and peaks are never below
-zero (``_calibration.clip_interval``).
+zero (``_calibration.clip_interval``; their intervals are widened by the jackknife factors of
+``_jackknife``, multiplicatively, so they stay positive).
 """
 
 from __future__ import annotations
