@@ -37,6 +37,14 @@ def test_verdict_says_where_the_measurements_fell():
     assert verdict([], (0.9, 1.0)) is None and verdict([0.9], None) is None
 
 
+def test_worse_than_the_interval_follows_the_metric_direction():
+    from autobatch.tuning._verify import worse
+
+    assert worse("below", "maximize") and not worse("above", "maximize")      # an accuracy came out lower
+    assert worse("above", "minimize") and not worse("below", "minimize")      # a loss came out higher
+    assert not worse("inside", "maximize") and not worse("outside", "minimize") and not worse(None, "maximize")
+
+
 def test_has_batchnorm():
     assert has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
     assert not has_batchnorm(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)))
