@@ -37,6 +37,14 @@ def test_verdict_says_where_the_measurements_fell():
     assert verdict([], (0.9, 1.0)) is None and verdict([0.9], None) is None
 
 
+def test_worse_than_the_interval_follows_the_metric_direction():
+    from autobatch.tuning._verify import worse
+
+    assert worse("below", "maximize") and not worse("above", "maximize")      # an accuracy came out lower
+    assert worse("above", "minimize") and not worse("below", "minimize")      # a loss came out higher
+    assert not worse("inside", "maximize") and not worse("outside", "minimize") and not worse(None, "maximize")
+
+
 def test_has_batchnorm():
     assert has_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
     assert not has_batchnorm(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)))
@@ -137,3 +145,87 @@ def test_study_file_turns_verification_off(tmp_path):
     assert TuneSettings().verify_runs is None                      # the plan's one or two
     with pytest.raises(Exception, match="verify_runs"):
         TuneSettings(verify_runs=9)
+
+
+# --- a verification that contradicts the prediction re-ranks the answer ----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """A real 6-trial study (mlp on digits), tuned without verification: the recommender's input."""
+    path = tmp_path_factory.mktemp("rerank") / "s.db"
+    tune(TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.3, n_trials=6, storage=f"sqlite:///{path}",
+                      study_name="r", space=SearchSpace(batch_size_min=16, batch_size_max=64), pruner="none",
+                      verify_runs=0))
+    return path
+
+
+def _contradicting(tiny_study, tmp_path):
+    """A copy of the tiny study and a verification context that trains on scrambled labels: the
+    re-training measures any setting near chance, far below its interval (a forced contradiction;
+    the recommender and the trainer run for real)."""
+    import shutil
+
+    from autobatch.search import StudySpec
+    from autobatch.tuning._objective import TrialContext
+    from autobatch.workloads import load_workload, split_holdout
+    from torch.utils.data import TensorDataset
+
+    for part in tiny_study.parent.glob("s.db*"):  # the database and its write-ahead log
+        shutil.copy(part, tmp_path / part.name)
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path / 's.db'}")
+    spec = dataclasses.replace(StudySpec.from_dict(study.user_attrs[R.STUDY_SPEC]), verify_runs=1)
+    select, _ = split_holdout(load_workload("digits", seed=spec.seed), spec.verify_holdout, spec.seed)
+    x, y = select.train.tensors
+    scrambled = dataclasses.replace(select, train=TensorDataset(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]))
+    return study, TrialContext(spec=spec, workload=scrambled, device=torch.device("cpu"), num_workers=0)
+
+
+def test_a_contradicting_verification_re_ranks_and_verifies_the_new_winner(tiny_study, tmp_path):
+    from autobatch.recommender import same_setting
+    from autobatch.tuning._verify import MAX_RERANKS, verify_answer
+
+    study, ctx = _contradicting(tiny_study, tmp_path)
+    trials = [t.number for t in study.trials]
+    first = recommend_study(study)
+    answer = verify_answer(study, first, ctx)
+    stored = study.user_attrs[R.STUDY_VERIFICATION]
+    assert [t.number for t in optuna.load_study(study_name="r", storage=study._storage).trials] == trials
+    assert stored["runs"][0]["contradicted"] and same_setting(first, stored["runs"][0])
+    assert answer.reranked_from[0]["verdict"] == "below" and same_setting(first, answer.reranked_from[0])
+    assert answer.reranked_from[0]["values"] == [stored["runs"][0]["value"]] and stored["runs"][0]["value"] < 0.5
+    assert not same_setting(answer, answer.reranked_from[0])      # the measurement moved the answer
+    # every setting verified in turn missed (scrambled labels): at most MAX_RERANKS more were tried,
+    # and the last winner is said to be unverified, the runner-up of the measurements
+    assert len(answer.reranked_from) == MAX_RERANKS + 1 == len(stored["runs"])
+    assert all(r["contradicted"] for r in stored["runs"]) and not answer.verified_values
+    assert answer.verification_note.startswith("not verified: re-ranked after the verification of batch")
+    assert "re-ranked: batch" in answer.markdown().lower() and "(not verified)" in str(answer)
+    # the verification runs are observations, not trials: the refit rests on the same trials
+    later = recommend_study(study)
+    assert same_setting(later, answer.to_dict()) and later.reranked_from == answer.reranked_from
+    assert later.verification_note == answer.verification_note
+    assert later.diagnostics["accuracy"]["verification_observations"] == len(stored["runs"])
+    assert set(later.trials) <= set(trials) and later.diagnostics["accuracy"]["trials"] == first.diagnostics["accuracy"]["trials"]
+    assert Recommendation.from_dict(later.to_dict()) == later
+
+
+def test_without_time_for_another_run_the_re_ranked_winner_is_named_unverified(tiny_study, tmp_path, monkeypatch):
+    import time
+
+    from autobatch.recommender import same_setting
+    from autobatch.tuning import _verify
+
+    study, ctx = _contradicting(tiny_study, tmp_path)
+    first = recommend_study(study)
+    calls = []
+    real = _verify._run_seconds
+    # the first run fits in the budget, any later one does not (the budget's clock is real)
+    monkeypatch.setattr(_verify, "_run_seconds", lambda *a: calls.append(a) or (real(*a) if len(calls) == 1 else 1e6))
+    answer = _verify.verify_answer(study, first, ctx, end=time.time() + 600)
+    stored = study.user_attrs[R.STUDY_VERIFICATION]
+    assert len(stored["runs"]) == 1 and stored["runs"][0]["contradicted"]
+    assert not same_setting(answer, first.to_dict()) and not answer.verified_values
+    assert answer.verification_note.startswith("not verified: re-ranked after the verification of batch "
+                                               f"{first.batch_size} x {first.accumulation_steps} came out below")
+    assert "give the study more budget" in answer.verification_note
+    assert same_setting(answer, stored["answer"]) and same_setting(recommend_study(study), answer.to_dict())

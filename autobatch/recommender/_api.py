@@ -20,7 +20,7 @@ from ._choice import (apply_constraints, candidates, describe, metric_interval, 
                       speed_tolerance, supported, time_to_target)
 from ._confidence import confidence_note
 from ._critical import critical_batch, goodput_pick
-from ._fit import accuracy_rows, fit_tradeoff, metric_sign, verification_repeats
+from ._fit import accuracy_rows, fit_tradeoff, metric_sign, verification_observations, verification_repeats
 from ._recommendation import Recommendation
 
 MIN_TRIALS = 4            # completed trials needed: three inputs and one to spare
@@ -73,7 +73,8 @@ def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = 
     rec = recommend_from_frame(
         df, spec, study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
         max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
-        priority=priority, more_trials=more, critical=noise, extra_repeats=verification_repeats(stored))
+        priority=priority, more_trials=more, critical=noise, extra_repeats=verification_repeats(stored),
+        observations=verification_observations(stored))
     return with_stored_verification(rec, stored)
 
 
@@ -86,8 +87,16 @@ def same_setting(rec: Recommendation, stored: dict) -> bool:
 def with_stored_verification(rec: Recommendation, stored: Optional[dict]) -> Recommendation:
     """``rec`` with the study's stored verification when it re-trained this very setting: the
     measurement beside the prediction it was checked against (the one made before it ran; the
-    verification runs are repeats in today's fit)."""
-    if not stored or not stored.get("values") or not same_setting(rec, stored):
+    verification runs are repeats in today's fit), and the settings whose verification
+    contradicted them before a re-rank chose this one (``reranked_from``). A re-ranked answer
+    that could not be verified gets those and the stored reason (``stored["answer"]``)."""
+    if not stored:
+        return rec
+    reranked = tuple(dict(r) for r in stored.get("reranked_from") or ())
+    answer = stored.get("answer")
+    if answer and same_setting(rec, answer) and not (stored.get("values") and same_setting(rec, stored)):
+        return dataclasses.replace(rec, reranked_from=reranked, verification_note=answer.get("note"))
+    if not stored.get("values") or not same_setting(rec, stored):
         return rec
     values, held = stored["values"], stored.get("holdout_values") or []
     interval = tuple(stored["metric_interval"]) if stored.get("metric_interval") else rec.metric_interval
@@ -98,7 +107,7 @@ def with_stored_verification(rec: Recommendation, stored: Optional[dict]) -> Rec
         verified_metric=sum(values) / len(values), verified_values=tuple(values),
         verified_seeds=tuple(stored.get("seeds") or ()), verification_verdict=stored.get("verdict"),
         verification_note=stored.get("note"), verified_holdout_metric=sum(held) / len(held) if held else None,
-        verified_holdout_samples=stored.get("holdout_samples") or None)
+        verified_holdout_samples=stored.get("holdout_samples") or None, reranked_from=reranked)
 
 
 def publish(study: optuna.Study, rec: Recommendation) -> None:
@@ -120,16 +129,19 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
                          min_accuracy: Optional[float] = None,
                          priority: str = "balanced", more_trials: str = "",
                          critical: Optional[dict] = None, calibrate: bool = True,
-                         extra_repeats: Sequence[tuple[tuple, float]] = ()) -> Recommendation:
+                         extra_repeats: Sequence[tuple[tuple, float]] = (),
+                         observations: Sequence[tuple[tuple, float]] = ()) -> Recommendation:
     """The recommendation for a ``trials_frame`` table: pure, deterministic. It carries the
     study's recipe and trial length (``spec``); ``min_accuracy`` applies to accuracy metrics.
     ``more_trials``: the command that runs more trials, for the error when there are too few.
     ``critical``: the study's critical batch (``recommender._critical.critical_batch``), stated
     with the answer beside the candidate of highest predicted goodput.
     ``calibrate``: the seed-noise floor in the accuracy model and the selective conformal
-    interval at the chosen setting (``_calibration``); False gives the model's own interval
-    (for benchmarks comparing the two). ``extra_repeats``: runs that are not trials, for the
-    seed-noise estimate (``fit_tradeoff``)."""
+    interval at the chosen setting (``_calibration``), and the jackknife-widened epoch-time and
+    peak intervals (``_jackknife``); False gives the models' own intervals (for benchmarks
+    comparing the two; with True the models' own are in ``diagnostics["calibration"]``).
+    ``extra_repeats``: runs that are not trials, for the seed-noise estimate;
+    ``observations``: runs that are not trials, fitted by the metric model (``fit_tradeoff``)."""
     _check_priority(priority)
     if min_accuracy is not None and not spec.recipe.metric_is_fraction:
         raise AutobatchError(f"min_accuracy needs an accuracy metric; study {study_name!r} tunes "
@@ -148,7 +160,7 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             f"at least {MIN_TRIALS}: run more trials"
             + (f": {more_trials}" if more_trials else f" (autobatch tune --study-name {study_name})"))
     fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE, calibrate=calibrate,
-                       extra_repeats=extra_repeats)
+                       extra_repeats=extra_repeats, observations=observations)
     # Candidates need local support: the accuracy model is not trusted to extrapolate into a
     # corner no completed trial has seen (there it once predicted 110%, and an untested lr
     # edge re-trained 22.8 points worse than predicted).
@@ -161,6 +173,7 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
     diagnostics = fit.diagnostics()
     if calibrate:  # the chosen setting is the luckiest prediction: its interval is calibrated for that
         chosen["accuracy_lo"], chosen["accuracy_hi"], diagnostics["calibration"] = fit.selective_interval(chosen)
+        diagnostics["calibration"].update(_model_intervals(chosen))
     best = completed.loc[(metric_sign(spec) * completed["val_metric"]).idxmax(), "number"]
     described = describe(chosen, fit)
     return Recommendation(
@@ -190,6 +203,14 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             lr_multiplier=float(chosen["lr_multiplier"]),
             space_batch=(min(spec.space.batch_sizes), max(spec.space.batch_sizes)),
             space_multiplier=(spec.space.lr_multiplier_min, spec.space.lr_multiplier_max)))
+
+
+def _model_intervals(chosen: pd.Series) -> dict:
+    """The epoch-time and peak intervals at ``chosen`` as the models gave them, before the
+    jackknife widened them (for the diagnostics and the coverage benchmark)."""
+    peak = [float(chosen["peak_model_lo"]), float(chosen["peak_model_hi"])]
+    return {"epoch_time_model_interval": [float(chosen["epoch_time_model_lo"]), float(chosen["epoch_time_model_hi"])],
+            "peak_model_interval": None if pd.isna(chosen["peak_bytes"]) else peak}
 
 
 def _critical_fields(critical: Optional[dict], feasible: pd.DataFrame, spec: StudySpec) -> dict:

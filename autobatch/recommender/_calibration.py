@@ -24,6 +24,8 @@ points are chosen the way the answer is: the trials whose *leave-one-out predict
 the top ``TOP_FRACTION``, so the residuals carry the optimism of a setting picked for a high
 prediction (a selective, "top-k" calibration set), far extrapolations left out. The final interval is the wider of the
 model's and this one, clipped to what the quantity can physically be (``clip_interval``).
+The epoch-time and peak-memory intervals are calibrated the same way, by their own models'
+leave-one-out refits (``_jackknife``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ its negative when it minimizes it (a loss, an error). Every prediction column ca
 ``accuracy*`` below holds that oriented score; ``to_metric`` turns it back into the metric.
 Scores of an accuracy metric are clipped to [0, 1], the built-in losses and errors (validation
 loss, MAE, RMSE) to >= 0, a user's metric is not bounded; epoch times and peaks are never below
-zero (``_calibration.clip_interval``).
+zero (``_calibration.clip_interval``; their intervals are widened by the jackknife factors of
+``_jackknife``, multiplicatively, so they stay positive).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ._accuracy import AccuracyModel, accuracy_features
 from ._calibration import (SeedNoise, calibrated_interval, calibration_set, clip_interval, seed_noise,
                            selective_half_width, setting_key)
 from ._intervals import COVERAGE
+from ._jackknife import memory_factor, throughput_factor, widen_ratio
 from ._memory_fit import MemoryFit, fit_memory
 from ._throughput import ThroughputModel
 
@@ -109,6 +111,10 @@ class TradeoffFit:
     metric_name: str = "accuracy"  # for display: "accuracy", "validation loss", "RMSE", ...
     nonnegative: bool = False     # a built-in loss or error: the metric is >= 0
     noise: Optional[SeedNoise] = None  # seed-to-seed spread of repeated settings, when any
+    # jackknife factors (``_jackknife``) widening the throughput and peak intervals (1: none)
+    throughput_factor: float = 1.0
+    memory_factor: float = 1.0
+    observations: int = 0         # verification runs fitted as observations (not trials)
 
     def to_metric(self, score: Any) -> Any:
         """The metric for an oriented score (or an array of them)."""
@@ -129,19 +135,23 @@ class TradeoffFit:
             acc_lo, acc_hi = clip_interval(acc_lo, acc_hi, *bounds)
         ba = np.column_stack([b, a])
         throughput = self.throughput.predict(ba)
-        thr_lo, thr_hi = self.throughput.predict_interval(ba)
+        model_lo, model_hi = self.throughput.predict_interval(ba)
+        thr_lo, thr_hi = widen_ratio(throughput, model_lo, model_hi, self.throughput_factor)
         out = pd.DataFrame({
             "batch_size": b.astype(int), "accumulation_steps": a.astype(int),
             "effective_batch_size": (b * a).astype(int), "lr_multiplier": m,
             "accuracy": accuracy, "accuracy_lo": acc_lo, "accuracy_hi": acc_hi, "throughput": throughput,
             "epoch_time_s": self.train_size / throughput,
             "epoch_time_lo": np.maximum(0.0, self.train_size / thr_hi), "epoch_time_hi": self.train_size / thr_lo,
+            "epoch_time_model_lo": self.train_size / model_hi, "epoch_time_model_hi": self.train_size / model_lo,
             "diverges": divergence_blocked(b * a, m, self.diverged, self.completed)})
         if self.memory is None:
-            out["peak_bytes"] = out["peak_lo"] = out["peak_hi"] = np.nan
+            out["peak_bytes"] = out["peak_lo"] = out["peak_hi"] = out["peak_model_lo"] = out["peak_model_hi"] = np.nan
         else:
             out["peak_bytes"] = self.memory.predict(b)
-            out["peak_lo"], out["peak_hi"] = clip_interval(*self.memory.interval(b), lower=0.0)
+            out["peak_model_lo"], out["peak_model_hi"] = clip_interval(*self.memory.interval(b), lower=0.0)
+            out["peak_lo"], out["peak_hi"] = widen_ratio(out["peak_bytes"], out["peak_model_lo"],
+                                                         out["peak_model_hi"], self.memory_factor)
         return out
 
     def selective_interval(self, row: pd.Series) -> tuple[float, float, dict[str, Any]]:
@@ -180,7 +190,9 @@ class TradeoffFit:
                  {"seed_sd": self.noise.sd, "dof": self.noise.dof, "repeated_settings": self.noise.settings})
         return {"coverage": acc.coverage, "train_size": self.train_size, "seed_noise": noise,
                 "accuracy": {"model": acc.kind, "fitted": described, "trials": self.accuracy_trials,
-                             "diverged_trials": len(self.diverged)},
+                             "diverged_trials": len(self.diverged),
+                             "verification_observations": self.observations},
+                "jackknife": {"throughput_factor": self.throughput_factor, "memory_factor": self.memory_factor},
                 "throughput": {"law": "s/sample = beta + alpha/b + gamma/(a*b)",
                                "alpha_s": self.throughput.alpha_, "beta_s": self.throughput.beta_,
                                "gamma_s": self.throughput.gamma_,
@@ -192,13 +204,19 @@ class TradeoffFit:
 def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[str, Any]], *,
                  kind: str = "gp", coverage: float = COVERAGE,
                  random_state: int = 0, calibrate: bool = True,
-                 extra_repeats: Sequence[tuple[tuple, float]] = ()) -> TradeoffFit:
+                 extra_repeats: Sequence[tuple[tuple, float]] = (),
+                 observations: Sequence[tuple[tuple, float]] = ()) -> TradeoffFit:
     """Fit the three models to a ``trials_frame`` table (at least one timed trial); the metric
     model to the oriented score of ``spec.recipe``'s metric (see the module docstring).
     ``calibrate``: keep the GP's noise at or above the seed-to-seed variance of repeated
     settings (``_calibration.seed_noise``); False fits as before calibration (benchmarks).
     ``extra_repeats``: ``(setting_key, metric)`` runs that are not trials (the verification runs,
-    ``verification_repeats``), pooled with the trials for the seed-noise estimate only."""
+    ``verification_repeats``), pooled with the trials for the seed-noise estimate only.
+    ``observations``: ``(setting_key, metric)`` runs that are not trials fitted by the metric
+    model beside them (the verification runs that contradicted their prediction,
+    ``verification_observations``: the re-rank after a failed verification); never counted as
+    trials. ``calibrate`` also widens the epoch-time and peak intervals by their jackknife
+    factors (``_jackknife``)."""
     sign = metric_sign(spec)
     acc_df, div_df = accuracy_rows(df), diverged_rows(df)
     thr_df, mem_df = throughput_rows(df), memory_rows(df)
@@ -206,11 +224,13 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
         raise AutobatchError("no trial of this study recorded a throughput")
     as_float = lambda col: col.to_numpy(dtype=float, na_value=np.nan)  # noqa: E731
     noise = repeat_noise(acc_df, extra_repeats) if calibrate else None
+    seen = np.array([k for k, _ in observations], dtype=float).reshape(-1, 3)  # (batch, accumulation, multiplier)
     accuracy = AccuracyModel(kind=kind, coverage=coverage, random_state=random_state,
                              noise_floor=noise.variance if noise else 0.0).fit(
-        accuracy_features(as_float(acc_df["batch_size"]), as_float(acc_df["lr_multiplier"]),
-                          as_float(acc_df["accumulation_steps"])),
-        sign * as_float(acc_df["val_metric"]))
+        accuracy_features(np.concatenate([as_float(acc_df["batch_size"]), seen[:, 0]]),
+                          np.concatenate([as_float(acc_df["lr_multiplier"]), seen[:, 2]]),
+                          np.concatenate([as_float(acc_df["accumulation_steps"]), seen[:, 1]])),
+        sign * np.concatenate([as_float(acc_df["val_metric"]), [float(v) for _, v in observations]]))
     throughput = ThroughputModel(coverage=coverage).fit(
         np.column_stack([as_float(thr_df["batch_size"]), as_float(thr_df["accumulation_steps"])]),
         as_float(thr_df["throughput"]))
@@ -226,7 +246,14 @@ def fit_tradeoff(df: pd.DataFrame, spec: StudySpec, memory_model: Optional[dict[
                        train_size=train_size_of(df, spec), trials=tuple(sorted(int(n) for n in used)),
                        accuracy_trials=len(acc_df), throughput_trials=len(thr_df), sign=sign,
                        bounded=spec.recipe.metric_is_fraction, metric_name=spec.recipe.metric_name,
-                       nonnegative=spec.recipe.metric in NONNEGATIVE_METRICS, noise=noise)
+                       nonnegative=spec.recipe.metric in NONNEGATIVE_METRICS, noise=noise,
+                       observations=len(observations),
+                       throughput_factor=throughput_factor(as_float(thr_df["batch_size"]),
+                                                           as_float(thr_df["accumulation_steps"]),
+                                                           as_float(thr_df["throughput"]), coverage)
+                       if calibrate else 1.0,
+                       memory_factor=memory_factor(as_float(mem_df["batch_size"]), as_float(mem_df["measured_peak_bytes"]),
+                                                   memory_model, coverage) if calibrate and memory is not None else 1.0)
 
 
 NONNEGATIVE_METRICS = ("val_loss", "mae", "rmse")
@@ -242,8 +269,17 @@ def repeat_noise(completed: pd.DataFrame, extra: Sequence[tuple[tuple, float]] =
     return seed_noise(values + [v for _, v in extra], keys + [k for k, _ in extra])
 
 
-def verification_repeats(stored: Optional[dict]) -> list[tuple[tuple, float]]:
+def verification_repeats(stored: Optional[dict], contradicted_only: bool = False) -> list[tuple[tuple, float]]:
     """The verification runs of the study attribute ``records.STUDY_VERIFICATION`` as
-    ``(setting_key, metric)`` pairs."""
+    ``(setting_key, metric)`` pairs; ``contradicted_only``: only the runs of a verification
+    that measured its setting worse than the predicted interval (``"contradicted"``), which the
+    metric model then fits as observations (``verification_observations``)."""
     return [(setting_key(r["batch_size"], r["accumulation_steps"], r["lr_multiplier"]), float(r["value"]))
-            for r in (stored or {}).get("runs") or () if r.get("value") is not None]
+            for r in (stored or {}).get("runs") or ()
+            if r.get("value") is not None and (r.get("contradicted") or not contradicted_only)]
+
+
+def verification_observations(stored: Optional[dict]) -> list[tuple[tuple, float]]:
+    """The verification runs the metric model fits as observations of their setting: those
+    whose verification contradicted the prediction (a re-rank with the measurement)."""
+    return verification_repeats(stored, contradicted_only=True)

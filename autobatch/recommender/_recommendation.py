@@ -91,11 +91,26 @@ class Recommendation:
     verified_holdout_samples: Optional[int] = None
     confidence_note: Optional[str] = None         # why to trust it less and what would fix it
     batchnorm_note: Optional[str] = None          # BatchNorm sees the micro-batch (accumulating answers)
+    # settings recommended before this one whose verification measured them worse than their
+    # interval; the re-rank fitted those runs and chose this one (``tuning.verify_answer``):
+    # {"batch_size", "accumulation_steps", "lr_multiplier", "learning_rate", "predicted_metric",
+    #  "metric_interval", "values", "verdict"} each, in order
+    reranked_from: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
         if self.predicted_metric is None and self.predicted_accuracy is not None:  # stored before metrics
             object.__setattr__(self, "predicted_metric", self.predicted_accuracy)
             object.__setattr__(self, "metric_interval", self.accuracy_interval)
+        # an epoch time, a peak and a critical batch are never below zero, nor is any interval's
+        # low end above its high end: every interval is clipped here, whoever built it (records
+        # stored before issue 18 held a memory interval of [-81.6 MiB, 190 MiB])
+        for name in ("epoch_time_interval", "peak_bytes_interval"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _nonnegative(*getattr(self, name)))
+        critical = self.critical_batch_interval
+        if critical is not None and critical[0] is not None:
+            object.__setattr__(self, "critical_batch_interval", _nonnegative(*critical) if critical[1] is not None
+                               else (max(0.0, float(critical[0])), None))
 
     def __str__(self) -> str:
         """The short block ``autobatch recommend`` prints: setting, predictions with intervals,
@@ -258,6 +273,7 @@ class Recommendation:
                      "trials", "critical_batch_interval", "verified_values", "verified_seeds"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
+        data["reranked_from"] = tuple(dict(r) for r in data.get("reranked_from") or ())
         data["pareto_front"] = tuple(dict(p) for p in data.get("pareto_front", ()))
         data["recipe"] = TrainRecipe.from_dict(data.get("recipe"))  # stored before recipes: 0.1's
         return cls(**data)
@@ -293,6 +309,25 @@ class Recommendation:
             line += f"; {self.verification_note}"
         return line
 
+    def rerank_line(self) -> Optional[str]:
+        """One line per setting a verification contradicted before this answer was chosen:
+        ``re-ranked: batch 64 x 1, lr 0.2 was recommended first (predicted 96.2% [95.9%, 96.4%])
+        and re-trained at 93.1%, below its interval; refitted with that measurement, this setting
+        now wins``; None when the answer was not re-ranked."""
+        if not self.reranked_from:
+            return None
+        fmt = (lambda x: f"{x:.1%}") if self.recipe.metric_is_fraction else (lambda x: f"{x:.4g}")  # noqa: E731
+        parts = []
+        for r in self.reranked_from:
+            lo, hi = r.get("metric_interval") or (math.nan, math.nan)
+            values = r.get("values") or ()
+            parts.append(f"batch {r['batch_size']} x {r['accumulation_steps']}, lr {r['learning_rate']:.3g} was "
+                         f"recommended (predicted {fmt(r['predicted_metric'])} [{fmt(lo)}, {fmt(hi)}]) and "
+                         f"re-trained at {', '.join(fmt(v) for v in values)}, {r.get('verdict') or 'outside'} "
+                         "its interval")
+        return ("re-ranked: " + "; then ".join(parts) + "; refitted with those measurements, this setting "
+                "now wins" + ("" if self.verified_values else " (not verified)"))
+
     def markdown(self) -> str:
         fraction = self.recipe.metric_is_fraction
         fmt = (lambda x: f"{100 * x:.1f} %") if fraction else (lambda x: f"{x:.4g}")  # noqa: E731
@@ -317,7 +352,7 @@ class Recommendation:
         best = f"; best observed trial #{self.best_trial}" if self.best_trial is not None else ""
         lines += ["", self.rationale, "", f"Fitted to {len(self.trials)} trials{best}."]
         lines += self._critical_lines()
-        for note in (self.verification_line(), self.confidence_note, self.batchnorm_note):
+        for note in (self.verification_line(), self.rerank_line(), self.confidence_note, self.batchnorm_note):
             if note:
                 lines += ["", note[0].upper() + note[1:] + ("" if note.endswith(".") else ".")]
         r = self.recipe
@@ -343,6 +378,12 @@ class Recommendation:
                          f"{g['batch_size']} x {g['accumulation_steps']} accumulation (effective "
                          f"{g['effective_batch_size']}, efficiency {g['efficiency']:.2f}).")
         return lines
+
+
+def _nonnegative(low: float, high: float) -> tuple[float, float]:
+    """``(low, high)`` in order with the low end at zero or above."""
+    lo, hi = sorted((float(low), float(high)))
+    return max(0.0, lo), max(0.0, hi)
 
 
 def _plain(value: Any) -> Any:

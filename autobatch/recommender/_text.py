@@ -70,7 +70,8 @@ def summary(rec: Any) -> str:
         span = f" [{lo:.0f}, {'more' if hi is None else f'{hi:.0f}'}]" if lo is not None else ""
         critical = (f"≈ {rec.critical_batch:.0f}{span} ({rec.critical_batch_source}): beyond it, larger "
                     "batches buy little speed-up per sample")
-    labels = (("critical", critical), ("verified", verified), ("confidence", (rec.confidence_note or "").removeprefix("low confidence: ")
+    labels = (("critical", critical), ("verified", verified),
+              ("re-ranked", (rec.rerank_line() or "").removeprefix("re-ranked: ")), ("confidence", (rec.confidence_note or "").removeprefix("low confidence: ")
                                        and "low: " + rec.confidence_note.removeprefix("low confidence: ")),
               ("batchnorm", rec.batchnorm_note))
     lines += [f"  {label:<12} {text}" for label, text in labels if text]
