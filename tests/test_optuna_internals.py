@@ -4,6 +4,7 @@ loudly when an Optuna upgrade moves them."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from autobatch import _optuna_internals as I
@@ -33,3 +34,35 @@ def test_the_private_attributes_are_where_autobatch_looks(tmp_path):
     assert I.cached_frozen(optuna.Trial(study, study._storage.create_new_trial(sid))).number == 1
     I.fill_trial_cache(study, [])
     assert study._get_trials(use_cache=True) == []  # the samplers read the list handed to them
+
+
+def test_quick_schema_check_agrees_with_alembic(tmp_path):
+    """``install_quick_schema_check``: the head revision read from Optuna's migration scripts is
+    alembic's; a schema autobatch creates is stamped as alembic stamps it, so Optuna's own
+    version manager (and with it vanilla ``optuna.load_study``) accepts it; and a schema at an
+    older revision still gets Optuna's upgrade message."""
+    import sqlalchemy
+    import sqlalchemy.orm
+    from alembic.migration import MigrationContext
+    from optuna.storages._rdb import storage as rdb_storage
+
+    from autobatch._optuna_internals import _QuickVersions, schema_head_revision
+    from autobatch.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    storage = open_storage(url)
+    assert isinstance(storage._version_manager, _QuickVersions)
+    plain = rdb_storage._VersionManager.__mro__[1]  # Optuna's own class under the installed one
+    engine = sqlalchemy.create_engine(url)
+    manager = plain(url, engine, sqlalchemy.orm.scoped_session(sqlalchemy.orm.sessionmaker(bind=engine)))
+    assert schema_head_revision() == manager.get_head_version()
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == manager.get_head_version()
+    manager.check_table_schema_compatibility()  # Optuna's check: passes
+    optuna.create_study(study_name="s", storage=url)
+    assert optuna.load_study(study_name="s", storage=url).study_name == "s"
+
+    with engine.begin() as connection:  # an older schema: Optuna's message, not a silent pass
+        connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    with pytest.raises(RuntimeError, match="optuna storage upgrade"):
+        open_storage(url)
