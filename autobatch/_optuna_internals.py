@@ -10,6 +10,7 @@ fails loudly when an Optuna upgrade moves them.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import pathlib
@@ -112,6 +113,23 @@ def fill_trial_cache(study: optuna.Study, trials: list) -> None:
     """Hand the samplers a list of all trials just read (``Study._get_trials(use_cache=True)``
     reads it instead of the storage), as ``Study.ask`` has them read once per trial."""
     study._thread_local.cached_all_trials = trials
+
+
+def trial_of(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """``optuna.Trial(study, trial_id)`` for a trial just read (``frozen``, from the
+    ``get_trials`` the worker makes for the sampler anyway), without ``Trial.__init__``'s second
+    read of it from the storage: the attributes that constructor sets, from a copy of
+    ``frozen``, and the sampler's ``before_trial`` called as there."""
+    from optuna import pruners
+
+    trial = optuna.Trial.__new__(optuna.Trial)
+    trial.study, trial._trial_id, trial.storage = study, frozen._trial_id, study._storage
+    trial._cached_frozen_trial = copy.deepcopy(frozen)
+    study.sampler.before_trial(pruners._filter_study(study, trial._cached_frozen_trial), trial._cached_frozen_trial)
+    trial.relative_search_space = None
+    trial._relative_params = None
+    trial._fixed_params = trial._cached_frozen_trial.system_attrs.get("fixed_params", {})
+    return trial
 
 
 # --- the schema version check: the same decisions as Optuna's, without alembic on the way in ----

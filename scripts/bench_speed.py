@@ -50,7 +50,7 @@ def trainer_rows(quick: bool) -> list[dict]:
     rows = []
     try:
         for model, batch, steps, lr in TRAINER_CASES:
-            steps = steps // 2 if quick and model == "resnet18" else steps
+            steps = steps // 3 if quick and model == "resnet18" else steps
             raw = compare_throughput(model, workload, batch_size=batch, learning_rate=lr, steps=steps,
                                      rounds=8 if quick else 12)  # a multiple of the 4 loops: each order as often
             rows.append({"model": model, "batch_size": batch, "steps": steps, "raw": raw})

@@ -66,3 +66,22 @@ def test_quick_schema_check_agrees_with_alembic(tmp_path):
         connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
     with pytest.raises(RuntimeError, match="optuna storage upgrade"):
         open_storage(url)
+
+
+def test_trial_of_is_the_trial_optuna_would_make(tmp_path):
+    """``trial_of`` (a live trial from a record just read, no second read) sets what
+    ``optuna.Trial(study, trial_id)`` sets: the same record, fixed parameters and state, and
+    what is written through it reaches the storage."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.enqueue_trial({"x": 0.25})
+    trial_id = study.ask()._trial_id  # RUNNING, with its fixed parameters
+    frozen = next(t for t in study.get_trials(deepcopy=False) if I.trial_id(t) == trial_id)
+    ours, theirs = I.trial_of(study, frozen), optuna.Trial(study, trial_id)
+    assert set(vars(ours)) == set(vars(theirs))
+    assert ours._cached_frozen_trial == theirs._cached_frozen_trial
+    assert ours._cached_frozen_trial is not frozen  # a copy: the read list is left as it was
+    assert ours._fixed_params == theirs._fixed_params == {"x": 0.25}
+    assert ours.suggest_float("x", 0, 1) == 0.25
+    ours.report(0.5, step=1)
+    study.tell(ours, 1.0)
+    assert study.trials[0].intermediate_values == {1: 0.5} and study.trials[0].value == 1.0
