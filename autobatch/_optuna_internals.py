@@ -10,7 +10,11 @@ fails loudly when an Optuna upgrade moves them.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import pathlib
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -109,3 +113,102 @@ def fill_trial_cache(study: optuna.Study, trials: list) -> None:
     """Hand the samplers a list of all trials just read (``Study._get_trials(use_cache=True)``
     reads it instead of the storage), as ``Study.ask`` has them read once per trial."""
     study._thread_local.cached_all_trials = trials
+
+
+def trial_of(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """``optuna.Trial(study, trial_id)`` for a trial just read (``frozen``, from the
+    ``get_trials`` the worker makes for the sampler anyway), without ``Trial.__init__``'s second
+    read of it from the storage: the attributes that constructor sets, from a copy of
+    ``frozen``, and the sampler's ``before_trial`` called as there."""
+    from optuna import pruners
+
+    trial = optuna.Trial.__new__(optuna.Trial)
+    trial.study, trial._trial_id, trial.storage = study, frozen._trial_id, study._storage
+    trial._cached_frozen_trial = copy.deepcopy(frozen)
+    study.sampler.before_trial(pruners._filter_study(study, trial._cached_frozen_trial), trial._cached_frozen_trial)
+    trial.relative_search_space = None
+    trial._relative_params = None
+    trial._fixed_params = trial._cached_frozen_trial.system_attrs.get("fixed_params", {})
+    return trial
+
+
+# --- the schema version check: the same decisions as Optuna's, without alembic on the way in ----
+
+@functools.lru_cache(maxsize=None)
+def schema_head_revision() -> "str | None":
+    """The newest revision of Optuna's RDB schema: the migration script whose ``revision`` no
+    other script names as its ``down_revision`` (what alembic's ``ScriptDirectory.get_current_head``
+    returns), read from the scripts' text in ``optuna/storages/_rdb/alembic/versions``; None
+    when that is not exactly one revision (then Optuna's own check runs)."""
+    from optuna.storages._rdb import storage as rdb_storage
+
+    versions = pathlib.Path(rdb_storage.__file__).parent / "alembic" / "versions"
+    revisions, downs = set(), set()
+    for path in versions.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        revision = re.search(r"""^revision\s*=\s*["']([^"']+)["']""", text, re.M)
+        down = re.search(r"""^down_revision\s*=\s*["']([^"']+)["']""", text, re.M)
+        if revision is None:
+            return None
+        revisions.add(revision.group(1))
+        if down is not None:
+            downs.add(down.group(1))
+    heads = revisions - downs
+    return heads.pop() if len(heads) == 1 else None
+
+
+def install_quick_schema_check() -> None:
+    """Make ``RDBStorage`` check and stamp its schema version with one query instead of through
+    alembic (whose import and migration-script parsing cost about half a second per storage
+    opened): the stored revision is read from ``alembic_version`` and compared with
+    ``schema_head_revision``; a new schema is stamped with that revision in the table alembic
+    itself uses, so vanilla Optuna, its ``optuna storage upgrade`` and optuna-dashboard read the
+    database as they would have. Anything else (an old schema, an unknown revision, no clear
+    head) takes Optuna's own path and its messages. Idempotent; affects every ``RDBStorage``
+    made afterwards in this process (``_VersionManager`` is the class ``RDBStorage.__init__``
+    looks up)."""
+    from optuna.storages._rdb import storage as rdb_storage
+
+    if not issubclass(rdb_storage._VersionManager, _QuickVersions):
+        rdb_storage._VersionManager = _quick_versions(rdb_storage._VersionManager)
+
+
+class _QuickVersions:
+    """Marker base of the class ``install_quick_schema_check`` installs."""
+
+
+def _quick_versions(base: type) -> type:
+    import sqlalchemy
+
+    def version_table() -> "sqlalchemy.Table":  # alembic's own definition (alembic.migration)
+        return sqlalchemy.Table("alembic_version", sqlalchemy.MetaData(),
+                                sqlalchemy.Column("version_num", sqlalchemy.String(32), nullable=False),
+                                sqlalchemy.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
+    class QuickVersionManager(base, _QuickVersions):
+        def _stored_revision(self) -> "str | None":
+            with self.engine.connect() as connection:
+                if not sqlalchemy.inspect(connection).has_table("alembic_version"):
+                    return None
+                rows = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).all()
+            return rows[0][0] if len(rows) == 1 else None
+
+        def _init_alembic(self) -> None:
+            head = schema_head_revision()
+            if head is None or not self._is_alembic_supported():  # e.g. a schema from before alembic
+                return super()._init_alembic()
+            if self._stored_revision() is not None:  # stamped already
+                return
+            table = version_table()
+            with self.engine.connect() as connection, connection.begin():
+                table.create(connection, checkfirst=True)
+                connection.execute(table.insert().values(version_num=head))
+
+        def get_current_version(self) -> str:
+            stored = self._stored_revision()
+            return stored if stored is not None else super().get_current_version()
+
+        def get_head_version(self) -> str:
+            return schema_head_revision() or super().get_head_version()
+
+    return QuickVersionManager

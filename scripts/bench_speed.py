@@ -7,7 +7,11 @@
 Trainer: ``compare_throughput`` (``scripts/_bench_common.py``): training samples per CPU-second
 of this thread (``time.thread_time``, one torch thread) for ``train_trial`` and for the loop
 written out there, the same model, initialisation, data, optimizer, lr schedule and batch;
-interleaved rounds, the plain loop run twice per round for the noise floor. ``recommend``:
+interleaved rounds, the plain loop run twice per round for the noise floor (measured once when
+the trainer is the same code before and after). ``tune``: everything outside training and
+evaluation of a 12-trial ``small_cnn``/``digits`` study, the probes (noise-scale, memory +
+throughput) and the verification's training booked apart (``tune_overhead``), and the same by
+component (``Breakdown``). ``recommend``:
 ``python -X importtime`` and the wall time of ``autobatch recommend`` on studies of 60 and 200
 trials (real ``tune`` runs of a tiny model, copied up to the size), and the answer's own time
 after imports. Returns a Markdown section; raw numbers go to ``DIR/bench_speed.json``.
@@ -23,7 +27,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ``--tune URL --code PATH`` measures another checkout's autobatch: it goes first on the path.
-_CODE = sys.argv[sys.argv.index("--code") + 1] if sys.argv[1:2] in (["--tune"], ["--trainer"]) else str(ROOT)
+_CODE = sys.argv[sys.argv.index("--code") + 1] if sys.argv[1:2] in (["--tune"], ["--trainer"], ["--answer"]) else str(ROOT)
 for _path in (_CODE, ROOT / "scripts"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
@@ -46,7 +50,7 @@ def trainer_rows(quick: bool) -> list[dict]:
     rows = []
     try:
         for model, batch, steps, lr in TRAINER_CASES:
-            steps = steps // 2 if quick and model == "resnet18" else steps
+            steps = steps // 3 if quick and model == "resnet18" else steps
             raw = compare_throughput(model, workload, batch_size=batch, learning_rate=lr, steps=steps,
                                      rounds=8 if quick else 12)  # a multiple of the 4 loops: each order as often
             rows.append({"model": model, "batch_size": batch, "steps": steps, "raw": raw})
@@ -82,6 +86,14 @@ def _trainer_main(quick: bool) -> None:
     print(json.dumps(trainer_rows(quick)))
 
 
+def _same_trainer(before: pathlib.Path, after: pathlib.Path) -> bool:
+    """Whether the two checkouts' trainers (``autobatch/train``) are the same files: then the
+    trainer is measured once."""
+    def files(root: pathlib.Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted((root / "autobatch" / "train").glob("*.py"))}
+    return files(before) == files(after)
+
+
 def render_trainer(groups: dict[str, list[dict]]) -> list[str]:
     rounds = len(groups["after"][0]["raw"][PLAIN])
     lines = [
@@ -96,8 +108,11 @@ def render_trainer(groups: dict[str, list[dict]]) -> list[str]:
         "with the CPU memory accounting of its first 2 steps that `tune` runs (the profiler; kept out of "
         "the trial's training time, so it is tuner overhead, not trainer speed). Ratios per round against "
         "the same round's plain loop: median [min, max]. *Noise floor*: the plain loop against itself "
-        "in the same round; a ratio within its range is a tie. *before*: the main branch this work "
-        "started from, whose trainer always measured memory (both its columns are that trainer).", "",
+        "in the same round; a ratio within its range is a tie. "
+        + ("*before*: the main branch this work started from, whose trainer always measured memory (both its "
+           "columns are that trainer)." if "before" in groups else
+           "The trainer (`autobatch/train`) is the same code before and after this work, so it is measured once."),
+        "",
         "| code | task | micro-batch | steps / run | plain loop samples/CPU-s | autobatch / plain | "
         "noise floor (plain / plain) | autobatch + memory / plain | goal (≥97%) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -121,15 +136,128 @@ def render_trainer(groups: dict[str, list[dict]]) -> list[str]:
 TUNE_ARGS = ("--model", "small_cnn", "--dataset", "digits", "--n-trials", "12", "--epochs", "2", "--json")
 
 
+class Breakdown:
+    """Wall and main-thread CPU seconds and SQL statements of ``tune`` by component, each call's
+    own share (nested components' time is theirs, not their caller's), from wrapping the named
+    functions where ``tune``'s modules look them up. ``train_trial`` is split by its own result:
+    ``train_time_s + eval_time_s`` (less the reports and pruning decisions made inside it, their
+    own component) is training + evaluation, the rest of the call is the trainer's set-up, loader
+    start-up and memory profiling."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.statements: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self._stack: list[list] = []  # [label, wall at entry, cpu at entry, children's wall, children's cpu]
+        self._restore: list[tuple] = []
+
+    def label(self) -> str:
+        return self._stack[-1][0] if self._stack else "other"
+
+    def book(self, label: str, wall: float, cpu: float) -> None:
+        self.wall[label] = self.wall.get(label, 0.0) + wall
+        self.cpu[label] = self.cpu.get(label, 0.0) + cpu
+
+    def wrap(self, owner, name: str, label: str, split=None) -> None:
+        """Time ``owner.name`` as ``label``; ``split(result, own_wall)`` -> (label, seconds)
+        moves that share of the call's own wall time to another label."""
+        import functools
+        import threading
+        import time
+
+        original = getattr(owner, name)
+        main, booker = threading.main_thread(), self
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            if threading.current_thread() is not main:
+                return original(*args, **kwargs)
+            frame = [label, time.perf_counter(), time.thread_time(), 0.0, 0.0]
+            booker._stack.append(frame)
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                booker._stack.pop()
+                wall, cpu = time.perf_counter() - frame[1], time.thread_time() - frame[2]
+                own_wall, own_cpu = wall - frame[3], cpu - frame[4]
+                booker.calls[label] = booker.calls.get(label, 0) + 1
+                if booker._stack:
+                    booker._stack[-1][3] += wall
+                    booker._stack[-1][4] += cpu
+            if split is not None:
+                other, seconds = split(result, frame)
+                seconds = min(seconds, own_wall)
+                booker.book(other, seconds, own_cpu * seconds / own_wall if own_wall > 0 else 0.0)
+                own_wall, own_cpu = own_wall - seconds, own_cpu * (1 - seconds / own_wall) if own_wall > 0 else 0.0
+            booker.book(label, own_wall, own_cpu)
+            return result
+        self._restore.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def count_statements(self) -> None:
+        import threading
+
+        import sqlalchemy
+
+        main = threading.main_thread()
+
+        log = os.environ.get("BENCH_SPEED_SQL_LOG")  # a file to write each statement's component to
+
+        def statement(_conn, _cursor, text, *_args, **_kwargs) -> None:
+            if threading.current_thread() is main:
+                self.statements[self.label()] = self.statements.get(self.label(), 0) + 1
+                if log:
+                    with open(log, "a") as out:
+                        out.write(f"{self.label()}\t{' '.join(text.split())[:150]}\n")
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", statement)
+
+    def undo(self) -> None:
+        for owner, name, original in reversed(self._restore):
+            setattr(owner, name, original)
+
+
+TRAINING = "training + evaluation"
+PROBES = ("noise probe", "memory + throughput probe")
+# (module, function, label) wrapped by ``tune_overhead``; the trainer's calls are split (``Breakdown``)
+COMPONENTS = (
+    ("autobatch.tuning._prepare", "measure_critical_batch", "noise probe"),
+    ("autobatch.tuning._prepare", "probe_workload", "memory + throughput probe"),
+    ("autobatch.tuning._tune", "open_storage", "storage open"),
+    ("autobatch.tuning._tune", "load_workload", "workload loading"),
+    ("autobatch.tuning._tune", "prepare_study", "study creation (plan, baselines, attributes)"),
+    ("autobatch.tuning._tune", "run_worker", "worker loop (trial views for sampler and pruner, refits)"),
+    ("autobatch.tuning._worker", "next_claim", "claim"),
+    ("autobatch.tuning._worker", "_finished", "study state after each trial"),
+    ("autobatch.tuning._worker", "run_trial", "trial bookkeeping (memory check, attributes)"),
+    ("autobatch.tuning._objective", "suggest", "sampler (suggest)"),
+    ("autobatch.records", "write_attrs", "trial attribute writes"),
+    ("autobatch.tuning._objective", "refit_study_memory", "memory model refit"),
+    ("autobatch.tuning._objective", "_tell", "tell"),
+    ("autobatch.tuning._objective", "build_model", "model building"),
+    ("optuna.trial.Trial", "report", "report + pruner"),
+    ("optuna.trial.Trial", "should_prune", "report + pruner"),
+    ("autobatch.tuning._tune", "recommend_study", "final answer: trade-off model fit"),
+    ("autobatch.tuning._tune", "publish", "final answer: stored + dashboard note"),
+    ("autobatch.tuning._tune", "verify_answer", "verification: bookkeeping"),
+    ("autobatch.tuning._verify", "build_model", "model building"),
+)
+TRAINER_SETUP = "trainer set-up, loader start-up, memory profiling"
+
+
 def tune_overhead(url: str) -> dict:
     """``autobatch tune --model small_cnn --dataset digits --n-trials 12 --epochs 2 --json`` run
     in-process through ``cli.main`` (the study's storage at ``url``): the issue's figure,
-    everything outside training and evaluation = the JSON's ``wall_time_s`` less the probe
-    (``ProbeDone.seconds``) and the trials' own ``train_time_s + eval_time_s``, as a share of the
-    latter and per trial; statements and commits per trial (SQLAlchemy engine events, main
-    thread, from the study being ready to the last trial); the tuner's CPU seconds outside the
-    trainer are not separable, so the process CPU time is given too."""
+    everything outside training and evaluation = the JSON's ``wall_time_s`` less the probes (the
+    noise-scale probe and the memory + throughput probe) and the training and evaluation of the
+    trials and of the verification re-training(s) (``train_time_s + eval_time_s`` of each
+    ``train_trial``, the reports to the storage inside it excluded, and the held-out evaluation),
+    as a share of the latter and per trial; the same by component (``Breakdown``); statements
+    and commits per trial (SQLAlchemy engine events, main thread, from the study being ready to
+    the last trial). CPU: the process's CPU time less the probes' and the trainer's (each
+    ``train_trial`` call's and held-out evaluation's thread CPU time)."""
     import contextlib
+    import importlib
     import io
     import time
     import uuid
@@ -140,50 +268,76 @@ def tune_overhead(url: str) -> dict:
     from autobatch import cli, tuning
     from autobatch.tuning import _objective
 
-    meter, events, marks, trainer_cpu = Meter(), [], {}, []
+    meter, events = Meter(), []
     meter.install()
-    original, train_trial = tuning.tune, _objective.train_trial
+    parts = Breakdown()
+    parts.count_statements()
+    original = tuning.tune
+    modules = {m: optuna.trial.Trial if m == "optuna.trial.Trial" else importlib.import_module(m)
+               for m, _, _ in COMPONENTS}
+    for module, function, label in COMPONENTS:
+        if hasattr(modules[module], function):  # an older checkout may lack one
+            parts.wrap(modules[module], function, label)
+    _verify = importlib.import_module("autobatch.tuning._verify")
 
-    def timed_train_trial(*args, **kwargs):
-        begun = time.thread_time()
-        try:
-            return train_trial(*args, **kwargs)
-        finally:
-            trainer_cpu.append(time.thread_time() - begun)
+    def trained(result, frame) -> tuple[str, float]:
+        reports = parts.wall.get("report + pruner", 0.0) - frame[-1]  # made inside this call
+        return TRAINING, max(0.0, result.train_time_s + result.eval_time_s - reports)
+
+    for owner, label in ((_objective, TRAINER_SETUP), (_verify, "verification: " + TRAINER_SETUP)):
+        if hasattr(owner, "train_trial"):
+            inner = owner.train_trial
+            owner.train_trial = _mark_reports(parts, inner)
+            parts.wrap(owner, "train_trial", label, split=trained)
+    if hasattr(_verify, "evaluate"):
+        parts.wrap(_verify, "evaluate", TRAINING)
 
     def tune(settings, callbacks=()):
         def listen(_run, event) -> None:
             events.append(event)
-            marks.setdefault(type(event).__name__, time.process_time())
             if type(event).__name__ == "StudyReady":
                 meter.on = True
         return original(settings, callbacks=[*callbacks, listen])
-    tuning.tune, _objective.train_trial = tune, timed_train_trial
+    tuning.tune = tune
     name = f"speed-{uuid.uuid4().hex[:8]}"
     out, cpu = io.StringIO(), time.process_time()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         code = cli.main(["tune", *TUNE_ARGS, "--storage", url, "--study-name", name])
     cpu = time.process_time() - cpu
-    tuning.tune, _objective.train_trial = original, train_trial
+    tuning.tune = original
+    parts.undo()
     if code != 0:
         raise RuntimeError(f"tune exited {code}")
     answer = json.loads(out.getvalue())
     finished = [e for e in events if type(e).__name__ == "TrialFinished"]
-    probe = sum(e.seconds for e in events if type(e).__name__ == "ProbeDone")
-    trainer = sum(e.train_seconds + e.eval_seconds for e in finished)
+    probe = sum(parts.wall.get(k, 0.0) for k in PROBES)
+    trainer = parts.wall.get(TRAINING, 0.0)
     outside = answer["wall_time_s"] - probe - trainer
+    parts.book("other (events, progress, imports at first use, the rest)",
+               answer["wall_time_s"] - sum(parts.wall.values()), 0.0)
     try:
         optuna.delete_study(study_name=name, storage=url)
     except Exception:
         pass
     n = len(finished)
+    trainer_cpu = sum(v for k, v in parts.cpu.items() if k == TRAINING or TRAINER_SETUP in k)
     return {"backend": url.split(":", 1)[0].split("+", 1)[0], "trials": n, "wall_s": answer["wall_time_s"],
             "probe_s": probe, "trainer_s": trainer, "outside_s": outside, "share": outside / trainer,
             "outside_ms_per_trial": 1000 * outside / n, "statements_per_trial": meter.statements / n,
             "commits_per_trial": meter.commits / n, "process_cpu_s": cpu,
-            "probe_cpu_s": marks.get("ProbeDone", 0.0) - marks.get("ProbeStarted", 0.0),
-            "trainer_cpu_s": sum(trainer_cpu),
+            "probe_cpu_s": sum(parts.cpu.get(k, 0.0) for k in PROBES), "trainer_cpu_s": trainer_cpu,
+            "parts_wall_s": parts.wall, "parts_cpu_s": parts.cpu, "parts_statements": parts.statements,
+            "parts_calls": parts.calls, "verified_runs": len(answer.get("verified_values") or ()),
             "trial_overhead_ms": [1000 * e.overhead_seconds for e in finished]}
+
+
+def _mark_reports(parts: Breakdown, train_trial):
+    """``train_trial`` noting, in the caller's frame, the report time booked before it started
+    (so ``trained`` can tell the reports made inside the call)."""
+    def call(*args, **kwargs):
+        parts._stack[-1].append(parts.wall.get("report + pruner", 0.0))
+        return train_trial(*args, **kwargs)
+    return call
 
 
 def tune_rows(code: pathlib.Path, urls: list[str]) -> list[dict]:
@@ -208,15 +362,21 @@ def render_tune(rows: dict[str, list[dict]]) -> list[str]:
     lines = ["", "### Everything outside training and evaluation in `tune`", "",
              f"`autobatch tune {' '.join(TUNE_ARGS)}` in a fresh interpreter (`cli.main` in-process, so "
              "interpreter start-up is excluded), one per storage, small_cnn on digits, one worker. "
-             "*Outside* = the JSON's `wall_time_s` less the probe (`ProbeDone.seconds`) and the trials' own "
-             "`train_time_s + eval_time_s`: storage, sampler, pruner, model building, loader start-up, the "
-             "trainer's memory profiling, the final fit, bookkeeping. Wall-clock figures on a shared machine: "
-             "so the same split in CPU seconds is given beside them: the process's CPU time less the probe's and less "
-             "the trainer's (each `train_trial` call's thread CPU time, its set-up and memory profiling included, "
-             "so this share is a lower bound). Statements and commits per trial: SQLAlchemy "
-             "engine events on the main thread from the study being ready to the last trial (the final "
-             "answer's reads included). *before* = the main branch this work started from.", "",
-             "| code | storage | trials | wall s | probe s | training + evaluation s | outside s | outside per "
+             "*Outside* = the JSON's `wall_time_s` less the probes and less training + evaluation. "
+             "*Probes*: the gradient-noise probe (`measure_critical_batch`, which every `tune` runs first) and "
+             "the memory + throughput probe, each timed whole. *Training + evaluation*: each `train_trial` "
+             "call's own `train_time_s + eval_time_s` (the storage round trips of `trial.report` / "
+             "`should_prune` made inside it taken out: they are overhead), for the 12 trials (the folk "
+             "baseline's planned repeat is one of them) and for the verification re-training(s) after the "
+             "search, whose held-out evaluation counts too. Everything else is outside: storage, sampler, "
+             "pruner, model building, the trainer's set-up, loader start-up and memory profiling, the final "
+             "fit, the dashboard note, bookkeeping. Wall-clock figures on a shared machine, so the same split "
+             "in CPU seconds is given beside them: the process's CPU time less the probes' and the trainer's "
+             "(each `train_trial` call's thread CPU time, its set-up and memory profiling included, so this "
+             "share is a lower bound). Statements and commits per trial: SQLAlchemy engine events on the "
+             "main thread from the study being ready to the end (the final answer's reads included). "
+             "*before* = the main branch this work started from, measured the same way (`$AUTOBATCH_BENCH_BEFORE`).", "",
+             "| code | storage | trials | wall s | probes s | training + evaluation s | outside s | outside per "
              "trial, ms | outside / (training + evaluation) (goal ≤25%) | statements / trial | commits / trial "
              "| process CPU s | outside, CPU s | outside / trainer, CPU |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -226,6 +386,29 @@ def render_tune(rows: dict[str, list[dict]]) -> list[str]:
                          f"{r['trainer_s']:.1f} | {r['outside_s']:.1f} | {r['outside_ms_per_trial']:.0f} | "
                          f"{r['share']:.0%} | {r['statements_per_trial']:.0f} | {r['commits_per_trial']:.1f} | "
                          f"{r['process_cpu_s']:.1f} | {_outside_cpu(r):.1f} | {_outside_cpu(r) / r['trainer_cpu_s']:.0%} |")
+    return lines + render_breakdown(rows)
+
+
+def render_breakdown(rows: dict[str, list[dict]]) -> list[str]:
+    """The runs above by component (``Breakdown``): wall seconds, and SQL statements per trial."""
+    runs = [(label, r) for label, group in rows.items() for r in group if "parts_wall_s" in r]
+    if not runs:
+        return []
+    names: list[str] = []
+    for _, r in runs:
+        names += [k for k in sorted(r["parts_wall_s"], key=lambda k: -r["parts_wall_s"][k]) if k not in names]
+    lines = ["", "By component (the same runs): each wrapped function's own wall time in seconds (time in a "
+             "component it calls is that component's), and its SQL statements per trial in brackets. "
+             "*Other* is the rest of `wall_time_s`: events, progress output, imports on first use.", "",
+             "| component | booked as | " + " | ".join(f"{label} {r['backend']}" for label, r in runs) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in runs) + " |"]
+    for name in names:
+        kind = "probe" if name in PROBES else TRAINING if name == TRAINING else "outside"
+        cells = []
+        for _, r in runs:
+            wall, sql = r["parts_wall_s"].get(name), r["parts_statements"].get(name, 0)
+            cells.append("–" if wall is None else f"{wall:.2f}" + (f" ({sql / r['trials']:.1f})" if sql else ""))
+        lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -235,16 +418,16 @@ def _outside_cpu(row: dict) -> float:
 
 # --- recommend: start-up and answer ----------------------------------------------------------------
 
-def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int) -> list[dict]:
+def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int, codes: dict[str, pathlib.Path]) -> list[dict]:
     """Studies of ``sizes`` trials made from one real ``tune`` of a tiny MLP (12 trials), its
     finished trials copied with their records up to the size (``Study.add_trial``); then, per
-    size, ``autobatch recommend --study-name S --storage URL --json`` in a fresh interpreter
-    (wall time and the child's CPU time, ``resource.getrusage``), the same under
-    ``python -X importtime`` (the import share), and ``recommend_study`` in this process after
-    its imports (wall and CPU)."""
+    size and per checkout in ``codes`` (interleaved), ``autobatch recommend --study-name S
+    --storage URL --json`` in a fresh interpreter (wall time and the child's CPU time,
+    ``resource.getrusage``), the same under ``python -X importtime`` (the import share), and
+    ``recommend_study`` after its imports in one more interpreter (``--answer``: wall and CPU of
+    each of ``repeats`` answers, each on a freshly loaded study)."""
     import contextlib
     import io
-    import os
     import resource
     import subprocess
     import time
@@ -252,7 +435,6 @@ def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int) -> list[dict]
 
     import optuna
 
-    from autobatch.recommender import recommend_study
     from autobatch.search import SearchSpace, TuneSettings
     from autobatch.tuning import tune
 
@@ -270,27 +452,53 @@ def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int) -> list[dict]
         study = optuna.load_study(study_name=name, storage=url)
         for i in range(n - len(finished)):
             study.add_trial(finished[i % len(finished)])
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
         command = ["-m", "autobatch", "recommend", "--study-name", name, "--storage", url, "--json"]
-        walls, cpus, imports, answers, answer_cpus = [], [], [], [], []
+        got = {label: {"wall_s": [], "cpu_s": [], "import_s": []} for label in codes}
         for _ in range(repeats):
-            before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            subprocess.run([sys.executable, *command], env=env, check=True, capture_output=True)
-            walls.append(time.perf_counter() - started)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-            trace = subprocess.run([sys.executable, "-X", "importtime", *command], env=env, check=True,
-                                   capture_output=True, text=True).stderr
-            imports.append(_import_seconds(trace))
-            study = optuna.load_study(study_name=name, storage=url)
-            started, cpu = time.perf_counter(), time.process_time()
-            recommend_study(study)
-            answers.append(time.perf_counter() - started)
-            answer_cpus.append(time.process_time() - cpu)
-        rows.append({"trials": len(study.get_trials(deepcopy=False)), "wall_s": walls, "cpu_s": cpus,
-                     "import_s": imports, "answer_s": answers, "answer_cpu_s": answer_cpus})
-        print(f"  recommend {n}: {statistics.median(walls):.2f}s", file=sys.stderr, flush=True)
+            for label, code in codes.items():
+                env = _user_env(code)
+                before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                subprocess.run([sys.executable, *command], env=env, check=True, capture_output=True)
+                got[label]["wall_s"].append(time.perf_counter() - started)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                got[label]["cpu_s"].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                trace = subprocess.run([sys.executable, "-X", "importtime", *command], env=env, check=True,
+                                       capture_output=True, text=True).stderr
+                got[label]["import_s"].append(_import_seconds(trace))
+        for label, code in codes.items():
+            env = _user_env(code)
+            done = subprocess.run([sys.executable, __file__, "--answer", url, name, str(repeats), "--code", str(code)],
+                                  env=env, check=True, capture_output=True, text=True)
+            got[label].update(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append({"code": label, "trials": n, **got[label]})
+            print(f"  recommend {label} {n}: {statistics.median(got[label]['wall_s']):.2f}s", file=sys.stderr, flush=True)
     return rows
+
+
+def _user_env(code: pathlib.Path) -> dict[str, str]:
+    """The environment a user runs ``recommend`` in: the checkout ``code`` on the path, the
+    thread pools' defaults (no ``OMP_NUM_THREADS``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return {**env, "PYTHONPATH": str(code)}
+
+
+def _answer_main(url: str, name: str, repeats: int) -> None:
+    """``recommend_study`` ``repeats`` times on a freshly loaded study, after the imports: JSON
+    of the wall and CPU seconds of each."""
+    import time
+
+    import optuna
+
+    from autobatch.recommender import recommend_study
+
+    answers, cpus = [], []
+    for _ in range(repeats):
+        study = optuna.load_study(study_name=name, storage=url)
+        started, cpu = time.perf_counter(), time.process_time()
+        recommend_study(study)
+        answers.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
+    print(json.dumps({"answer_s": answers, "answer_cpu_s": cpus}))
 
 
 def _import_seconds(trace: str) -> float:
@@ -313,12 +521,14 @@ def render_recommend(rows: list[dict]) -> list[str]:
              "trials copied with their records up to the size. *Command*: `autobatch recommend --study-name S "
              "--storage URL --json` in a fresh interpreter, wall and the child's CPU time; *imports*: the "
              "top-level modules' cumulative times under `python -X importtime` (the same command); *answer*: "
-             "`recommend_study` on the loaded study in a warm process (wall and CPU). Median [min, max] over "
-             "the repeats. Goals: the command under 2 s, the answer under 0.5 s on 200 trials.", "",
-             "| trials | command wall s | command CPU s | imports s | answer wall s | answer CPU s |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "`recommend_study` after the imports, on a freshly loaded study each time (wall and CPU; the "
+             "study's trials are read from the storage inside it). Median [min, max] over the repeats; "
+             "the checkouts interleaved; the thread pools at their defaults, as a user runs it. Goals: the command under 2 s, the "
+             "answer under 0.5 s on 200 trials.", "",
+             "| code | trials | command wall s | command CPU s | imports s | answer wall s | answer CPU s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['trials']} | " + " | ".join(show(Spread.of(r[k])) for k in
+        lines.append(f"| {r['code']} | {r['trials']} | " + " | ".join(show(Spread.of(r[k])) for k in
                                                        ("wall_s", "cpu_s", "import_s", "answer_s", "answer_cpu_s"))
                      + " |")
     return lines
@@ -330,12 +540,16 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
     load = load_average()
     tmp = pathlib.Path(tempfile.mkdtemp())
     trainer = {"after": trainer_rows(quick)}
-    if BEFORE.exists():
+    if BEFORE.exists() and not _same_trainer(BEFORE, ROOT):
         trainer = {"before": trainer_rows_of(BEFORE, quick), **trainer}
-    tune = {"after": tune_rows(ROOT, [f"sqlite:///{tmp / 'after.db'}", POSTGRES])}
-    if BEFORE.exists():
-        tune = {"before": tune_rows(BEFORE, [f"sqlite:///{tmp / 'before.db'}", POSTGRES]), **tune}
-    recommend = recommend_rows(f"sqlite:///{tmp / 'recommend.db'}", (60, 200), 3 if quick else 5)
+    tune_codes = {"before": BEFORE, "after": ROOT} if BEFORE.exists() else {"after": ROOT}
+    tune: dict[str, list[dict]] = {label: [] for label in tune_codes}
+    for backend in ("sqlite", "postgresql"):  # the checkouts interleaved, storage by storage
+        for label, code in tune_codes.items():
+            url = f"sqlite:///{tmp / (label + '.db')}" if backend == "sqlite" else POSTGRES
+            tune[label] += tune_rows(code, [url])
+    codes = {"before": BEFORE, "after": ROOT} if BEFORE.exists() else {"after": ROOT}
+    recommend = recommend_rows(f"sqlite:///{tmp / 'recommend.db'}", (60, 200), 3 if quick else 5, codes)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_speed.json").write_text(json.dumps({"trainer": trainer, "tune": tune,
                                                          "recommend": recommend}, indent=1))
@@ -353,6 +567,9 @@ BEFORE = pathlib.Path(os.environ.get("AUTOBATCH_BENCH_BEFORE", "/nonexistent")) 
 def main() -> None:
     if sys.argv[1:2] == ["--trainer"]:  # trainer_rows of the checkout --code
         _trainer_main(sys.argv[2] == "quick")
+        return
+    if sys.argv[1:2] == ["--answer"]:  # recommend_study's own time, of the checkout --code
+        _answer_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--tune":  # one tune_overhead, of the checkout --code
         print(json.dumps(tune_overhead(sys.argv[2])))

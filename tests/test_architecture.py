@@ -55,3 +55,29 @@ def test_public_api_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "autobatch.recommender._api"
+
+
+def test_reading_commands_import_no_torch(tmp_path):
+    """``import autobatch.cli`` and the commands that only read a study (``recommend``,
+    ``studies``, ``show``) never import torch: their start-up stays that of optuna + the
+    trade-off model (a structural check, not a timing)."""
+    from tests.test_recommend import make_study
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    name = make_study(storage=url, n=24).study_name
+    commands = {"recommend": ["recommend", "--study-name", name, "--storage", url, "--json"],
+                "studies": ["studies", "--storage", url],
+                "show": ["show", "--study-name", name, "--storage", url]}
+    code = "\n".join([
+        "import contextlib, io, sys",
+        "from autobatch import cli",
+        "assert 'torch' not in sys.modules, 'torch imported by autobatch.cli'",
+        "out = io.StringIO()",
+        "with contextlib.redirect_stdout(out):",
+        f"    code = cli.main({commands!r}[sys.argv[1]])",
+        "assert code == 0 and out.getvalue().strip(), code",
+        "assert 'torch' not in sys.modules, 'torch imported by ' + sys.argv[1]"])
+    for command in ("recommend", "studies", "show"):
+        done = subprocess.run([sys.executable, "-c", code, command], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"

@@ -4,6 +4,7 @@ loudly when an Optuna upgrade moves them."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from autobatch import _optuna_internals as I
@@ -33,3 +34,54 @@ def test_the_private_attributes_are_where_autobatch_looks(tmp_path):
     assert I.cached_frozen(optuna.Trial(study, study._storage.create_new_trial(sid))).number == 1
     I.fill_trial_cache(study, [])
     assert study._get_trials(use_cache=True) == []  # the samplers read the list handed to them
+
+
+def test_quick_schema_check_agrees_with_alembic(tmp_path):
+    """``install_quick_schema_check``: the head revision read from Optuna's migration scripts is
+    alembic's; a schema autobatch creates is stamped as alembic stamps it, so Optuna's own
+    version manager (and with it vanilla ``optuna.load_study``) accepts it; and a schema at an
+    older revision still gets Optuna's upgrade message."""
+    import sqlalchemy
+    import sqlalchemy.orm
+    from alembic.migration import MigrationContext
+    from optuna.storages._rdb import storage as rdb_storage
+
+    from autobatch._optuna_internals import _QuickVersions, schema_head_revision
+    from autobatch.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    storage = open_storage(url)
+    assert isinstance(storage._version_manager, _QuickVersions)
+    plain = rdb_storage._VersionManager.__mro__[1]  # Optuna's own class under the installed one
+    engine = sqlalchemy.create_engine(url)
+    manager = plain(url, engine, sqlalchemy.orm.scoped_session(sqlalchemy.orm.sessionmaker(bind=engine)))
+    assert schema_head_revision() == manager.get_head_version()
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == manager.get_head_version()
+    manager.check_table_schema_compatibility()  # Optuna's check: passes
+    optuna.create_study(study_name="s", storage=url)
+    assert optuna.load_study(study_name="s", storage=url).study_name == "s"
+
+    with engine.begin() as connection:  # an older schema: Optuna's message, not a silent pass
+        connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    with pytest.raises(RuntimeError, match="optuna storage upgrade"):
+        open_storage(url)
+
+
+def test_trial_of_is_the_trial_optuna_would_make(tmp_path):
+    """``trial_of`` (a live trial from a record just read, no second read) sets what
+    ``optuna.Trial(study, trial_id)`` sets: the same record, fixed parameters and state, and
+    what is written through it reaches the storage."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    study.enqueue_trial({"x": 0.25})
+    trial_id = study.ask()._trial_id  # RUNNING, with its fixed parameters
+    frozen = next(t for t in study.get_trials(deepcopy=False) if I.trial_id(t) == trial_id)
+    ours, theirs = I.trial_of(study, frozen), optuna.Trial(study, trial_id)
+    assert set(vars(ours)) == set(vars(theirs))
+    assert ours._cached_frozen_trial == theirs._cached_frozen_trial
+    assert ours._cached_frozen_trial is not frozen  # a copy: the read list is left as it was
+    assert ours._fixed_params == theirs._fixed_params == {"x": 0.25}
+    assert ours.suggest_float("x", 0, 1) == 0.25
+    ours.report(0.5, step=1)
+    study.tell(ours, 1.0)
+    assert study.trials[0].intermediate_values == {1: 0.5} and study.trials[0].value == 1.0

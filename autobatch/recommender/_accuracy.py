@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from ._calibration import loo_residuals
 from ._intervals import COVERAGE, z_quantile
@@ -105,8 +106,11 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
             restarts = self.n_restarts_optimizer if len(subset) == len(y) else min(1, self.n_restarts_optimizer)
             gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts,
                                           random_state=self.random_state)
-            with warnings.catch_warnings():  # bound hits are expected on small studies
-                warnings.simplefilter("ignore", ConvergenceWarning)
+            # One BLAS thread: the matrices are at most max_fit_points (48) wide, where a thread
+            # pool's start-up and spinning cost more than the work (0.5 s against 0.07 s for a
+            # 200-trial study on a busy 2-core machine, scripts/bench_speed.py).
+            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+                warnings.simplefilter("ignore", ConvergenceWarning)  # bound hits are expected on small studies
                 self.gp_ = gp.fit(Z[subset], y[subset])
                 if len(subset) < len(y):  # hyperparameters from the subset, conditioned on all
                     self.gp_ = GaussianProcessRegressor(self.gp_.kernel_, normalize_y=True,

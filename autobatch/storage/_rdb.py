@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from tenacity import (RetryError, Retrying, retry, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
 
+from .._optuna_internals import install_quick_schema_check
 from ..errors import AutobatchError, NoStudiesError
 from ..records import finish_in_rdb, write_in_rdb
 from ._claim import Claim, StudyState, claim_in_rdb, study_state_in_rdb
@@ -83,6 +84,7 @@ def open_storage(url: Optional[str], *, create_tables: bool = True,
                 connect_args["options"] = "-c default_transaction_read_only=on"
             engine_kwargs["connect_args"] = connect_args
     beat = _positive_env(ENV_HEARTBEAT, HEARTBEAT_S)
+    install_quick_schema_check()  # the schema's version read in one query, not through alembic
     try:
         if path is not None and create:
             enable_wal(path)

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import records as R
-from .._optuna_internals import backend, fill_trial_cache, study_id
+from .._optuna_internals import backend, fill_trial_cache, study_id, trial_of, trial_id as trial_id_of
 from ..errors import AutobatchError
 from ..interrupts import check as check_interrupt
 from ..interrupts import deferred as deferred_interrupt
@@ -140,7 +140,7 @@ def run_worker(study: optuna.Study, *, device_name: str = "auto", data_dir: Opti
         started = time.perf_counter() - timings["claim"]
         try:
             with heartbeat(backend(study), claim.trial_id):
-                frozen = run_trial(study, optuna.Trial(study, claim.trial_id), ctx, run, timings)
+                frozen = run_trial(study, _trial(study, claim.trial_id, ctx.trials), ctx, run, timings)
         except KeyboardInterrupt:
             _abandon(study, claim.trial_id, "interrupted (Ctrl-C)")
             raise
@@ -256,6 +256,12 @@ def _finished(study: optuna.Study, frozen, deadline: Optional[float], started: f
                          best_number=state.best_number, deadline=deadline,
                          seconds=time.perf_counter() - started, train_seconds=a.get(R.TRAIN_TIME_S) or 0.0,
                          eval_seconds=a.get(R.EVAL_TIME_S) or 0.0, timings=dict(timings))
+
+
+def _trial(study: optuna.Study, trial_id: int, trials) -> optuna.Trial:
+    """The live trial ``trial_id``, from its record in ``trials`` (just read) when it is there."""
+    mine = next((t for t in trials or () if trial_id_of(t) == trial_id), None)
+    return optuna.Trial(study, trial_id) if mine is None else trial_of(study, mine)
 
 
 def _finished_elsewhere(study: optuna.Study, trial_id: int) -> Optional[int]:
