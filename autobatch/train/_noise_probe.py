@@ -38,11 +38,13 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     bootstrap over the steps (``noise_scale``). The copy then steps on the mean gradient, so the
     estimate follows a few hundred samples of training. Memory: one micro-batch and one copy of
     the gradients. ``max_seconds``: stop after this long once ``MIN_PROBE_STEPS`` steps are done
-    (a large model on a CPU). Under fp16 the gradient scaler is left out (its changing scale would mix
+    (a large model on a CPU); when the first step shows that ``MIN_PROBE_STEPS`` steps would take
+    longer than that (first step's seconds x ``MIN_PROBE_STEPS``), give up rather than overrun it.
+    Under fp16 the gradient scaler is left out (its changing scale would mix
     norms of different units).
 
     Raises ``AutobatchError`` when no step gave finite gradient norms (the recipe diverged at
-    once), and ``UserCodeError`` when the user's code raised."""
+    once) or when ``MIN_PROBE_STEPS`` steps do not fit in ``max_seconds``, and ``UserCodeError`` when the user's code raised."""
     micro_batch = max(1, min(micro_batch, len(workload.train)))
     model = copy.deepcopy(model).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -54,7 +56,11 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     with MicroBatches(workload.train, micro_batch, device, seed=seed, num_workers=0,
                       name=f"dataset {workload.name}") as batches:
         for done in range(steps):
-            if max_seconds is not None and done >= MIN_PROBE_STEPS and time.perf_counter() - started > max_seconds:
+            elapsed = time.perf_counter() - started
+            if max_seconds is not None and done == 1 and elapsed * MIN_PROBE_STEPS > max_seconds:
+                raise AutobatchError(f"{MIN_PROBE_STEPS} probe steps take about {elapsed * MIN_PROBE_STEPS:.1f}s, "
+                                     f"more than the probe's share of the study ({max_seconds:.1f}s)")
+            if max_seconds is not None and done >= MIN_PROBE_STEPS and elapsed > max_seconds:
                 break
             total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
             micro_sq = torch.zeros((), device=device)
