@@ -11,7 +11,7 @@ from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.recommender import recommend_study
 from autobatch.search import MIN_FIT_TRIALS, TuneSettings
-from autobatch.tuning import ProbeDone, TrialFinished, tune
+from autobatch.tuning import ProbeDone, TrialFinished, TrialStarted, tune
 
 from . import data
 from .methods import Answer, Context, trial_config
@@ -47,20 +47,22 @@ def autobatch_run(ctx: Context) -> list[Answer]:
     answers: list[Answer] = []
     meter = Meter()
     finished = 0
-    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: its train + eval time)
-    last_end = [None]
+    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: from its start)
+    last_end, first_start = [None], [0.0]
 
     for fraction, budget in zip(task.budgets, ctx.budgets_s):
         def on_event(run, event) -> None:  # type: ignore[no-untyped-def]
             nonlocal finished
             if isinstance(event, ProbeDone):
                 timing["probe_s"] += event.seconds
+            elif isinstance(event, TrialStarted) and last_end[0] is None:
+                first_start[0] = meter.cpu
             elif isinstance(event, TrialFinished):
                 finished += 1
                 now = meter.cpu
-                own = ((event.trial.user_attrs.get(R.TRAIN_TIME_S) or 0.0)
-                       + (event.trial.user_attrs.get(R.EVAL_TIME_S) or 0.0)) or event.seconds
-                costs.append(min(own, now) if last_end[0] is None else now - last_end[0])
+                # CPU seconds, as the budget: since the previous trial's end, or for a call's first
+                # trial since its start (its wall times, on a shared machine, would overstate it)
+                costs.append(now - (last_end[0] if last_end[0] is not None else first_start[0]))
                 last_end[0] = now
                 if should_stop(now, budget, costs):
                     run.stop()
