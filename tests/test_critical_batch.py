@@ -10,6 +10,7 @@ from autobatch import records as R
 from autobatch.search import (CRITICAL_BASELINE, SearchSpace, StudySpec, TuneSettings, centre_on_critical_batch,
                               range_given)
 from autobatch.tuning import Note, tune
+from autobatch.train._noise_probe import probe_overruns, projected_seconds
 from autobatch.tuning._noise import PROBE_FRACTION, probe_share
 
 
@@ -57,6 +58,16 @@ def test_the_noise_probe_is_a_share_of_the_planned_study(budget_s, n_trials, tri
     assert bool(share.why) == (share.steps == 0)
     if n_trials and share.steps:  # never more samples than the share
         assert share.steps * 128 <= PROBE_FRACTION * n_trials * trial_samples
+
+
+def test_the_probe_gives_up_when_its_minimum_steps_would_overrun_its_share():
+    # end times of the steps done, seconds since the start; 3 steps are the minimum
+    assert projected_seconds([1.0, 1.2]) == pytest.approx(1.4)   # a slow first step (warm-up) not taken as typical
+    assert not probe_overruns([1.0], 1.3)                          # one step: only over if already over
+    assert probe_overruns([1.4], 1.3)
+    assert not probe_overruns([1.0, 1.2], 1.5)
+    assert probe_overruns([1.0, 2.0], 2.5)                          # 2 + 1 more at 1 s = 3 s
+    assert not probe_overruns([], 0.1)
 
 
 def test_a_study_too_small_for_the_probe_skips_it_with_a_note(sqlite_url):
