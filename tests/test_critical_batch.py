@@ -10,6 +10,8 @@ from autobatch import records as R
 from autobatch.search import (CRITICAL_BASELINE, SearchSpace, StudySpec, TuneSettings, centre_on_critical_batch,
                               range_given)
 from autobatch.tuning import Note, tune
+from autobatch.train._noise_probe import probe_overruns, projected_seconds
+from autobatch.tuning._noise import PROBE_FRACTION, probe_share
 
 
 @pytest.mark.parametrize("critical, train_size, largest, expected", [
@@ -42,9 +44,42 @@ def test_range_given_means_flags_or_bounds_other_than_the_defaults():
         centre_on_critical_batch(SearchSpace(), math.inf, train_size=100)
 
 
-def _create(sqlite_url, name, **space):
+@pytest.mark.parametrize("budget_s, n_trials, trial_samples, expected", [
+    (600, None, 1000, (12, 12.0)),         # 2 % of a 10-minute budget: 12 s, no step cap below the default
+    (20, None, 1000, (12, 0.4)),           # no 5 s floor above the share: 0.4 s
+    (None, 30, 5000, (12, None)),          # 2 % of 150,000 samples = 3,000: the default 12 steps of 128
+    (None, 10, 2000, (3, None)),           # 2 % of 20,000 = 400 samples: 3 steps
+    (None, 4, 1150, (0, None)),            # 92 samples: fewer than 3 steps, skipped
+    (60, 4, 1150, (0, 1.2)),               # both given: both bounds
+])
+def test_the_noise_probe_is_a_share_of_the_planned_study(budget_s, n_trials, trial_samples, expected):
+    share = probe_share(budget_s=budget_s, n_trials=n_trials, trial_samples=trial_samples)
+    assert (share.steps, share.max_seconds and round(share.max_seconds, 6)) == expected
+    assert bool(share.why) == (share.steps == 0)
+    if n_trials and share.steps:  # never more samples than the share
+        assert share.steps * 128 <= PROBE_FRACTION * n_trials * trial_samples
+
+
+def test_the_probe_gives_up_when_its_minimum_steps_would_overrun_its_share():
+    # end times of the steps done, seconds since the start; 3 steps are the minimum
+    assert projected_seconds([1.0, 1.2]) == pytest.approx(1.4)   # a slow first step (warm-up) not taken as typical
+    assert not probe_overruns([1.0], 1.3)                          # one step: only over if already over
+    assert probe_overruns([1.4], 1.3)
+    assert not probe_overruns([1.0, 1.2], 1.5)
+    assert probe_overruns([1.0, 2.0], 2.5)                          # 2 + 1 more at 1 s = 3 s
+    assert not probe_overruns([], 0.1)
+
+
+def test_a_study_too_small_for_the_probe_skips_it_with_a_note(sqlite_url):
+    study, _, notes = _create(sqlite_url, "tiny", n_trials=2, epochs=1)
+    assert R.STUDY_NOISE_SCALE not in study.user_attrs
+    assert any(n.startswith("gradient noise scale not measured: 2 trials of") for n in notes)
+
+
+def _create(sqlite_url, name, n_trials=20, epochs=4, **space):
+    # 20 trials of 4 epochs: 2 % of the study's samples pays for the probe's 12 steps
     notes = []
-    settings = TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=1, n_trials=4,
+    settings = TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=epochs, n_trials=n_trials,
                             storage=sqlite_url, study_name=name, create_only=True, space=SearchSpace(**space),
                             given=frozenset(f"space.{k}" for k in space))
     tune(settings, callbacks=[lambda run, e: notes.append(e.text) if isinstance(e, Note) else None])

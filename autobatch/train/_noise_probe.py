@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -25,6 +25,24 @@ PROBE_STEPS = 12          # optimizer steps: 12 x 128 = 1536 training samples (a
                           # small models on a CPU; the 80 % interval within ±20 % on digits)
 
 
+def projected_seconds(ends: Sequence[float], steps: int = MIN_PROBE_STEPS) -> float:
+    """Seconds ``steps`` probe steps take, from the end times (seconds since the start) of the
+    ones done: the time so far plus the rest at the last step's time (the first step, with its
+    warm-up, is not taken as typical once a second one is timed)."""
+    if not ends:
+        return 0.0
+    last = ends[-1] - (ends[-2] if len(ends) > 1 else 0.0)
+    return ends[-1] + max(0, steps - len(ends)) * last
+
+
+def probe_overruns(ends: Sequence[float], max_seconds: float, steps: int = MIN_PROBE_STEPS) -> bool:
+    """Whether ``steps`` steps will not fit in ``max_seconds``: already over after one step, or
+    projected over (``projected_seconds``) after two."""
+    if not ends:
+        return False
+    return ends[-1] > max_seconds if len(ends) == 1 else projected_seconds(ends, steps) > max_seconds
+
+
 def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device, *, learning_rate: float,
                       recipe: TrainRecipe = TrainRecipe(), step: Optional[str] = None,
                       micro_batch: int = PROBE_MICRO_BATCH, accumulation_steps: int = PROBE_ACCUMULATION,
@@ -38,11 +56,13 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     bootstrap over the steps (``noise_scale``). The copy then steps on the mean gradient, so the
     estimate follows a few hundred samples of training. Memory: one micro-batch and one copy of
     the gradients. ``max_seconds``: stop after this long once ``MIN_PROBE_STEPS`` steps are done
-    (a large model on a CPU). Under fp16 the gradient scaler is left out (its changing scale would mix
+    (a large model on a CPU); when the first two steps show that ``MIN_PROBE_STEPS`` steps would
+    take longer than that (``probe_overruns``), give up rather than overrun it.
+    Under fp16 the gradient scaler is left out (its changing scale would mix
     norms of different units).
 
     Raises ``AutobatchError`` when no step gave finite gradient norms (the recipe diverged at
-    once), and ``UserCodeError`` when the user's code raised."""
+    once) or when ``MIN_PROBE_STEPS`` steps do not fit in ``max_seconds``, and ``UserCodeError`` when the user's code raised."""
     micro_batch = max(1, min(micro_batch, len(workload.train)))
     model = copy.deepcopy(model).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -50,11 +70,18 @@ def probe_noise_scale(model: nn.Module, workload: Workload, device: torch.device
     autocast = make_precision(recipe, device).autocast
     compute_loss = make_compute_loss(recipe, step=step)
     small, big = [], []
+    ends: list[float] = []  # seconds since the start at the end of each step done
     started = time.perf_counter()
     with MicroBatches(workload.train, micro_batch, device, seed=seed, num_workers=0,
                       name=f"dataset {workload.name}") as batches:
         for done in range(steps):
-            if max_seconds is not None and done >= MIN_PROBE_STEPS and time.perf_counter() - started > max_seconds:
+            elapsed = time.perf_counter() - started
+            if done:
+                ends.append(elapsed)
+            if max_seconds is not None and done < MIN_PROBE_STEPS and probe_overruns(ends, max_seconds):
+                raise AutobatchError(f"{MIN_PROBE_STEPS} probe steps take about {projected_seconds(ends):.1f}s, "
+                                     f"more than the probe's share of the study ({max_seconds:.1f}s)")
+            if max_seconds is not None and done >= MIN_PROBE_STEPS and elapsed > max_seconds:
                 break
             total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
             micro_sq = torch.zeros((), device=device)

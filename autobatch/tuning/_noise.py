@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import optuna
@@ -14,12 +15,48 @@ import torch
 from .. import records as R
 from ..errors import AutobatchError
 from ..memory import is_out_of_memory
-from ..search import StudySpec, TuneSettings, centre_on_critical_batch, enqueue_critical_batch, range_given
-from ..train import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, check_recipe, probe_noise_scale
+from ..search import (StudySpec, TuneSettings, centre_on_critical_batch, enqueue_critical_batch, plan_train_samples,
+                      range_given)
+from ..train import (MIN_PROBE_STEPS, PROBE_ACCUMULATION, PROBE_MICRO_BATCH, PROBE_STEPS, check_recipe,
+                     probe_noise_scale)
 from ..workloads import Workload, build_model
 from ._events import Note, TuneRun
 
-PROBE_FRACTION, MIN_PROBE_S = 0.02, 5.0  # the noise probe's time: 2 % of the budget, at least 5 s
+PROBE_FRACTION = 0.02  # the noise probe's share of the planned study: of --budget, or of --n-trials' samples
+
+
+@dataclass(frozen=True)
+class ProbeShare:
+    """What the noise probe may spend: at most ``steps`` optimizer steps (0: skip it, ``why``
+    says why) and, with a budget, at most ``max_seconds`` wall seconds."""
+
+    steps: int
+    max_seconds: Optional[float]
+    why: str = ""
+
+
+def probe_share(*, budget_s: Optional[float], n_trials: Optional[int], trial_samples: int,
+                samples_per_step: int = PROBE_MICRO_BATCH * PROBE_ACCUMULATION) -> ProbeShare:
+    """The noise probe sized to the planned study, ``PROBE_FRACTION`` of it, with no floor that
+    would exceed that share. With ``budget_s`` (seconds): that share of the budget, in seconds
+    (the probe stops there, and gives up when its first step shows that ``MIN_PROBE_STEPS``
+    steps would not fit: ``probe_noise_scale``). With ``n_trials`` trials of ``trial_samples``
+    training samples: that share of the study's training samples, i.e. of its estimated time
+    with the probe's own seconds per sample standing for a trial's (the probe trains micro-batch
+    8, the slow end of a search, so the estimate errs towards a longer study and a longer probe).
+    Both given: both bounds. ``steps`` is at most ``PROBE_STEPS``; 0 with a reason when fewer than
+    ``MIN_PROBE_STEPS`` steps of ``samples_per_step`` samples fit: too few for an estimate."""
+    max_seconds = PROBE_FRACTION * budget_s if budget_s else None
+    if not n_trials:
+        return ProbeShare(steps=PROBE_STEPS, max_seconds=max_seconds)
+    share = PROBE_FRACTION * n_trials * trial_samples
+    steps = min(PROBE_STEPS, int(share // samples_per_step))
+    if steps >= MIN_PROBE_STEPS:
+        return ProbeShare(steps=steps, max_seconds=max_seconds)
+    return ProbeShare(steps=0, max_seconds=max_seconds, why=(
+        f"{n_trials} trials of {trial_samples} samples leave it {share:.0f} samples "
+        f"({PROBE_FRACTION:.0%} of the study), fewer than the {MIN_PROBE_STEPS * samples_per_step} "
+        f"({MIN_PROBE_STEPS} steps of {samples_per_step}) an estimate needs"))
 
 
 def critical_batch_sentence(value: float, interval: Optional[tuple[Optional[float], Optional[float]]]) -> str:
@@ -47,10 +84,17 @@ def measure_critical_batch(settings: TuneSettings, workload: Workload, device: t
                             input_shape=workload.input_shape, vocab_size=workload.vocab_size)
     # the user's model, recipe and code fail here, as one error line, before anything is probed
     check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval)
+    train_size = len(workload.train)
+    share = probe_share(budget_s=settings.budget_s, n_trials=settings.n_trials,
+                        trial_samples=plan_train_samples(seconds_left=None, seconds_per_sample=1.0,
+                                                         train_size=train_size, epochs=settings.epochs))
+    if not share.steps:
+        run.emit(Note(text=f"gradient noise scale not measured: {share.why}"))
+        return None
     try:
         estimate = probe_noise_scale(model, workload, device, recipe=settings.recipe, step=settings.step,
                                      learning_rate=settings.space.learning_rate(1.0, b_big), seed=settings.seed,
-                                     max_seconds=max(MIN_PROBE_S, PROBE_FRACTION * (settings.budget_s or 0)))
+                                     steps=share.steps, max_seconds=share.max_seconds)
     except Exception as exc:  # noqa: BLE001 - the probe is advice: its failure is a note, never the run's end
         known = is_out_of_memory(exc) or isinstance(exc, AutobatchError)
         why = (str(exc).splitlines() or [""])[0][:160]

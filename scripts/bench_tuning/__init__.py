@@ -53,10 +53,12 @@ def run_task(task: Task, out_dir: pathlib.Path, mode: str) -> dict:
     answers = fixed_answers(task, tuner_train)
     studies = out_dir / "bench_tuning_studies"  # autobatch's SQLite files, kept for inspection
     studies.mkdir(parents=True, exist_ok=True)
-    searches = {AUTOBATCH: autobatch_run, **SEARCH_METHODS}
+    methods = {AUTOBATCH: autobatch_run, **SEARCH_METHODS}
+    searches = {name: methods[name] for name in task.searches}
     for repeat, seed in enumerate(task.seeds.tuners):
         ctx = Context(task=task, repeat=repeat, tuner_seed=seed, budgets_s=budgets_s,
-                      train_samples=train_samples, studies=studies, progress=progress)
+                      train_samples=train_samples, studies=studies, progress=progress,
+                      grid_run_s=truth.cpu_one_seed / len(truth.configs))
         for method in searches.values():  # interleaved: machine load hits every method alike
             answers += method(ctx)
     for answer in answers:
@@ -65,13 +67,15 @@ def run_task(task: Task, out_dir: pathlib.Path, mode: str) -> dict:
 
     last = max(task.budgets)
     first_pick = {a.method: a.pick for a in answers if a.repeat == 0 and a.budget in (last, None)}
-    longer = longer_training(truth, {"grid best": truth.best.config, **first_pick})
-    progress(f"{longer['factor']}x re-training: Kendall tau {longer['kendall_tau']:.2f}")
+    longer = None
+    if task.seeds.long:
+        longer = longer_training(truth, {"grid best": truth.best.config, **first_pick})
+        progress(f"{longer['factor']}x re-training: Kendall tau {longer['kendall_tau']:.2f}")
     rules = rule_configs(task, tuner_train)
     tta_picks = {AUTOBATCH: first_pick[AUTOBATCH], **{k: rules[k] for k in (FOLK, B128, LARGEST, PAPER) if k in rules}}
-    tta_seeds = task.seeds.long[:1] if mode != "full" else task.seeds.long
-    tta = time_to_accuracy(task, scoring, tta_picks, tta_seeds, progress)
-    peers = run_peers(task, scoring, mode == "quick") if mode != "smoke" else []
+    tta_seeds = task.seeds.long[:1]
+    tta = time_to_accuracy(task, scoring, tta_picks, tta_seeds, progress) if task.tta_samples and tta_seeds else {}
+    peers = run_peers(task, scoring, mode == "quick") if mode != "smoke" and task.peers else []
     return {"task": task, "mode": mode, "train_samples": train_samples, "truth": truth, "answers": answers,
             "budgets_s": budgets_s, "longer": longer, "tta": tta, "tta_seeds": tta_seeds, "peers": peers,
             "tuner_train": tuner_train, "pool": len(scoring.train), "test": len(scoring.val)}

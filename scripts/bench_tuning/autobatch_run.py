@@ -3,19 +3,31 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 
 import optuna
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.recommender import recommend_study
-from autobatch.search import TuneSettings
-from autobatch.tuning import ProbeDone, TrialFinished, tune
+from autobatch.search import MIN_FIT_TRIALS, TuneSettings
+from autobatch.tuning import ProbeDone, TrialFinished, TrialStarted, tune
 
 from . import data
 from .methods import Answer, Context, trial_config
 from .protocol import Meter, should_stop
 from .tasks import AUTOBATCH, Config
+
+
+def planned_trials(ctx: Context, finished: int, used_s: float, budget_s: float, costs: list[float]) -> int:
+    """``--n-trials`` as a user with this budget would plan it: the first call, the trials the
+    largest budget buys at a grid run's CPU seconds (at least ``MIN_FIT_TRIALS``, what the
+    trade-off model needs); a resumed call, the ones the rest of this budget buys at the median
+    trial cost so far (at least one more). The run is stopped at the budget either way."""
+    if not finished:
+        return max(MIN_FIT_TRIALS, math.ceil(max(ctx.budgets_s) / max(ctx.grid_run_s, 1e-3)))
+    typical = statistics.median(costs) if costs else ctx.grid_run_s
+    return finished + max(1, math.ceil((budget_s - used_s) / max(typical, 1e-3)))
 
 
 def autobatch_run(ctx: Context) -> list[Answer]:
@@ -35,20 +47,22 @@ def autobatch_run(ctx: Context) -> list[Answer]:
     answers: list[Answer] = []
     meter = Meter()
     finished = 0
-    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: its train + eval time)
-    last_end = [None]
+    costs: list[float] = []   # CPU seconds between consecutive trials' ends (a call's first: from its start)
+    last_end, first_start = [None], [0.0]
 
     for fraction, budget in zip(task.budgets, ctx.budgets_s):
         def on_event(run, event) -> None:  # type: ignore[no-untyped-def]
             nonlocal finished
             if isinstance(event, ProbeDone):
                 timing["probe_s"] += event.seconds
+            elif isinstance(event, TrialStarted) and last_end[0] is None:
+                first_start[0] = meter.cpu
             elif isinstance(event, TrialFinished):
                 finished += 1
                 now = meter.cpu
-                own = ((event.trial.user_attrs.get(R.TRAIN_TIME_S) or 0.0)
-                       + (event.trial.user_attrs.get(R.EVAL_TIME_S) or 0.0)) or event.seconds
-                costs.append(min(own, now) if last_end[0] is None else now - last_end[0])
+                # CPU seconds, as the budget: since the previous trial's end, or for a call's first
+                # trial since its start (its wall times, on a shared machine, would overstate it)
+                costs.append(now - (last_end[0] if last_end[0] is not None else first_start[0]))
                 last_end[0] = now
                 if should_stop(now, budget, costs):
                     run.stop()
@@ -56,9 +70,9 @@ def autobatch_run(ctx: Context) -> list[Answer]:
         while not should_stop(meter.cpu, budget, costs):
             before = finished
             last_end[0] = None  # a resumed call starts with its own setup: its first trial timed alone
-            slots = 4 * math.ceil(budget / max(min(costs, default=1.0), 1e-3)) + 4
             settings = TuneSettings(model=task.model, dataset=data.spec(task.dataset, seed), epochs=task.epochs,
-                                    n_trials=finished + slots, storage=storage, study_name=name, seed=seed,
+                                    n_trials=planned_trials(ctx, finished, meter.cpu, budget, costs),
+                                    storage=storage, study_name=name, seed=seed,
                                     device="cpu", space=task.space, recipe=task.recipe, num_workers=0)
             tune(settings, callbacks=[on_event])
             timing["tune_calls"] += 1

@@ -7,28 +7,40 @@ tuning split and CPU-second budget as autobatch, and the no-search rules.
   samples-seen checkpoints autobatch's trials evaluate at (``trial.report``/``should_prune``);
 - Hyperband: ``RandomSampler`` with ``HyperbandPruner(min_resource=1, max_resource=4,
   reduction_factor=3)`` on the same 4 reports (Li et al. 2018, as Optuna implements it);
+- Pollux-style goodput pick (Qiao et al. 2021, OSDI, §3.1): the gradient noise scale measured
+  once on the tuning split (autobatch's noise probe, ``B_simple`` of McCandlish et al. 2018, at
+  the space's lr for its probe batch), training throughput measured at every micro-batch of the
+  space, and the batch ``M`` maximizing ``GOODPUT(M) = THROUGHPUT(M) x (B_noise + M0) / (B_noise +
+  M)`` (``autobatch.noise_scale.goodput``), lr by the task's scaling rule (multiplier 1). No
+  accumulation: at a fixed micro-batch it lowers efficiency and leaves throughput as it is, and
+  on CPU no memory limit forces it. Its compute (probe and timings) is counted like any other;
+  it does not grow with the budget, so its answer is the same at every budget;
 - the rules: largest-fit + linear lr, batch 128 + linear lr, batch 32 + linear lr (the task's
   reference lr scaled linearly, Goyal et al. 2017 eq. 1), and the paper's own setting.
 
-A search method is ``method(ctx) -> list[Answer]``; ``SEARCH_METHODS`` maps names to them. The
-Pollux-style goodput pick (throughput x statistical efficiency, Qiao et al. 2021) comes from the
-noise-scale work: register it under ``GOODPUT`` here and it runs under the same protocol.
+A search method is ``method(ctx) -> list[Answer]``; ``SEARCH_METHODS`` maps names to them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import math
+
+import numpy as np
 import optuna
+import torch
 
 from autobatch import records as R
+from autobatch.noise_scale import goodput
 from autobatch.search import distributions
-from autobatch.train import eval_points
+from autobatch.train import PROBE_ACCUMULATION, PROBE_MICRO_BATCH, eval_points, measure_throughput, probe_noise_scale
+from autobatch.workloads import build_model
 
 from . import data
 from .ground_truth import train_run
 from .protocol import Meter, should_stop
-from .tasks import B128, FOLK, HYPERBAND, LARGEST, PAPER, RANDOM, TPE, Config, Task
+from .tasks import B128, CPU, FOLK, GOODPUT, HYPERBAND, LARGEST, PAPER, RANDOM, TPE, Config, Task
 
 N_REPORTS = 4
 SAMPLER_OFFSET = {RANDOM: 1, TPE: 2, HYPERBAND: 3}  # autobatch's default n_evals: the same checkpoints for the pruned baselines
@@ -53,7 +65,8 @@ class Answer:
 @dataclass(frozen=True, kw_only=True)
 class Context:
     """What a search method gets: the task, its repeat's tuner seed, the budgets in CPU seconds,
-    the trial length (samples) and a progress line."""
+    the trial length (samples), a progress line, and ``grid_run_s``: the mean CPU seconds of one
+    grid run (what a user's trial costs, about: the number of trials a budget buys)."""
 
     task: Task
     repeat: int
@@ -62,6 +75,7 @@ class Context:
     train_samples: int
     studies: object                 # a directory for study files
     progress: Callable[[str], None]
+    grid_run_s: float
 
 
 def trial_config(params: dict) -> Config:
@@ -123,11 +137,45 @@ def _optuna_search(kind: str, ctx: Context) -> list[Answer]:
     return answers
 
 
+def goodput_batch(sizes: list[int], throughput: list[float], b_noise: float) -> tuple[int, list[float]]:
+    """The batch of ``sizes`` (samples) with the highest ``GOODPUT = throughput (samples/s) x
+    (B_noise + M0) / (B_noise + M)``, ``M0`` the smallest size (Qiao et al. 2021, §3.1), and every
+    size's goodput. A ``b_noise`` that is not positive and finite (the probe did not resolve
+    ``|G|²``: the gradient lost in its noise, so no batch is less efficient than another) leaves
+    goodput = throughput."""
+    if not (math.isfinite(b_noise) and b_noise > 0):
+        scores = np.asarray(throughput, dtype=float)
+    else:
+        scores = goodput(np.asarray(sizes), np.asarray(throughput), b_noise=b_noise, base_batch=min(sizes))
+    return sizes[int(np.argmax(scores))], scores.tolist()
+
+
+def goodput_search(ctx: Context) -> list[Answer]:
+    """The Pollux-style pick (module docstring) on the tuner's split, with the tuner's seed."""
+    task, seed = ctx.task, ctx.tuner_seed
+    meter = Meter()
+    workload = data.tuning(task.dataset, seed)
+    torch.manual_seed(seed)
+    model = build_model(task.model, num_classes=workload.num_classes, input_shape=workload.input_shape)
+    estimate = probe_noise_scale(model, workload, CPU, recipe=task.recipe, seed=seed,
+                                 learning_rate=task.space.learning_rate(1.0, PROBE_MICRO_BATCH * PROBE_ACCUMULATION))
+    sizes = [b for b in task.space.batch_sizes if b <= len(workload.train)]
+    throughput = [measure_throughput(model, workload, b, CPU, recipe=task.recipe) for b in sizes]
+    b_noise = estimate.b_simple
+    batch, scores = goodput_batch(sizes, throughput, b_noise)
+    pick = Config(batch, 1, 1.0)
+    extra = {"b_noise": b_noise, "throughput": dict(zip(sizes, throughput)),
+             "goodput": dict(zip(sizes, scores))}
+    ctx.progress(f"{GOODPUT} repeat {ctx.repeat}: B_noise {b_noise:.0f}, batch {batch}, {meter.cpu:.1f} CPU s")
+    return [Answer(method=GOODPUT, budget=fraction, repeat=ctx.repeat, cpu_s=meter.cpu, wall_s=meter.wall,
+                   trials=0, pick=pick, picked_by="goodput", extra=extra) for fraction in task.budgets]
+
+
 SEARCH_METHODS: dict[str, Callable[[Context], list[Answer]]] = {
     RANDOM: lambda ctx: _optuna_search(RANDOM, ctx),
     TPE: lambda ctx: _optuna_search(TPE, ctx),
     HYPERBAND: lambda ctx: _optuna_search(HYPERBAND, ctx),
-    # GOODPUT: the noise-scale branch's Pollux-style pick goes here (same Context, same Answer).
+    GOODPUT: goodput_search,
 }
 
 

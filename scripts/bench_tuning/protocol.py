@@ -33,11 +33,12 @@ class SeedPlan:
     TUNER_SPAN = 1000  # a tuner's trials use seeds tuner, tuner + 1, ... below tuner + TUNER_SPAN
 
     @classmethod
-    def make(cls, *, grid: int, tuners: int, fresh: int) -> "SeedPlan":
+    def make(cls, *, grid: int, tuners: int, fresh: int, long: int = 1) -> "SeedPlan":
+        """``long``: seeds of the longer runs (0: none are run)."""
         plan = cls(grid=tuple(range(grid)),
                    tuners=tuple(10_000 + cls.TUNER_SPAN * i for i in range(tuners)),
                    fresh=tuple(900_000 + i for i in range(fresh)),
-                   long=tuple(950_000 + i for i in range(fresh)))
+                   long=tuple(950_000 + i for i in range(long)))
         plan.check()
         return plan
 

@@ -92,11 +92,13 @@ def goals(results: list[dict]) -> list[tuple[str, str, str, str]]:
             tta = result["tta"]
             ours_s, paper_s = tta[AUTOBATCH]["seconds"], tta[PAPER]["seconds"]
             out.append((f"reaches {100 * result['task'].target:.0f}% sooner than the paper's setting", name,
-                        f"{ours_s:.1f} s vs {paper_s:.1f} s (training time, inf: not reached)",
+                        f"{ours_s:.1f} vs {paper_s:.1f} CPU s of training (inf: not reached)",
                         "met" if ours_s < paper_s else "not met"))
-        ratio = tta_ratio(result, B128)
-        out.append(("time to accuracy ≥ 2× faster than batch 128 + linear lr (one task suffices)", name,
-                    f"{ratio:.2f}× (target {100 * result['task'].target:.0f}%)", "met" if ratio >= 2 else "not met"))
+        if result["tta"]:
+            ratio = tta_ratio(result, B128)
+            out.append(("time to accuracy ≥ 2× faster than batch 128 + linear lr (one task suffices)", name,
+                        f"{ratio:.2f}× (target {100 * result['task'].target:.0f}%, training CPU seconds)",
+                        "met" if ratio >= 2 else "not met"))
         inside, total = coverage(result)
         if total:
             out.append(("80% interval coverage ≥ 80%", name, f"{inside} of {total} fresh re-trainings "
@@ -104,8 +106,9 @@ def goals(results: list[dict]) -> list[tuple[str, str, str, str]]:
         else:
             out.append(("80% interval coverage ≥ 80%", name, "no answer came from the trade-off model (too few "
                         "trials to fit: every answer is the best trial), so there is no interval", "not measured"))
-        tau = result["longer"]["kendall_tau"]
-        out.append((f"ranking holds at {result['longer']['factor']}× the trial length", name,
-                    f"Kendall tau {tau:.2f} between 1× and {result['longer']['factor']}× accuracies",
-                    "reported"))
+        if result["longer"]:
+            tau = result["longer"]["kendall_tau"]
+            out.append((f"ranking holds at {result['longer']['factor']}× the trial length", name,
+                        f"Kendall tau {tau:.2f} between 1× and {result['longer']['factor']}× accuracies",
+                        "reported"))
     return out
