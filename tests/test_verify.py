@@ -186,7 +186,7 @@ def test_a_contradicting_verification_re_ranks_and_verifies_the_new_winner(tiny_
 
     study, ctx = _contradicting(tiny_study, tmp_path)
     trials = [t.number for t in study.trials]
-    first = recommend_study(study)
+    first = recommend_study(study, priority="accuracy")  # no timing in the ranking: the same path each run
     answer = verify_answer(study, first, ctx)
     stored = study.user_attrs[R.STUDY_VERIFICATION]
     assert [t.number for t in optuna.load_study(study_name="r", storage=study._storage).trials] == trials
@@ -194,17 +194,27 @@ def test_a_contradicting_verification_re_ranks_and_verifies_the_new_winner(tiny_
     assert answer.reranked_from[0]["verdict"] == "below" and same_setting(first, answer.reranked_from[0])
     assert answer.reranked_from[0]["values"] == [stored["runs"][0]["value"]] and stored["runs"][0]["value"] < 0.5
     assert not same_setting(answer, answer.reranked_from[0])      # the measurement moved the answer
-    # every setting verified in turn missed (scrambled labels): at most MAX_RERANKS more were tried,
-    # and the last winner is said to be unverified, the runner-up of the measurements
-    assert len(answer.reranked_from) == MAX_RERANKS + 1 == len(stored["runs"])
-    assert all(r["contradicted"] for r in stored["runs"]) and not answer.verified_values
-    assert answer.verification_note.startswith("not verified: re-ranked after the verification of batch")
-    assert "re-ranked: batch" in answer.markdown().lower() and "(not verified)" in str(answer)
+    # each new winner is verified in turn, at most MAX_RERANKS more. Three endings (which one
+    # depends on how wide a 6-trial study's intervals are around chance): a new winner holds and
+    # is the verified answer; a contradicted setting still wins once its measurement is fitted;
+    # or every one missed and the last winner is said to be unverified
+    contradicted = [r for r in stored["runs"] if r["contradicted"]]
+    assert 1 <= len(contradicted) <= MAX_RERANKS + 1
+    if answer.verified_values and answer.verification_verdict == "inside":
+        assert len(answer.reranked_from) == len(contradicted) == len(stored["runs"]) - 1
+    elif answer.verified_values:
+        assert "the setting still wins" in answer.verification_note
+        assert same_setting(answer, contradicted[-1]) and len(answer.reranked_from) == len(contradicted) - 1
+    else:
+        assert len(answer.reranked_from) == MAX_RERANKS + 1 == len(stored["runs"]) == len(contradicted)
+        assert answer.verification_note.startswith("not verified: re-ranked after the verification of batch")
+        assert "(not verified)" in str(answer)
+    assert "re-ranked: batch" in answer.markdown().lower()
     # the verification runs are observations, not trials: the refit rests on the same trials
-    later = recommend_study(study)
+    later = recommend_study(study, priority="accuracy")
     assert same_setting(later, answer.to_dict()) and later.reranked_from == answer.reranked_from
     assert later.verification_note == answer.verification_note
-    assert later.diagnostics["accuracy"]["verification_observations"] == len(stored["runs"])
+    assert later.diagnostics["accuracy"]["verification_observations"] == len(contradicted)  # runs inside stay repeats
     assert set(later.trials) <= set(trials) and later.diagnostics["accuracy"]["trials"] == first.diagnostics["accuracy"]["trials"]
     assert Recommendation.from_dict(later.to_dict()) == later
 
