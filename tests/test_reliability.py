@@ -114,6 +114,7 @@ def test_a_budget_that_fits_too_few_trials_is_refused_up_front_with_one_that_fit
     proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--device", "cpu", "--epochs", "300",
                    "--budget", "30s", "--storage", sqlite_url, "--study-name", "short", cwd=tmp_path)
     line = last_line(proc, "budget 30s is too short", "4 trials", "300 epochs", "pass --budget")
+    assert "timed before probing" in line and "training step at" not in proc.stderr  # before the memory probe
     suggested = line.split("pass --budget ")[1].split()[0]
     assert suggested.endswith(("m", "h"))
     study = optuna.load_study(study_name="short", storage=sqlite_url) if optuna.get_all_study_names(sqlite_url) else None
@@ -280,6 +281,17 @@ def test_no_trial_is_started_that_is_predicted_not_to_finish(tmp_path, sqlite_ur
     assert run_worker(study, device_name="cpu") == 0
     assert time.time() - started < 30
     assert study.get_trials(deepcopy=False) == []  # none started, so none cut off
+
+
+def test_a_study_in_which_every_trial_diverged_says_so_and_what_to_change(tmp_path, sqlite_url):
+    """More trials of the same would diverge too: the one line says every trial diverged and to
+    lower the learning rate or check the loss, never to resume with more trials (exit 2)."""
+    proc = run_cli("tune", "--model", "mlp", "--dataset", "digits", "--base-lr", "1e4", "--n-trials", "3",
+                   "--epochs", "0.3", "--no-baselines", "--no-noise-probe", "--no-verify", "--storage", sqlite_url,
+                   "--study-name", "nan", cwd=tmp_path)
+    line = last_line(proc, "every trial diverged (3 of 3", "lower the learning-rate range", "--base-lr 1000",
+                     "check the loss function", "--study-name (e.g. nan-2)")
+    assert "more trials" not in proc.stderr and "--n-trials" not in line
 
 
 def test_a_run_with_no_completed_trial_is_an_error_naming_the_command_that_resumes_it(tmp_path, sqlite_url):

@@ -20,6 +20,8 @@ from ..workloads import Workload, build_model
 from ._events import Note, TuneRun
 
 PROBE_FRACTION, MIN_PROBE_S = 0.02, 5.0  # the noise probe's time: 2 % of the budget, at least 5 s
+NOISE_PROBE_OFF = ("critical batch not measured: the gradient-noise probe is off (--no-noise-probe or "
+                   "noise_probe = false, your choice); the search is not centred on it")
 
 
 def critical_batch_sentence(value: float, interval: Optional[tuple[Optional[float], Optional[float]]]) -> str:
