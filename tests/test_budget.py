@@ -42,11 +42,11 @@ def test_formatting():
 
 def test_a_budget_that_cannot_hold_the_minimum_plan_is_refused_before_probing_with_one_that_does():
     from autobatch.search import BudgetTooShortError, check_budget_early
-    from autobatch.search._plan import EARLY_MARGIN, FIT_RESERVE_MIN_S, PROBE_SAMPLES, SAFETY
+    from autobatch.search._plan import EARLY_MARGIN, FIT_RESERVE_MIN_S, PROBE_BATCHES, SAFETY
 
-    plan = dict(elapsed_s=2.0, seconds_per_sample=0.05, least_samples=640, batch_size=32, n_trials=None,
-                noise_probe_s=5.0, what="0.45 epochs of digits")
-    need = 4 * 640 * 0.05 * SAFETY + 5.0 + PROBE_SAMPLES * 0.05     # 160 s of trials, 105 s of probes
+    plan = dict(elapsed_s=2.0, seconds_per_sample=0.05, least_samples=640, batch_size=32, largest_batch=256,
+                n_trials=None, noise_probe_s=5.0, what="0.45 epochs of digits")
+    need = 4 * 640 * 0.05 * SAFETY + 5.0 + PROBE_BATCHES * 256 * 0.05     # 160 s of trials, 107 s of probes
     with pytest.raises(BudgetTooShortError) as caught:
         check_budget_early(budget_s=120, **plan)
     line = str(caught.value)

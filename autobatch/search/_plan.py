@@ -39,7 +39,8 @@ SAFETY = 1.25                # a trial is started only if it fits this many time
 FIT_RESERVE_FRACTION, FIT_RESERVE_MIN_S = 0.01, 3.0
 VERIFY_TWO_AT = 16           # planned trials from which two verification runs are reserved, not one
 EARLY_MARGIN = 2.0           # the check before probing refuses only a budget short by this factor
-PROBE_SAMPLES = 2000         # first guess of the memory probe and throughput timing, in training samples
+PROBE_BATCHES = 8            # first guess of the memory probe and throughput timing, in training samples per
+                             # sample of the largest micro-batch (2 steps at 2, 8, 32, ..., 4 at the ends)
 
 
 class BudgetTooShortError(AutobatchError):
@@ -188,20 +189,21 @@ def check_budget(*, seconds_left: float, trial_seconds: float, n_trials: Optiona
 
 
 def check_budget_early(*, budget_s: float, elapsed_s: float, seconds_per_sample: float, least_samples: int,
-                       batch_size: int, n_trials: Optional[int], noise_probe_s: float = 0.0,
+                       batch_size: int, largest_batch: int, n_trials: Optional[int], noise_probe_s: float = 0.0,
                        what: str = "") -> None:
     """Refuse, before any probing, a budget that cannot hold the minimum plan: ``MIN_FIT_TRIALS``
     trials (or ``n_trials`` if fewer) of ``least_samples`` training samples (the shortest trial the
     plan allows) at ``seconds_per_sample`` (timed over a step or two at ``batch_size``, the folk
     batch), ``SAFETY`` times over, after the probes still to come: ``noise_probe_s`` seconds and
-    ``PROBE_SAMPLES`` samples' worth of memory probe and throughput timing. ``elapsed_s``: spent
+    ``PROBE_BATCHES * largest_batch`` samples' worth of memory probe and throughput timing
+    (``largest_batch``: the largest micro-batch the study may try). ``elapsed_s``: spent
     already (loading the data). A step timed once on a busy machine can be off, so it refuses
     only when the budget left is short by more than ``EARLY_MARGIN`` times; ``check_budget``
     checks the plan itself after the probe. ``what``: the trial's length in words, for the
     message. Raises ``BudgetTooShortError`` naming a budget that holds the whole estimate."""
     needed = min(MIN_FIT_TRIALS, n_trials) if n_trials else MIN_FIT_TRIALS
     trials_s = needed * least_samples * seconds_per_sample * SAFETY
-    probes_s = noise_probe_s + PROBE_SAMPLES * seconds_per_sample
+    probes_s = noise_probe_s + PROBE_BATCHES * largest_batch * seconds_per_sample
     left = budget_s - fit_reserve(budget_s) - elapsed_s
     if (trials_s + probes_s) / EARLY_MARGIN <= left:
         return

@@ -236,7 +236,8 @@ def _check_budget_early(settings: TuneSettings, workload: Workload, device: torc
         noise_s = min(max(MIN_PROBE_S, PROBE_FRACTION * settings.budget_s),
                       PROBE_STEPS * PROBE_MICRO_BATCH * PROBE_ACCUMULATION * per_sample)
     check_budget_early(budget_s=settings.budget_s, elapsed_s=time.time() - started, seconds_per_sample=per_sample,
-                       least_samples=least, batch_size=batch, n_trials=settings.n_trials, noise_probe_s=noise_s,
+                       least_samples=least, batch_size=batch, largest_batch=min(space.batch_size_max, train_size),
+                       n_trials=settings.n_trials, noise_probe_s=noise_s,
                        what=f"{least / train_size:.3g} epochs of {settings.dataset}")
 
 
