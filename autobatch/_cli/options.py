@@ -38,6 +38,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"autobatch: error: {message} (see {self.prog} --help)\n")
 
 
+def natural(text: str) -> int:
+    """A whole number 0 or more (a seed, a count of processes); anything else is argparse's
+    one-line error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def duration(text: str) -> float:
     """An option's duration (``90s``, ``10m``, ``1h30m``) in seconds; a bad or non-positive one
     is argparse's one-line error naming the option."""
@@ -85,14 +97,14 @@ def workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-eval", metavar="FUNCTION", help=(
         "pkg.module:function called as evaluate(model, batches) -> metric, higher is better; with --step "
         "(default: the step's validation loss)"))
-    p.add_argument("--num-workers", type=int, metavar="N",
+    p.add_argument("--num-workers", type=natural, metavar="N",
                    help="data loader worker processes per trial (default: what fits this machine)")
     p.add_argument("--max-memory", type=size, metavar="SIZE", help=(
         "memory cap to tune for, e.g. 512MiB, 8GiB, 1.5GB (default: CUDA memory less 10%% or at least "
         "512MiB; on CPU the memory available less a margin)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where trials train (default: auto, CUDA when available)")
-    p.add_argument("--seed", type=int, metavar="N", help=(
+    p.add_argument("--seed", type=natural, metavar="N", help=(
         "seed of the sampler, the data split and each trial's initial weights (default: 0)"))
 
 

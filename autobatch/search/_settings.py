@@ -74,6 +74,8 @@ class TuneSettings:
         metric = self.step_eval or ("val_loss" if self.step else None)
         if metric is not None and self.recipe.metric != metric:
             object.__setattr__(self, "recipe", dataclasses.replace(self.recipe, metric=metric, metric_direction=None))
+        if self.seed < 0:
+            raise AutobatchError(f"--seed must be 0 or more, got {self.seed}")
         if self.num_workers is not None and self.num_workers < 0:
             raise AutobatchError(f"--num-workers must be 0 or more, got {self.num_workers}")
         # An unset base lr / scaling rule follows the recipe's optimizer (fails here, at the
