@@ -44,15 +44,17 @@ def _version() -> str:
         return __version__
 
 
-def _settle_imports() -> None:
-    """Before a command that trains: import what the first optimizer imports anyway (torch's
-    optimizers import ``torch._dynamo`` on first use), then move every object alive into the
-    garbage collector's permanent generation (``gc.freeze``). The memory probe collects garbage
-    after each measurement (about ten per probe), and a full collection then scans only what the
-    run itself made, not the hundreds of thousands of objects the imports left."""
-    import torch._dynamo  # noqa: F401
+def _freeze_at_probe(run: Any, event: Any) -> None:
+    """A ``tune`` callback: when the memory probe starts (the user's model built, its recipe
+    checked, so torch's optimizers have imported ``torch._dynamo``), move every object alive
+    into the garbage collector's permanent generation (``gc.freeze``). The probe collects
+    garbage after each measurement (about ten per probe), and a full collection then scans only
+    what the run made since, not the hundreds of thousands of objects the imports left. A
+    command that stops on a user error earlier pays nothing for it."""
+    from .tuning import ProbeStarted
 
-    gc.freeze()
+    if isinstance(event, ProbeStarted):
+        gc.freeze()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,9 +192,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
 
     settings = _tune_settings(args)
-    _settle_imports()
     with live_or_plain(args.json, _say) as progress:
-        outcome = tune(settings, callbacks=[progress])
+        outcome = tune(settings, callbacks=[_freeze_at_probe, progress])
     if args.json:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
@@ -214,7 +215,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
-    _settle_imports()
     values = load_config(args.config) if args.config else {}  # the user's own study file: its paths are allowed
     named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")] + list((values.get("recipe") or {}).values())
     given = list(args.allow_import) + [p for p in named if isinstance(p, str) and ":" in p]
@@ -229,11 +229,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import memory
     from .recipe import TrainRecipe
-    from .train import check_device, eval_runner, resolve_device, step_runner
+    from .train import check_device, check_recipe, eval_runner, resolve_device, step_runner
     from .tuning import ProbeProgress, event_line, probe_summary
     from .workloads import build_model, check_model_name, load_workload
 
-    _settle_imports()
     model_name, dataset = args.model or "resnet18", args.dataset or "digits"
     check_model_name(model_name)
     if args.batch_size_max < 1:
@@ -245,6 +244,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
     step, step_eval = args.step, getattr(args, "step_eval", None)
+    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval)  # as tune does, first
+    gc.freeze()  # as tune does at its probe (_freeze_at_probe)
     result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
                           device=device, cap_bytes=cap, space_max=args.batch_size_max,
                           dataset_max=len(workload.train), eval_space_max=len(workload.val),
