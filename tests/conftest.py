@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -17,6 +18,22 @@ POSTGRES_URL = os.environ.get("AUTOBATCH_TEST_POSTGRES", "postgresql://postgres@
 REQUIRE_ALL = os.environ.get("AUTOBATCH_REQUIRE_ALL") == "1"
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session) -> None:
+    """What ``autobatch.cli`` does before a command that trains, for the tests that call ``tune``
+    in this process: everything imported by now (torch's ``_dynamo`` too, which the first
+    optimizer imports) moves to the garbage collector's permanent generation, so the memory
+    probe's collections scan only what a test makes."""
+    import torch._dynamo  # noqa: F401
+
+    gc.freeze()
+
+
+# A tune in a test that is not about them skips the gradient-noise probe and the verification
+# re-training (each at least seconds); tests/test_verify.py and tests/test_critical_batch.py keep them.
+LEAN = ("--no-verify", "--no-noise-probe")
+LEAN_SETTINGS = {"verify_runs": 0, "noise_probe": False}
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -64,7 +81,7 @@ def capped_study(where: Path, name: str) -> str:
     training (the range is given, so the search is not centred on the critical batch and keeps
     sizes over the cap). Returns its storage URL."""
     url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5",
+    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", *LEAN,
                    "--n-trials", "10", "--max-memory", "3MiB", "--seed", "5", "--batch-size-max", "256",
                    "--storage", url, "--study-name", name, cwd=where)
     assert done.returncode == 0, done.stderr

@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from tests.conftest import run_cli
+from tests.conftest import LEAN, run_cli
 
-FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
+FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN)
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -204,6 +204,8 @@ def _parse_error(capsys, *argv: str) -> str:
     (("tune", "--budget", "5 parsecs"), ("argument --budget", "malformed duration")),
     (("tune", "--budget"), ("argument --budget", "expected one argument")),
     (("tune", "--n-trials", "many"), ("argument --n-trials", "invalid int value")),
+    (("tune", "--seed", "-1"), ("argument --seed", "must be 0 or more, got -1")),
+    (("worker", "--study-name", "s", "--num-workers", "-2"), ("argument --num-workers", "must be 0 or more")),
     (("tune", "--verify-runs", "1", "--no-verify"), ("--no-verify", "not allowed with", "--verify-runs")),
     (("tune", "--bogus"), ("unrecognized arguments: --bogus", "--help)")),
     (("probe", "--max-memory", "-1GiB"), ("argument --max-memory", "must be positive")),
