@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import sys
@@ -42,19 +41,6 @@ def _version() -> str:
         from . import __version__
 
         return __version__
-
-
-def _freeze_at_probe(run: Any, event: Any) -> None:
-    """A ``tune`` callback: when the memory probe starts (the user's model built, its recipe
-    checked, so torch's optimizers have imported ``torch._dynamo``), move every object alive
-    into the garbage collector's permanent generation (``gc.freeze``). The probe collects
-    garbage after each measurement (about ten per probe), and a full collection then scans only
-    what the run made since, not the hundreds of thousands of objects the imports left. A
-    command that stops on a user error earlier pays nothing for it."""
-    from .tuning import ProbeStarted
-
-    if isinstance(event, ProbeStarted):
-        gc.freeze()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +179,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     settings = _tune_settings(args)
     with live_or_plain(args.json, _say) as progress:
-        outcome = tune(settings, callbacks=[_freeze_at_probe, progress])
+        outcome = tune(settings, callbacks=[progress])
     if args.json:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
@@ -245,7 +231,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
                         vocab_size=workload.vocab_size)
     step, step_eval = args.step, getattr(args, "step_eval", None)
     check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval)  # as tune does, first
-    gc.freeze()  # as tune does at its probe (_freeze_at_probe)
     result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
                           device=device, cap_bytes=cap, space_max=args.batch_size_max,
                           dataset_max=len(workload.train), eval_space_max=len(workload.val),

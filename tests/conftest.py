@@ -21,10 +21,11 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_finish(session) -> None:
-    """What ``autobatch.cli`` does before a command that trains, for the tests that call ``tune``
-    in this process: everything imported by now (torch's ``_dynamo`` too, which the first
-    optimizer imports) moves to the garbage collector's permanent generation, so the memory
-    probe's collections scan only what a test makes."""
+    """For the tests that probe or ``tune`` in this process: everything the collection imported
+    (torch's ``_dynamo`` too, which the first optimizer imports) moves to the garbage collector's
+    permanent generation (``gc.freeze``), so the memory probe's ``gc.collect`` after each
+    measurement scans only what a test made. Only the pytest process: frozen objects are never
+    finalized, so the CLI (whose storage connections a freeze would keep open) does not do this."""
     import torch._dynamo  # noqa: F401
 
     gc.freeze()
