@@ -44,7 +44,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autobatch", description=(
+    parser = o.Parser(prog="autobatch", description=(
         "Find the batch size, learning rate and accumulation steps to train with, on this hardware."))
     parser.add_argument("--version", action="version", version=f"autobatch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="probe, search, recommend")
     o.workload_options(p)
     o.study_options(p, required_name=False)
-    p.add_argument("--budget", metavar="DURATION", help=(
+    p.add_argument("--budget", type=o.duration, metavar="DURATION", help=(
         "wall-clock budget for the whole run: 90s, 10m, 4h, 1h30m (default: 10m, or none with --n-trials)"))
     p.add_argument("--n-trials", type=int, metavar="N",
                    help="number of trials, study-wide across workers (default: as many as the budget allows)")
@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest micro-batch searched, a power of two (default: 256, less if the data is smaller)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not enqueue the reference configurations (default: enqueued)")
+    verification = p.add_mutually_exclusive_group()
+    verification.add_argument("--verify-runs", type=int, metavar="N", help=(
+        "re-trainings of the answer with fresh seeds, 0 to 5; also verify_runs in the study file "
+        "(default: 1, or 2 when the study plans 16 trials or more)"))
+    verification.add_argument("--no-verify", dest="verify_runs", action="store_const", const=0, help=(
+        "do not re-train the answer: the same as --verify-runs 0; the answer says it was not verified "
+        "(default: verified)"))
+    p.add_argument("--no-noise-probe", dest="noise_probe", action="store_false", default=None, help=(
+        "skip the gradient-noise probe before the search (at least 5 s): the critical batch is not "
+        "measured at the start and the search is not centred on it; also noise_probe = false in the "
+        "study file (default: probed)"))
     p.add_argument("--create-only", action="store_true",
                    help="create the study and exit, for workers to join (default: run it)")
     o.json_option(p)
@@ -79,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where trials train (default: auto, CUDA when available)")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="where cifar10 lives (default: ./data)")
-    p.add_argument("--seed", type=int, metavar="N",
+    p.add_argument("--seed", type=o.natural, metavar="N",
                    help="sampler seed base; each trial adds its number (default: the study's)")
-    p.add_argument("--num-workers", type=int, metavar="N",
+    p.add_argument("--num-workers", type=o.natural, metavar="N",
                    help="data loader worker processes per trial (default: what fits this machine)")
     p.add_argument("--allow-import", action="append", default=[], metavar="PATH", help=(
         "code (pkg.module:function, pkg.module:*) or data (imagefolder:PATH) the study may run here; "
@@ -100,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recommend", help="the recommended setting from stored trials (no training)")
     o.study_options(p, required_name=True)
-    p.add_argument("--max-memory", metavar="SIZE",
+    p.add_argument("--max-memory", type=o.size, metavar="SIZE",
                    help="only settings whose predicted peak fits, e.g. 4GiB (default: no limit)")
-    p.add_argument("--max-epoch-time", metavar="DURATION",
+    p.add_argument("--max-epoch-time", type=o.duration, metavar="DURATION",
                    help="only settings whose predicted epoch time is under this, e.g. 30s (default: no limit)")
     p.add_argument("--min-accuracy", type=float, metavar="FRACTION",
                    help="only settings predicted at least this accurate, 0..1 (default: no limit)")
@@ -144,21 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tune_settings(args: argparse.Namespace):
     from .search import build_settings
-    from .units import parse_bytes, parse_duration
 
     space = {k: v for k, v in (("batch_size_min", args.batch_size_min),
                                ("batch_size_max", args.batch_size_max),
                                ("base_lr", args.base_lr), ("scaling_rule", args.scaling_rule)) if v is not None}
     overrides = {
         "model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
-        "budget_s": parse_duration(args.budget) if args.budget is not None else None,
-        "n_trials": args.n_trials,
-        "max_memory_bytes": parse_bytes(args.max_memory) if args.max_memory is not None else None,
+        "budget_s": args.budget, "n_trials": args.n_trials, "max_memory_bytes": args.max_memory,
         "storage": args.storage, "study_name": args.study_name, "seed": args.seed,
         "device": args.device, "pruner": args.pruner, "epochs": args.epochs,
         "workers": args.workers, "baselines": False if args.no_baselines else None,
         "create_only": args.create_only or None, "space": space, "recipe": o.recipe_overrides(args),
         "step": args.step, "step_eval": args.step_eval, "num_workers": args.num_workers,
+        "verify_runs": args.verify_runs, "noise_probe": args.noise_probe,
     }
     return build_settings(args.config, overrides)
 
@@ -189,6 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .search import load_config
     from .storage import open_study
     from .tuning import TuneRun, allowed_imports, run_worker
+
     if not args.study_name:
         raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
     values = load_config(args.config) if args.config else {}  # the user's own study file: its paths are allowed
@@ -205,9 +215,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from . import memory
     from .recipe import TrainRecipe
-    from .train import check_device, eval_runner, resolve_device, step_runner
+    from .train import check_device, check_recipe, eval_runner, resolve_device, step_runner
     from .tuning import ProbeProgress, event_line, probe_summary
-    from .units import parse_bytes
     from .workloads import build_model, check_model_name, load_workload
 
     model_name, dataset = args.model or "resnet18", args.dataset or "digits"
@@ -216,11 +225,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise AutobatchError(f"--batch-size-max must be >= 1, got {args.batch_size_max}")
     recipe = TrainRecipe.from_dict(o.recipe_overrides(args))
     device = check_device(recipe, resolve_device(args.device or "auto"))
-    cap = parse_bytes(args.max_memory) if args.max_memory else memory.default_cap(device)
+    cap = args.max_memory or memory.default_cap(device)
     workload = load_workload(dataset, data_dir=args.data_dir, seed=args.seed or 0)
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
     step, step_eval = args.step, getattr(args, "step_eval", None)
+    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval)  # as tune does, first
     result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
                           device=device, cap_bytes=cap, space_max=args.batch_size_max,
                           dataset_max=len(workload.train), eval_space_max=len(workload.val),
@@ -228,12 +238,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
                                                step=step, step_eval=step_eval),
                           on_point=None if args.json else lambda p, s: _say(event_line(ProbeProgress.of(p, s))))
     if args.json:
-        _print_json({"model": model_name, "dataset": dataset, "recipe": recipe.to_dict(), **result.to_dict()})
+        _print_json({"model": model_name, "dataset": dataset, "recipe": recipe.to_dict(), **result.to_dict(),
+                     "train_size": len(workload.train)})
         return 0
     source = "--max-memory" if args.max_memory else f"{device.type} memory available" if device.type == "cpu" \
         else f"{device.type} memory"
     print(probe_summary(result, f"{model_name} on {dataset} ({result.device}, {recipe.optimizer}, "
-                                f"{recipe.precision}):", source))
+                                f"{recipe.precision}):", source, train_size=len(workload.train)))
     return 0
 
 
@@ -245,10 +256,8 @@ def _study_name(args: argparse.Namespace) -> str:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from .recommender import recommend
-    from .units import parse_duration
 
-    rec = recommend(_study_name(args), args.storage, max_memory=args.max_memory,
-                    max_epoch_time=parse_duration(args.max_epoch_time) if args.max_epoch_time else None,
+    rec = recommend(_study_name(args), args.storage, max_memory=args.max_memory, max_epoch_time=args.max_epoch_time,
                     min_accuracy=args.min_accuracy, priority=args.priority)
     fmt = args.format or ("json" if args.json else None)
     print(rec.export(fmt) if fmt else rec)

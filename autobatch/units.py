@@ -20,6 +20,8 @@ def parse_duration(text: str) -> float:
     tokens = tokenize(str(text).strip())
     pairs = list(zip(tokens[::2], tokens[1::2]))
     malformed = AutobatchError(f"malformed duration {text!r}: use forms like 90s, 10m, 4h or 1h30m")
+    if str(text).strip().startswith("-"):
+        raise AutobatchError(f"duration {text!r} must be positive: use forms like 90s, 10m, 4h or 1h30m")
     if len(tokens) == 1 and isinstance(tokens[0], (int, float)):
         seconds = float(tokens[0])
     elif tokens and len(tokens) % 2 == 0 and all(isinstance(n, (int, float)) and isinstance(u, str)
@@ -46,6 +48,8 @@ def parse_bytes(text: str | int) -> int:
         value = text
     else:
         raw = str(text).strip()
+        if raw.startswith("-"):
+            raise AutobatchError(f"size {text!r} must be positive: use forms like 512MiB, 8GiB or 2000000000")
         try:
             value = int(humanfriendly.parse_size(raw, binary=_SHORT_BINARY.fullmatch(raw) is not None))
         except humanfriendly.InvalidSize:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -17,6 +18,23 @@ POSTGRES_URL = os.environ.get("AUTOBATCH_TEST_POSTGRES", "postgresql://postgres@
 REQUIRE_ALL = os.environ.get("AUTOBATCH_REQUIRE_ALL") == "1"
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session) -> None:
+    """For the tests that probe or ``tune`` in this process: everything the collection imported
+    (torch's ``_dynamo`` too, which the first optimizer imports) moves to the garbage collector's
+    permanent generation (``gc.freeze``), so the memory probe's ``gc.collect`` after each
+    measurement scans only what a test made. Only the pytest process: frozen objects are never
+    finalized, so the CLI (whose storage connections a freeze would keep open) does not do this."""
+    import torch._dynamo  # noqa: F401
+
+    gc.freeze()
+
+
+# A tune in a test that is not about them skips the gradient-noise probe and the verification
+# re-training (each at least seconds); tests/test_verify.py and tests/test_critical_batch.py keep them.
+LEAN = ("--no-verify", "--no-noise-probe")
+LEAN_SETTINGS = {"verify_runs": 0, "noise_probe": False}
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -64,7 +82,7 @@ def capped_study(where: Path, name: str) -> str:
     training (the range is given, so the search is not centred on the critical batch and keeps
     sizes over the cap). Returns its storage URL."""
     url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5",
+    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", *LEAN,
                    "--n-trials", "10", "--max-memory", "3MiB", "--seed", "5", "--batch-size-max", "256",
                    "--storage", url, "--study-name", name, cwd=where)
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import LEAN, REPO, run_cli
 
 SCRIPT = '''
 import sys
@@ -33,7 +33,7 @@ print(f"batch={rec.batch_size} accumulation={rec.accumulation_steps} lr={rec.lea
 
 
 def test_training_script_uses_the_recommendation(tmp_path, sqlite_url):
-    made = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1", "--n-trials", "8",
+    made = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1", "--n-trials", "8", *LEAN,
                    "--storage", sqlite_url, "--study-name", "api", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     script = tmp_path / "train.py"

@@ -38,3 +38,24 @@ def test_formatting():
     assert format_bytes(None) == "-"
     assert format_duration(5415) == "1h30m"
     assert format_duration(75) == "1m15s"
+
+
+def test_a_budget_that_cannot_hold_the_minimum_plan_is_refused_before_probing_with_one_that_does():
+    from autobatch.search import BudgetTooShortError, check_budget_early
+    from autobatch.search._plan import EARLY_MARGIN, FIT_RESERVE_MIN_S, PROBE_BATCHES, SAFETY
+
+    plan = dict(elapsed_s=2.0, seconds_per_sample=0.05, least_samples=640, batch_size=32, largest_batch=256,
+                n_trials=None, noise_probe_s=5.0, what="0.45 epochs of digits")
+    need = 4 * 640 * 0.05 * SAFETY + 5.0 + PROBE_BATCHES * 256 * 0.05     # 160 s of trials, 107 s of probes
+    with pytest.raises(BudgetTooShortError) as caught:
+        check_budget_early(budget_s=120, **plan)
+    line = str(caught.value)
+    assert "budget 2m00s is too short" in line and "4 trials of at least 640 samples (0.45 epochs of digits)" in line
+    assert "50 ms per sample (micro-batch 32, timed before probing)" in line
+    suggested = parse_duration(line.split("pass --budget ")[1].split()[0])
+    assert suggested >= need + 2.0 + FIT_RESERVE_MIN_S
+    check_budget_early(budget_s=suggested, **plan)                       # the budget it names holds
+    # a step timed once can be off: only a budget short by more than EARLY_MARGIN is refused here
+    check_budget_early(budget_s=2.0 + FIT_RESERVE_MIN_S + need / EARLY_MARGIN + 5, **plan)
+    # fewer trials asked for: fewer must fit
+    check_budget_early(budget_s=120, **{**plan, "n_trials": 1})

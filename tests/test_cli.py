@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from tests.conftest import run_cli
+from tests.conftest import LEAN, run_cli
 
-FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
+FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN)
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -151,7 +151,9 @@ def test_probe_prints_the_memory_model(tmp_path):
     human = run_cli("probe", "--model", "small_cnn", "--batch-size-max", "64", cwd=tmp_path)
     assert "per sample" in human.stdout and "at micro-batch 64" in human.stdout
     # on CPU the default cap is the memory available to the process
-    assert "(cpu memory available)" in human.stdout and "largest micro-batch under the cap" in human.stdout
+    assert "(cpu memory available)" in human.stdout
+    # no micro-batch larger than the training set (digits: 1438) is claimed
+    assert "the whole training set (1438 samples) fits under" in human.stdout
     assert "training step at 2:" in human.stderr and "evaluation at" in human.stderr  # progress
 
 
@@ -201,3 +203,103 @@ def test_a_ctrl_c_during_a_claim_is_held_back_until_the_claim_is_named():
     finally:
         signal.signal(signal.SIGINT, previous)
         interrupts._pressed.clear()
+
+
+# --- parsing: one line naming the option, exit 2; the verification and noise-probe switches ----
+
+def _parse_error(capsys, *argv: str) -> str:
+    from autobatch.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(list(argv))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("autobatch: error: "), err  # no usage block
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv,words", [
+    (("tune", "--max-memory", "-3GB"), ("argument --max-memory", "'-3GB' must be positive")),
+    (("tune", "--budget", "-5m"), ("argument --budget", "'-5m' must be positive")),
+    (("tune", "--budget=-5m"), ("argument --budget", "must be positive")),
+    (("tune", "--budget", "5 parsecs"), ("argument --budget", "malformed duration")),
+    (("tune", "--budget"), ("argument --budget", "expected one argument")),
+    (("tune", "--n-trials", "many"), ("argument --n-trials", "invalid int value")),
+    (("tune", "--seed", "-1"), ("argument --seed", "must be 0 or more, got -1")),
+    (("worker", "--study-name", "s", "--num-workers", "-2"), ("argument --num-workers", "must be 0 or more")),
+    (("tune", "--verify-runs", "1", "--no-verify"), ("--no-verify", "not allowed with", "--verify-runs")),
+    (("tune", "--bogus"), ("unrecognized arguments: --bogus", "--help)")),
+    (("probe", "--max-memory", "-1GiB"), ("argument --max-memory", "must be positive")),
+    (("recommend", "--study-name", "s", "--max-epoch-time", "-30s"), ("argument --max-epoch-time",)),
+])
+def test_a_bad_value_is_one_line_naming_the_option(capsys, argv, words):
+    line = _parse_error(capsys, *argv)
+    for word in words:
+        assert word in line, line
+
+
+def _settings(*argv: str):
+    from autobatch.cli import _tune_settings, build_parser
+
+    return _tune_settings(build_parser().parse_args(["tune", *argv]))
+
+
+@pytest.mark.parametrize("argv,words", [
+    (("--n-trials", "-1"), ("--n-trials must be at least 1, got -1",)),
+    (("--study-name", ""), ("--study-name is empty",)),
+    (("--study-name", "  "), ("--study-name is empty",)),
+    (("--verify-runs", "6"), ("--verify-runs", "0 to 5", "6")),
+    (("--verify-runs", "-1"), ("--verify-runs", "0 to 5", "-1")),
+])
+def test_a_bad_setting_is_refused_before_anything_runs(argv, words):
+    from autobatch.errors import AutobatchError
+
+    with pytest.raises(AutobatchError) as caught:
+        _settings(*argv)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_verification_and_noise_probe_switches_reach_the_settings(tmp_path):
+    assert _settings().verify_runs is None and _settings().noise_probe is True   # the plan's 1 or 2; probed
+    assert _settings("--no-verify").verify_runs == 0
+    assert _settings("--verify-runs", "3").verify_runs == 3
+    assert _settings("--no-noise-probe").noise_probe is False
+    study_file = tmp_path / "s.toml"
+    study_file.write_text('model = "mlp"\nverify_runs = 2\nnoise_probe = false\n')
+    from_file = _settings("--config", str(study_file))
+    assert (from_file.verify_runs, from_file.noise_probe) == (2, False)
+    assert _settings("--config", str(study_file), "--no-verify").verify_runs == 0    # the flag wins
+    study_file.write_text('model = "mlp"\nnoise_probe = "no"\n')
+    from autobatch.errors import AutobatchError
+
+    with pytest.raises(AutobatchError, match="noise_probe = false"):
+        _settings("--config", str(study_file))
+
+
+def test_largest_micro_batch_never_exceeds_the_training_set():
+    from autobatch.tuning._progress import largest_line
+
+    assert largest_line(622883, 16 * 2**30, 1437) == "the whole training set (1437 samples) fits under 16.0 GiB as one micro-batch"
+    assert largest_line(1437, 2**30, 1437).startswith("the whole training set (1437 samples) fits")
+    assert largest_line(512, 2**30, 1437) == "largest micro-batch under 1.0 GiB: 512"
+    assert largest_line(512, 2**30, None) == "largest micro-batch under 1.0 GiB: 512"
+
+
+def test_an_unverified_answer_says_so_and_why(tmp_path):
+    """--no-verify and --no-noise-probe: the answer says it was not verified, by the user's choice,
+    and the critical batch was not measured; no probe, no re-training."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    proc = run_cli("tune", "--model", "mlp", "--dataset", "digits", "--epochs", "0.3", "--device", "cpu",
+                   "--n-trials", "4", "--no-verify", "--no-noise-probe", "--storage", url, "--study-name", "nv",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "verified     no: verification is off (--no-verify" in proc.stdout and "your choice" in proc.stdout
+    assert "critical batch not measured: the gradient-noise probe is off" in proc.stderr
+    assert "B_simple" not in proc.stderr                              # the probe did not run
+    study = optuna.load_study(study_name="nv", storage=url)
+    stored = study.user_attrs[R.STUDY_RECOMMENDATION]                  # the stored answer says it too
+    assert not stored["verified_values"] and "your choice" in stored["verification_note"]
+    assert R.STUDY_NOISE_SCALE not in study.user_attrs
+    assert study.user_attrs[R.STUDY_SPEC]["verify_holdout"] == 0     # nothing held out for a run that never comes

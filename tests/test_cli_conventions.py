@@ -15,7 +15,7 @@ import pytest
 
 from autobatch import recommend
 from autobatch.cli import build_parser
-from tests.conftest import REPO, run_cli
+from tests.conftest import LEAN, REPO, run_cli
 
 NAME = "conventions"
 
@@ -62,7 +62,7 @@ def test_version_and_help_true_to_behaviour(tmp_path):
 def study_url(tmp_path_factory):
     where = tmp_path_factory.mktemp("conventions")
     url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu",
+    done = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN,
                    "--n-trials", "6", "--seed", "1", "--storage", url, "--study-name", NAME, cwd=where)
     assert done.returncode == 0, done.stderr
     optuna.create_study(storage=url, study_name="plain-optuna").optimize(lambda t: t.suggest_float("x", 0, 1),
@@ -93,7 +93,7 @@ def test_progress_on_a_terminal_draws_rich_bars(tmp_path):
     assert script, "script(1) from util-linux is needed for the terminal test"
     log = tmp_path / "typescript"
     command = (f"{sys.executable} -m autobatch tune --model small_cnn --dataset digits --epochs 0.5 --device cpu "
-               f"--n-trials 2 --storage sqlite:///{tmp_path / 's.db'} --study-name tty")
+               f"--n-trials 2 {' '.join(LEAN)} --storage sqlite:///{tmp_path / 's.db'} --study-name tty")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "120", "TERM": "xterm"}
     env.pop("AUTOBATCH_STORAGE", None)
     done = subprocess.run([script, "-qfec", command, str(log)], cwd=tmp_path, env=env, capture_output=True,
@@ -172,7 +172,7 @@ def test_a_study_made_with_log2_parameters_resumes_with_them(tmp_path, sqlite_ur
     sees one encoding per study), and every reader takes both."""
     from autobatch import records as R
 
-    args = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.25", "--device", "cpu",
+    args = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.25", "--device", "cpu", *LEAN,
             "--storage", sqlite_url, "--study-name", "log2")
     made = run_cli("tune", *args, "--n-trials", "2", "--create-only", "--no-baselines", cwd=tmp_path)
     assert made.returncode == 0, made.stderr

@@ -114,7 +114,8 @@ def test_no_completed_trial_over_the_cap_and_the_estimate_is_refit(tmp_path):
     events = []
     settings = TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.1, n_trials=None,
                             storage=url, study_name="s", max_memory_bytes=256 * KiB, baselines=False,
-                            space=SearchSpace(batch_size_min=16, batch_size_max=128), create_only=True)
+                            space=SearchSpace(batch_size_min=16, batch_size_max=128), create_only=True,
+                            noise_probe=False)
     tune(settings, callbacks=[lambda run, e: events.append(e)])
     assert any(isinstance(e, ProbeProgress) for e in events)
     study = open_study(url, "s")
@@ -216,7 +217,7 @@ def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, mo
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     space = SearchSpace(batch_size_min=16, batch_size_max=64, lr_multiplier_min=0.5, lr_multiplier_max=2.0)
     tune(TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.2, n_trials=5, storage=url,
-                      study_name="s", baselines=False, space=space, pruner="none", verify_runs=0),
+                      study_name="s", baselines=False, space=space, pruner="none", verify_runs=0, noise_probe=False),
          callbacks=[lambda run, event: counting.append(1) if type(event).__name__ == "StudyReady" else None])
     trials = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)
     trained = [t for t in trials if t.user_attrs.get(R.SAMPLES_SEEN)]

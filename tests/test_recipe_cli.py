@@ -25,7 +25,7 @@ from autobatch.search import StudySpec
 from autobatch.train import train_trial
 from autobatch.workloads import build_model, load_workload
 from autobatch.cli import main
-from tests.conftest import REPO, run_cli
+from tests.conftest import LEAN, REPO, run_cli
 
 CPU = torch.device("cpu")
 SMALL = ("--model", "small_cnn", "--dataset", "digits")
@@ -38,7 +38,7 @@ def recipe_study(tmp_path_factory) -> str:
     """A real AdamW + bf16 study made by the CLI; returns its storage URL (study "recipe")."""
     where = tmp_path_factory.mktemp("recipe")
     url = f"sqlite:///{where / 'studies.db'}"
-    done = run_cli("tune", *SMALL, *RECIPE, "--epochs", "0.5", "--n-trials", "6", "--seed", "1",
+    done = run_cli("tune", *SMALL, *RECIPE, *LEAN, "--epochs", "0.5", "--n-trials", "6", "--seed", "1",
                    "--storage", url, "--study-name", "recipe", cwd=where)
     assert done.returncode == 0, done.stderr
     return url
@@ -98,7 +98,7 @@ def test_bad_recipe_table_in_a_study_file(tmp_path, capsys, monkeypatch):
 # --- defaults reproduce today's studies: an old study resumes ---------------------------------
 
 def test_a_study_stored_without_a_recipe_resumes(tmp_path, sqlite_url):
-    args = (*SMALL, "--epochs", "0.2", "--n-trials", "1", "--storage", sqlite_url, "--study-name", "old")
+    args = (*SMALL, *LEAN, "--epochs", "0.2", "--n-trials", "1", "--storage", sqlite_url, "--study-name", "old")
     made = run_cli("tune", *args, "--create-only", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     study = optuna.load_study(study_name="old", storage=sqlite_url)
@@ -118,7 +118,7 @@ def test_a_study_stored_without_a_recipe_resumes(tmp_path, sqlite_url):
 # --- another metric: the study minimizes it, stores it and recommends on it -------------------
 
 def test_a_val_loss_study_minimizes_and_recommends_on_the_loss(tmp_path, sqlite_url):
-    done = run_cli("tune", *SMALL, "--metric", "val_loss", "--epochs", "0.3", "--n-trials", "5",
+    done = run_cli("tune", *SMALL, *LEAN, "--metric", "val_loss", "--epochs", "0.3", "--n-trials", "5",
                    "--storage", sqlite_url, "--study-name", "loss", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name="loss", storage=sqlite_url)

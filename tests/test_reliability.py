@@ -21,9 +21,9 @@ from torch import nn
 from autobatch import records as R
 from autobatch.errors import AutobatchError
 from autobatch.storage import resolve_url
-from tests.conftest import REPO, run_cli
+from tests.conftest import LEAN, LEAN_SETTINGS, REPO, run_cli
 
-FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
+FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN)
 RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -114,6 +114,7 @@ def test_a_budget_that_fits_too_few_trials_is_refused_up_front_with_one_that_fit
     proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--device", "cpu", "--epochs", "300",
                    "--budget", "30s", "--storage", sqlite_url, "--study-name", "short", cwd=tmp_path)
     line = last_line(proc, "budget 30s is too short", "4 trials", "300 epochs", "pass --budget")
+    assert "timed before probing" in line and "training step at" not in proc.stderr  # before the memory probe
     suggested = line.split("pass --budget ")[1].split()[0]
     assert suggested.endswith(("m", "h"))
     study = optuna.load_study(study_name="short", storage=sqlite_url) if optuna.get_all_study_names(sqlite_url) else None
@@ -179,7 +180,7 @@ def test_read_only_opening_cannot_write(tmp_path):
 # --- the trial count is the study's -----------------------------------------------------------------
 
 def test_n_trials_is_the_total_after_an_interrupt_and_a_finished_study_is_answered(tmp_path, sqlite_url):
-    cmd = [sys.executable, "-m", "autobatch", "tune", *FAST[:4], "--epochs", "2", "--device", "cpu",
+    cmd = [sys.executable, "-m", "autobatch", "tune", *FAST[:4], "--epochs", "2", "--device", "cpu", *LEAN,
            "--n-trials", "1000000", "--storage", sqlite_url, "--study-name", "count"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("AUTOBATCH_STORAGE", None)
@@ -196,21 +197,21 @@ def test_n_trials_is_the_total_after_an_interrupt_and_a_finished_study_is_answer
     assert len(study.get_trials(states=(TrialState.WAITING,))) <= 3  # no queue of a million slots
     target = interrupted + 2
     resumed = run_cli("tune", "--n-trials", str(target), "--storage", sqlite_url, "--study-name", "count",
-                      "--device", "cpu", cwd=tmp_path)
+                      "--device", "cpu", "--no-verify", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming study 'count'" in resumed.stderr
     assert len(_results(sqlite_url, "count")) == target  # exactly the total asked for
     again = run_cli("tune", "--n-trials", str(target), "--storage", sqlite_url, "--study-name", "count",
-                    "--device", "cpu", cwd=tmp_path)
+                    "--device", "cpu", "--no-verify", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "is complete" in again.stderr and "recommended for count" in again.stdout
     more = again.stderr.split("to run more: ")[1].splitlines()[0]
     assert more.startswith("autobatch tune --study-name count --storage ")
     assert len(_results(sqlite_url, "count")) == target  # nothing more ran
     smaller = run_cli("tune", "--n-trials", "3", "--storage", sqlite_url, "--study-name", "count", "--device",
-                      "cpu", cwd=tmp_path)
+                      "cpu", "--no-verify", cwd=tmp_path)
     assert smaller.returncode == 0 and "is complete" in smaller.stderr
-    extended = run_cli(*more.split()[1:], "--device", "cpu", cwd=tmp_path)  # the printed remedy, as printed
+    extended = run_cli(*more.split()[1:], "--device", "cpu", "--no-verify", cwd=tmp_path)  # the printed remedy
     assert extended.returncode == 0, extended.stderr
     assert len(_results(sqlite_url, "count")) == int(more.split("--n-trials ")[1])
 
@@ -241,7 +242,7 @@ def test_two_tunes_started_at_once_on_a_fresh_file_share_one_study(tmp_path):
 
 def test_a_worker_refuses_code_the_study_names_but_it_was_not_given(tmp_path, sqlite_url):
     model = "tests.test_reliability:_tiny_model"
-    made = run_cli("tune", "--model", model, "--dataset", "digits", "--epochs", "0.2", "--device", "cpu",
+    made = run_cli("tune", "--model", model, "--dataset", "digits", "--epochs", "0.2", "--device", "cpu", *LEAN,
                    "--n-trials", "1", "--no-baselines", "--create-only", "--storage", sqlite_url,
                    "--study-name", "trust", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
@@ -273,13 +274,24 @@ def test_no_trial_is_started_that_is_predicted_not_to_finish(tmp_path, sqlite_ur
     from autobatch.tuning import run_worker, set_limits, tune
 
     tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=400, n_trials=3,
-                      storage=sqlite_url, study_name="late", baselines=False, create_only=True))
+                      storage=sqlite_url, study_name="late", baselines=False, create_only=True, **LEAN_SETTINGS))
     study = open_study(sqlite_url, "late", read_only=False)
     set_limits(study, deadline=time.time() + 4, n_trials=3)  # trials of 400 epochs take minutes
     started = time.time()
     assert run_worker(study, device_name="cpu") == 0
     assert time.time() - started < 30
     assert study.get_trials(deepcopy=False) == []  # none started, so none cut off
+
+
+def test_a_study_in_which_every_trial_diverged_says_so_and_what_to_change(tmp_path, sqlite_url):
+    """More trials of the same would diverge too: the one line says every trial diverged and to
+    lower the learning rate or check the loss, never to resume with more trials (exit 2)."""
+    proc = run_cli("tune", "--model", "mlp", "--dataset", "digits", "--base-lr", "1e4", "--n-trials", "3",
+                   "--epochs", "0.3", "--no-baselines", "--no-noise-probe", "--no-verify", "--storage", sqlite_url,
+                   "--study-name", "nan", cwd=tmp_path)
+    line = last_line(proc, "every trial diverged (3 of 3", "lower the learning-rate range", "--base-lr 1000",
+                     "check the loss function", "--study-name (e.g. nan-2)")
+    assert "more trials" not in proc.stderr and "--n-trials" not in line
 
 
 def test_a_run_with_no_completed_trial_is_an_error_naming_the_command_that_resumes_it(tmp_path, sqlite_url):
@@ -334,7 +346,7 @@ def test_a_trials_storage_transactions_are_few_and_timed(tmp_path):
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "commit", count)
     try:
         tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=0.3, n_trials=4, storage=url,
-                          study_name="cost", baselines=False, pruner="median"), callbacks=[on_event])
+                          study_name="cost", baselines=False, pruner="median", **LEAN_SETTINGS), callbacks=[on_event])
     finally:
         sqlalchemy.event.remove(sqlalchemy.engine.Engine, "commit", count)
     assert len(events) == 4

@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from tests.conftest import run_cli
+from tests.conftest import LEAN, LEAN_SETTINGS, run_cli
 
 
 def _trained(trials):
@@ -16,7 +16,7 @@ def _trained(trials):
 
 def test_memory_cap_is_respected_and_infeasible_trials_never_train(tmp_path, sqlite_url):
     cap = 2 * 2**20  # small_cnn on digits: ~0.13 MiB + ~28 KiB/sample -> micro-batch 64 fits, 128 does not
-    proc = run_cli("tune", "--model", "small_cnn", "--epochs", "0.5", "--n-trials", "10", "--max-memory", "2MiB",
+    proc = run_cli("tune", "--model", "small_cnn", "--epochs", "0.5", "--n-trials", "10", "--max-memory", "2MiB", *LEAN,
                    "--batch-size-min", "32", "--batch-size-max", "512", "--storage", sqlite_url,
                    "--study-name", "cap", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -55,7 +55,7 @@ def test_pruning_prunes_bad_learning_rates_early(tmp_path, sqlite_url):
     config = tmp_path / "wide.toml"
     config.write_text('[space]\nlr_multiplier_min = 0.001\nlr_multiplier_max = 300.0\n'
                       'batch_size_min = 16\nbatch_size_max = 64\naccumulation_steps = [1]\n')
-    proc = run_cli("tune", "--config", str(config), "--model", "small_cnn", "--epochs", "2", "--n-trials", "16",
+    proc = run_cli("tune", "--config", str(config), "--model", "small_cnn", "--epochs", "2", "--n-trials", "16", *LEAN,
                    "--seed", "1", "--storage", sqlite_url, "--study-name", "prune", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="prune", storage=sqlite_url)
@@ -91,7 +91,7 @@ def test_a_trial_mispredicted_to_fit_is_cut_off_at_the_deadline_and_recorded(tmp
     from autobatch.tuning import run_worker, set_limits, tune
 
     tune(TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=1000, n_trials=2,
-                      storage=sqlite_url, study_name="budget", baselines=False, create_only=True))
+                      storage=sqlite_url, study_name="budget", baselines=False, create_only=True, **LEAN_SETTINGS))
     study = open_study(sqlite_url, "budget", read_only=False)
     study.set_user_attr(R.STUDY_THROUGHPUT, [[8, 1e9], [256, 1e9]])
     set_limits(study, deadline=time.time() + 8, n_trials=2)

@@ -22,9 +22,9 @@ from autobatch.storage import claim_trial
 from autobatch.tuning import next_trial_id
 from autobatch.storage import ENV_HEARTBEAT, fail_stale_trials, mask_url, open_storage, resolve_url
 from autobatch.storage._urls import _encode_password
-from tests.conftest import REPO, run_cli
+from tests.conftest import LEAN, REPO, run_cli
 
-FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu")
+FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN)
 # study.ask() on a storage with heartbeats warns that they are meant for optimize(): expected here
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 

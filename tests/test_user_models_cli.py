@@ -12,9 +12,9 @@ from optuna.trial import TrialState
 import autobatch
 from autobatch.errors import AutobatchError
 from tests import userland
-from tests.conftest import run_cli
+from tests.conftest import LEAN, run_cli
 
-QUICK = ("--device", "cpu", "--epochs", "1", "--num-workers", "0")
+QUICK = ("--device", "cpu", "--epochs", "1", "--num-workers", "0", *LEAN)
 
 
 def _completed(url, name):
@@ -42,7 +42,7 @@ def test_a_token_sequence_classifier_with_an_embedding_tunes_end_to_end(tmp_path
 
 
 def test_a_1d_cnn_on_mnist1d_tunes_end_to_end(tmp_path, sqlite_url):
-    proc = run_cli("tune", "--model", "cnn1d", "--dataset", "mnist1d", "--device", "cpu", "--epochs", "6",
+    proc = run_cli("tune", "--model", "cnn1d", "--dataset", "mnist1d", "--device", "cpu", "--epochs", "6", *LEAN,
                    "--n-trials", "2", "--batch-size-min", "32", "--storage", sqlite_url, "--study-name", "m1d",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -117,7 +117,8 @@ def test_tune_in_python_on_objects_returns_the_recommendation(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'nb.db'}"
     rec = autobatch.tune(model=lambda: Net(), data=(train, val, 3), budget=None, n_trials=5, storage=url,
-                         study_name="nb", device="cpu", space={"batch_size_max": 64}, progress=False)
+                         study_name="nb", device="cpu", space={"batch_size_max": 64}, progress=False,
+                         verify_runs=0, noise_probe=False)
     assert isinstance(rec, autobatch.Recommendation)
     assert rec.batch_size in (8, 16, 32, 64) and rec.learning_rate > 0
     assert len(_completed(url, "nb")) >= 4

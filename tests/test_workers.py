@@ -23,7 +23,7 @@ from autobatch import records as R
 from autobatch.search import TuneSettings
 from autobatch.storage import resolve_url
 from autobatch.tuning import tune
-from tests.conftest import REPO, REQUIRE_ALL, run_cli
+from tests.conftest import LEAN, LEAN_SETTINGS, REPO, REQUIRE_ALL, run_cli
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BEAT_S = "1"
@@ -62,7 +62,7 @@ class Workers:
     def create(self, *, n_trials: int, epochs: float, baselines: bool = True) -> None:
         settings = TuneSettings(model="small_cnn", dataset="digits", device="cpu", epochs=epochs,
                                 n_trials=n_trials, storage=self.url, study_name=self.name,
-                                baselines=baselines, create_only=True)
+                                baselines=baselines, create_only=True, **LEAN_SETTINGS)
         tune(settings)
 
     def start(self, *args: str, **env: str) -> subprocess.Popen:
@@ -252,7 +252,7 @@ def test_worker_without_a_free_slot_waits_for_running_trials_then_exits(workers)
 def test_tune_with_two_workers_end_to_end(postgres_url, unique_name, tmp_path):
     try:
         proc = run_cli("tune", "--model", "small_cnn", "--dataset", "digits", "--device", "cpu",
-                       "--epochs", "0.5", "--n-trials", "6", "--workers", "2", "--storage", postgres_url,
+                       "--epochs", "0.5", "--n-trials", "6", "--workers", "2", *LEAN, "--storage", postgres_url,
                        "--study-name", unique_name, "--json", cwd=tmp_path,
                        env={"AUTOBATCH_HEARTBEAT_S": BEAT_S}, timeout=180)
         assert proc.returncode == 0, proc.stderr

@@ -31,6 +31,15 @@ def test_digits_split_is_deterministic_for_a_seed():
     assert not torch.equal(a.val.tensors[1], c.val.tensors[1])
 
 
+@pytest.mark.parametrize("spec", ["synthetic:abc", "synthetic:64x3x32", "synthetic:", "synthetic:64x3x32x32x1"])
+def test_a_malformed_synthetic_spec_names_the_expected_form(spec):
+    with pytest.raises(AutobatchError) as caught:
+        load_workload(spec)
+    message = str(caught.value)
+    assert f"dataset {spec!r}: write synthetic:NxCxHxW" in message and "e.g. synthetic:2048x3x32x32" in message
+    assert "\n" not in message and "did you mean" not in message
+
+
 def test_synthetic_shape_seed_and_learnable():
     w = load_workload("synthetic:200x3x16x16", seed=3)
     assert w.input_shape == (3, 16, 16) and len(w.train) + len(w.val) == 200

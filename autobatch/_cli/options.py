@@ -11,8 +11,61 @@ None)``. ``tests/test_cli.py`` checks that every option's help shows its default
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from ..errors import AutobatchError
+from ..units import parse_bytes, parse_duration
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and values that start with a minus sign.
+
+    A mistake on the command line is one line on stderr and exit 2, the message naming the
+    option and the fix (argparse's own ``error`` prints the whole usage first). A value such as
+    ``-3GB`` or ``-5m`` is read as the option's value, so that the option refuses it by name
+    (argparse takes only plain negative numbers, ``-1``, as values, and anything else that starts
+    with ``-`` as an unknown option, "expected one argument")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse's own test for "a negative number, not an option" (used by _parse_optional):
+        # widened to anything that starts with -DIGIT or -.DIGIT. No option of ours looks so.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"autobatch: error: {message} (see {self.prog} --help)\n")
+
+
+def natural(text: str) -> int:
+    """A whole number 0 or more (a seed, a count of processes); anything else is argparse's
+    one-line error naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def duration(text: str) -> float:
+    """An option's duration (``90s``, ``10m``, ``1h30m``) in seconds; a bad or non-positive one
+    is argparse's one-line error naming the option."""
+    try:
+        return parse_duration(text)
+    except AutobatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def size(text: str) -> int:
+    """An option's size (``512MiB``, ``8GiB``) in bytes; a bad or non-positive one is
+    argparse's one-line error naming the option."""
+    try:
+        return parse_bytes(text)
+    except AutobatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def storage_option(p: argparse.ArgumentParser) -> None:
@@ -44,14 +97,14 @@ def workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-eval", metavar="FUNCTION", help=(
         "pkg.module:function called as evaluate(model, batches) -> metric, higher is better; with --step "
         "(default: the step's validation loss)"))
-    p.add_argument("--num-workers", type=int, metavar="N",
+    p.add_argument("--num-workers", type=natural, metavar="N",
                    help="data loader worker processes per trial (default: what fits this machine)")
-    p.add_argument("--max-memory", metavar="SIZE", help=(
+    p.add_argument("--max-memory", type=size, metavar="SIZE", help=(
         "memory cap to tune for, e.g. 512MiB, 8GiB, 1.5GB (default: CUDA memory less 10%% or at least "
         "512MiB; on CPU the memory available less a margin)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where trials train (default: auto, CUDA when available)")
-    p.add_argument("--seed", type=int, metavar="N", help=(
+    p.add_argument("--seed", type=natural, metavar="N", help=(
         "seed of the sampler, the data split and each trial's initial weights (default: 0)"))
 
 

@@ -38,6 +38,9 @@ START_S = 0.5                # first guess of a trial's fixed cost: model, loade
 SAFETY = 1.25                # a trial is started only if it fits this many times over
 FIT_RESERVE_FRACTION, FIT_RESERVE_MIN_S = 0.01, 3.0
 VERIFY_TWO_AT = 16           # planned trials from which two verification runs are reserved, not one
+EARLY_MARGIN = 2.0           # the check before probing refuses only a budget short by this factor
+PROBE_BATCHES = 8            # first guess of the memory probe and throughput timing, in training samples per
+                             # sample of the largest micro-batch (2 steps at 2, 8, 32, ..., 4 at the ends)
 
 
 class BudgetTooShortError(AutobatchError):
@@ -183,6 +186,34 @@ def check_budget(*, seconds_left: float, trial_seconds: float, n_trials: Optiona
         f"budget {format_duration(budget_s)} is too short: {needed} trials of {what} need about "
         f"{format_duration(needed * trial_seconds)} after the probe's {format_duration(elapsed_s)}, and "
         f"{format_duration(max(seconds_left, 0))} are left; pass --budget {_round_up(enough)} or more")
+
+
+def check_budget_early(*, budget_s: float, elapsed_s: float, seconds_per_sample: float, least_samples: int,
+                       batch_size: int, largest_batch: int, n_trials: Optional[int], noise_probe_s: float = 0.0,
+                       what: str = "") -> None:
+    """Refuse, before any probing, a budget that cannot hold the minimum plan: ``MIN_FIT_TRIALS``
+    trials (or ``n_trials`` if fewer) of ``least_samples`` training samples (the shortest trial the
+    plan allows) at ``seconds_per_sample`` (timed over a step or two at ``batch_size``, the folk
+    batch), ``SAFETY`` times over, after the probes still to come: ``noise_probe_s`` seconds and
+    ``PROBE_BATCHES * largest_batch`` samples' worth of memory probe and throughput timing
+    (``largest_batch``: the largest micro-batch the study may try). ``elapsed_s``: spent
+    already (loading the data). A step timed once on a busy machine can be off, so it refuses
+    only when the budget left is short by more than ``EARLY_MARGIN`` times; ``check_budget``
+    checks the plan itself after the probe. ``what``: the trial's length in words, for the
+    message. Raises ``BudgetTooShortError`` naming a budget that holds the whole estimate."""
+    needed = min(MIN_FIT_TRIALS, n_trials) if n_trials else MIN_FIT_TRIALS
+    trials_s = needed * least_samples * seconds_per_sample * SAFETY
+    probes_s = noise_probe_s + PROBE_BATCHES * largest_batch * seconds_per_sample
+    left = budget_s - fit_reserve(budget_s) - elapsed_s
+    if (trials_s + probes_s) / EARLY_MARGIN <= left:
+        return
+    enough = (elapsed_s + probes_s + trials_s) / (1 - FIT_RESERVE_FRACTION) + FIT_RESERVE_MIN_S
+    raise BudgetTooShortError(
+        f"budget {format_duration(budget_s)} is too short: {needed} trials of at least {least_samples} samples"
+        f"{f' ({what})' if what else ''} at {seconds_per_sample * 1000:.3g} ms per sample (micro-batch "
+        f"{batch_size}, timed before probing) need "
+        f"about {format_duration(trials_s)}, and the probes about {format_duration(probes_s)}; "
+        f"pass --budget {_round_up(enough)} or more")
 
 
 def _round_up(seconds: float) -> str:

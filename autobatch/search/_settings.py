@@ -41,6 +41,7 @@ class TuneSettings:
     pruner: str = "median"
     n_evals: int = 4
     verify_runs: Optional[int] = None  # re-trainings of the answer with fresh seeds (None: the plan's 1 or 2; 0: none)
+    noise_probe: bool = True           # measure the gradient noise scale (critical batch) before the search
     epochs: Optional[float] = None
     workers: int = 1
     baselines: bool = True
@@ -73,6 +74,8 @@ class TuneSettings:
         metric = self.step_eval or ("val_loss" if self.step else None)
         if metric is not None and self.recipe.metric != metric:
             object.__setattr__(self, "recipe", dataclasses.replace(self.recipe, metric=metric, metric_direction=None))
+        if self.seed < 0:
+            raise AutobatchError(f"--seed must be 0 or more, got {self.seed}")
         if self.num_workers is not None and self.num_workers < 0:
             raise AutobatchError(f"--num-workers must be 0 or more, got {self.num_workers}")
         # An unset base lr / scaling rule follows the recipe's optimizer (fails here, at the
@@ -85,7 +88,10 @@ class TuneSettings:
         if self.n_evals < 1:
             raise AutobatchError("n_evals must be at least 1")
         if self.verify_runs is not None and not 0 <= self.verify_runs <= 5:
-            raise AutobatchError(f"verify_runs must be 0 to 5, got {self.verify_runs}")
+            raise AutobatchError(f"--verify-runs (verify_runs) must be 0 to 5, got {self.verify_runs}")
+        if self.study_name is not None and not self.study_name.strip():
+            raise AutobatchError("--study-name is empty: give a name (e.g. --study-name resnet18-digits) "
+                                 "or leave the option out for MODEL-DATASET")
         if self.epochs is not None and self.epochs <= 0:
             raise AutobatchError("--epochs must be positive")
         from ._sampling import PRUNERS

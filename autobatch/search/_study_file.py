@@ -63,6 +63,7 @@ class StudyFile(_Table):
     pruner: Optional[Literal[PRUNERS]] = None  # type: ignore[valid-type]
     n_evals: Optional[PositiveInt] = None
     verify_runs: Optional[NonNegativeInt] = None
+    noise_probe: Optional[bool] = None
     epochs: Optional[PositiveFloat] = None
     workers: Optional[PositiveInt] = None
     baselines: Optional[bool] = None
@@ -76,8 +77,9 @@ class StudyFile(_Table):
 # How to write each option right, for the one-line error.
 _EXAMPLES = {
     "budget": 'budget = "10m"', "max_memory": 'max_memory = "4GiB"', "n_trials": "n_trials = 30",
-    "seed": "seed = 0", "n_evals": "n_evals = 4", "verify_runs": "verify_runs = 1 (0: no verification)", "epochs": "epochs = 2.5", "workers": "workers = 2",
-    "baselines": "baselines = false", "pruner": f'pruner = "median" (one of {", ".join(PRUNERS)})',
+    "seed": "seed = 0", "n_evals": "n_evals = 4", "verify_runs": "verify_runs = 1 (0: no verification)",
+    "epochs": "epochs = 2.5", "workers": "workers = 2", "baselines": "baselines = false",
+    "noise_probe": "noise_probe = false", "pruner": f'pruner = "median" (one of {", ".join(PRUNERS)})',
     "batch_size_min": "batch_size_min = 8", "batch_size_max": "batch_size_max = 256",
     "lr_multiplier_min": "lr_multiplier_min = 0.1", "lr_multiplier_max": "lr_multiplier_max = 10.0",
     "accumulation_steps": "accumulation_steps = [1, 2, 4]", "base_lr": "base_lr = 0.1",

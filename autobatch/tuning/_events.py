@@ -60,6 +60,7 @@ class ProbeDone:
     probe: ProbeResult
     throughput: tuple[tuple[int, float], ...]   # (micro-batch, training samples/s)
     seconds: float                              # probe and throughput together
+    train_size: Optional[int] = None            # training samples: no micro-batch is larger
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,8 @@ from ..workloads import Workload, build_model
 from ._events import Note, TuneRun
 
 PROBE_FRACTION = 0.02  # the noise probe's share of the planned study: of --budget, or of --n-trials' samples
+NOISE_PROBE_OFF = ("critical batch not measured: the gradient-noise probe is off (--no-noise-probe or "
+                   "noise_probe = false, your choice); the search is not centred on it")
 
 
 @dataclass(frozen=True)

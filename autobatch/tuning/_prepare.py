@@ -15,15 +15,17 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from .. import records as R
 from ..errors import AutobatchError, UserCodeError
 from ..memory import ProbeResult, default_cap, is_out_of_memory, probe
-from ..search import (FOLK_BATCH, StudySpec, TrialTimes, TuneSettings, check_budget, enqueue_baselines, fit_reserve,
-                      fit_space_to_data, floor_samples, make_pruner, plan_train_samples, resume_command,
-                      verification_runs)
+from ..search import (FOLK_BATCH, StudySpec, TrialTimes, TuneSettings, check_budget, check_budget_early,
+                      enqueue_baselines, fit_reserve, fit_space_to_data, floor_samples, make_pruner,
+                      plan_train_samples, resume_command, verification_runs)
 from ..storage import find_study
-from ..train import check_recipe, eval_points, eval_runner, measure_throughput, step_runner
+from ..train import (PROBE_ACCUMULATION, PROBE_MICRO_BATCH, PROBE_STEPS, check_recipe, eval_points, eval_runner,
+                     measure_throughput, step_runner)
 from ..units import format_bytes
 from ..workloads import Workload, build_model, holdout_size
 from ._events import Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyResumed, TuneRun
-from ._noise import centred_note, centred_settings, measure_critical_batch, store_critical_batch
+from ._noise import (NOISE_PROBE_OFF, PROBE_FRACTION, centred_note, centred_settings,
+                     measure_critical_batch, store_critical_batch)
 from ._worker import counts
 
 SPEC_WAIT_S = 30.0  # how long a start that lost the race to create a study waits for its spec
@@ -56,7 +58,8 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
                    on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
     run.emit(Note(text="measuring training throughput ..."))  # not silent between the probe and its summary
     result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
-    run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started))
+    run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started,
+                       train_size=len(workload.train)))
     return result, sizes, measured
 
 
@@ -148,7 +151,13 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
     """Probe, plan and create the study; None when another process created it first."""
     if note:
         run.emit(Note(text=note))
-    noise = measure_critical_batch(settings, workload, device, run)
+    if settings.budget_s:
+        _check_budget_early(settings, workload, device, started)
+    if settings.noise_probe:
+        noise = measure_critical_batch(settings, workload, device, run)
+    else:
+        noise = None
+        run.emit(Note(text=NOISE_PROBE_OFF))
     given, centred = settings, centred_settings(settings, noise, len(workload.train))
     settings = centred or settings
     result, sizes, measured = probe_workload(settings, workload, device, run)
@@ -201,6 +210,35 @@ def _create(settings: TuneSettings, storage: optuna.storages.BaseStorage, study_
                          baselines=settings.baselines and room)
     study.set_user_attr(R.STUDY_SPEC, spec.to_dict())  # last: a study with a spec is complete
     return study, spec
+
+
+def _check_budget_early(settings: TuneSettings, workload: Workload, device: torch.device, started: float) -> None:
+    """Refuse a budget too short for the minimum plan before anything is probed
+    (``search.check_budget_early``), from one training step timed at the folk batch after one
+    warm-up step. A recipe or model the user must fix fails here first, as it would at the probe;
+    a step that cannot run at that size (out of memory, the user's step) leaves the question to
+    the probe and the plan."""
+    train_size = len(workload.train)
+    space = settings.space
+    batch = max(1, min(max(FOLK_BATCH, space.batch_size_min), space.batch_size_max, train_size))
+    least = floor_samples(batch, train_size) if settings.epochs is None else max(1, round(settings.epochs * train_size))
+    model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape,
+                        vocab_size=workload.vocab_size)
+    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval)
+    try:
+        throughput = measure_throughput(model, workload, batch, device, steps=1, recipe=settings.recipe,
+                                        step=settings.step, num_workers=0)
+    except Exception:  # noqa: BLE001 - out of memory or the user's code at this size: the probe says which
+        return
+    per_sample = 1.0 / throughput
+    noise_s = 0.0
+    if settings.noise_probe:  # at most its time limit, at most its samples at this pace
+        noise_s = min(PROBE_FRACTION * settings.budget_s,  # its share of the budget (``probe_share``)
+                      PROBE_STEPS * PROBE_MICRO_BATCH * PROBE_ACCUMULATION * per_sample)
+    check_budget_early(budget_s=settings.budget_s, elapsed_s=time.time() - started, seconds_per_sample=per_sample,
+                       least_samples=least, batch_size=batch, largest_batch=min(space.batch_size_max, train_size),
+                       n_trials=settings.n_trials, noise_probe_s=noise_s,
+                       what=f"{least / train_size:.3g} epochs of {settings.dataset}")
 
 
 def deadline_of(settings: TuneSettings, started: float) -> Optional[float]:

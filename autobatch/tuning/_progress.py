@@ -91,14 +91,25 @@ def probe_done_lines(event: ProbeDone) -> str:
     if probe.eval_note:
         lines.append(probe.eval_note)
     if probe.cap_bytes:
-        lines.append(f"largest micro-batch under {format_bytes(probe.cap_bytes)}: {probe.max_batch_size}")
+        lines.append(largest_line(probe.max_batch_size, probe.cap_bytes, event.train_size))
     lines.append("throughput: " + ", ".join(f"{thr:.0f} samples/s at batch {b}" for b, thr in event.throughput))
     return "\n".join(lines)
 
 
-def probe_summary(probe: ProbeResult, title: str, cap_source: str) -> str:
+def largest_line(max_batch: Optional[int], cap_bytes: int, train_size: Optional[int]) -> str:
+    """``largest micro-batch under 4.0 GiB: 512``; when the memory model's limit is the whole
+    training set or more (``train_size`` samples), that the whole set fits as one micro-batch,
+    never a micro-batch larger than the data."""
+    cap = format_bytes(cap_bytes)
+    if train_size is not None and (max_batch is None or max_batch >= train_size):
+        return f"the whole training set ({train_size} samples) fits under {cap} as one micro-batch"
+    return f"largest micro-batch under {cap}: {max_batch}"
+
+
+def probe_summary(probe: ProbeResult, title: str, cap_source: str, train_size: Optional[int] = None) -> str:
     """``autobatch probe``'s answer: the fitted form, the per-sample figure at the boundary, the
-    sizes measured, the process's resident set beside the tensors, evaluation, cap and limit."""
+    sizes measured, the process's resident set beside the tensors, evaluation, cap and limit
+    (``train_size``: the training samples, above which no micro-batch is claimed)."""
     mm, estimate = probe.model, probe.estimate
     at = next((p for p in probe.points if p.batch_size == probe.boundary and p.fits), None)
     sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (out of memory)") for p in probe.points)
@@ -117,7 +128,7 @@ def probe_summary(probe: ProbeResult, title: str, cap_source: str) -> str:
                      f"{estimate.eval_max_batch_size} (sizes {eval_sizes})")
     if probe.cap_bytes:
         lines += [f"  cap              {format_bytes(probe.cap_bytes)} ({cap_source})",
-                  f"  largest micro-batch under the cap: {probe.max_batch_size}"]
+                  f"  {largest_line(probe.max_batch_size, probe.cap_bytes, train_size)}"]
     else:
         lines.append("  cap              none")
     return "\n".join(lines + [f"  probe time       {probe.seconds:.1f}s"])

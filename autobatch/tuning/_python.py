@@ -84,7 +84,8 @@ def tune(model: Any, data: Data, *, recipe: Union[TrainRecipe, dict, None] = Non
          max_memory: Union[str, int, None] = None, device: str = "auto", seed: int = 0,
          step: Optional[Callable] = None, step_eval: Optional[Callable] = None,
          space: Union[SearchSpace, dict, None] = None, num_workers: Optional[int] = 0,
-         workers: int = 1, callbacks: Sequence[Callback] = (), progress: bool = True) -> Recommendation:
+         workers: int = 1, verify_runs: Optional[int] = None, noise_probe: bool = True,
+         callbacks: Sequence[Callback] = (), progress: bool = True) -> Recommendation:
     """Tune batch size, learning rate and accumulation steps for ``model`` on ``data``, in this
     process; returns the ``Recommendation``.
 
@@ -96,7 +97,10 @@ def tune(model: Any, data: Data, *, recipe: Union[TrainRecipe, dict, None] = Non
     ``budget``: ``"10m"``, ``"90s"`` or seconds; ``storage``: a URL (default: the embedded SQLite
     file). ``num_workers`` defaults to 0 loader workers: notebooks' datasets are often defined in
     ``__main__``, which worker processes cannot always import. ``workers > 1`` starts extra
-    processes, which need import paths (raises ``AutobatchError`` otherwise). Raises
+    processes, which need import paths (raises ``AutobatchError`` otherwise). ``verify_runs``:
+    re-trainings of the answer, 0 to 5 (default: the plan's 1 or 2; 0: not verified, which the
+    answer says); ``noise_probe=False`` skips the gradient-noise probe (the critical batch is
+    not measured at the start). Raises
     ``AutobatchError`` for what the user can fix, including too few completed trials to answer.
     """
     objects: dict[str, Any] = {}
@@ -119,7 +123,8 @@ def tune(model: Any, data: Data, *, recipe: Union[TrainRecipe, dict, None] = Non
         budget_s=parse_duration(budget) if isinstance(budget, str) else budget, n_trials=n_trials,
         storage=storage, study_name=study_name, device=device, seed=seed, workers=workers,
         max_memory_bytes=parse_bytes(max_memory) if isinstance(max_memory, str) else max_memory,
-        step=step_name, step_eval=step_eval_name, num_workers=num_workers)
+        step=step_name, step_eval=step_eval_name, num_workers=num_workers, verify_runs=verify_runs,
+        noise_probe=noise_probe)
     with in_process(objects):
         outcome = tune_settings(settings, callbacks=[*([_print_progress] if progress else []), *callbacks])
     answer = outcome.answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload, split_holdout
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
-from ._noise import critical_batch_sentence
+from ._noise import NOISE_PROBE_OFF, critical_batch_sentence
 from ._objective import StudyFailedError, TrialContext, user_failure
 from ._prepare import deadline_of, prepare_study, stored_spec
 from ._verify import verification_reserve, verify_answer
@@ -74,6 +75,8 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     for text in workload.notes:
         run.emit(Note(text=text))
     study, spec = prepare_study(settings, storage, name, workload, device, started, run)
+    if settings.verify_runs is not None:  # this run's choice, over the plan stored with the study
+        spec = dataclasses.replace(spec, verify_runs=settings.verify_runs)
     verify = _verifier(study, spec, workload, device, settings, started)
     results = _results(study)
     if settings.n_trials and results >= settings.n_trials and not settings.create_only:
@@ -129,6 +132,10 @@ def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, st
     failure = user_failure(study)
     if failure is not None:  # trials ran, none completed, the user's code is why: say that line
         raise StudyFailedError(f"{failure} (no trial completed)")
+    diverged = all_diverged(study)
+    if diverged is not None:  # more of the same trials would not help: say what would
+        raise AutobatchError(f"study {name!r}: {diverged}; then run again with another --study-name "
+                             f"(e.g. {name}-2), since the recipe and space are part of a study")
     answer = final_answer(study, run, settings.storage, verify=verify)
     c = counts(study)
     if not answer:
@@ -145,8 +152,33 @@ def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, st
         interval = answer.get("critical_batch_interval")
         run.emit(Note(text=f"{critical_batch_sentence(answer['critical_batch'], interval)} "
                            f"({answer.get('critical_batch_source')})"))
+    elif not settings.noise_probe:
+        run.emit(Note(text=NOISE_PROBE_OFF))
     run.emit(RecommendationMade(answer=answer))
     return TuneOutcome(name, mask_url(url), c, time.time() - started, answer)
+
+
+def all_diverged(study: optuna.Study) -> Optional[str]:
+    """What to do when every trial that trained diverged (a NaN or exploding loss: ``records.STOP_DIVERGED``)
+    and none completed; None otherwise. Trials cut off by the budget, interrupted, lost or never
+    trained (over the memory cap) are not counted either way."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return None
+    reasons = [t.user_attrs.get(R.STOP_REASON) for t in trials]
+    trained = [t for t, r in zip(trials, reasons) if r in (R.STOP_DIVERGED, R.STOP_PRUNED, R.STOP_OVER_CAP,
+                                                          R.STOP_OUT_OF_MEMORY, R.STOP_ERROR)]
+    if not trained or any(t.user_attrs.get(R.STOP_REASON) != R.STOP_DIVERGED for t in trained):
+        return None
+    rates = sorted(float(t.user_attrs[R.LEARNING_RATE]) for t in trained if R.LEARNING_RATE in t.user_attrs)
+    at = f", at learning rates {rates[0]:.3g} to {rates[-1]:.3g}" if rates else ""
+    detail = trained[-1].user_attrs.get(R.STOP_DETAIL)
+    spec = study.user_attrs.get(R.STUDY_SPEC) or {}
+    base = (spec.get("space") or {}).get("base_lr")
+    lower = f"e.g. --base-lr {base / 10:g} (the study's is {base:g})" if base else "e.g. a smaller --base-lr"
+    return (f"every trial diverged ({len(trained)} of {len(trained)}{at}; last: {detail}): lower the "
+            f"learning-rate range, {lower}, or check the loss function and the data (labels in range, "
+            "no NaN in the inputs)")
 
 
 def _more_time(budget_s: float) -> str:

@@ -32,6 +32,8 @@ from ._memcheck import current_estimate
 from ._objective import TrialContext
 
 VERIFY_SEED_OFFSET = 1_000_003  # verification seeds: spec.seed + this + k, never a trial's seed + number
+NOT_VERIFIED_OFF = ("not verified: verification is off (--no-verify, --verify-runs 0 or verify_runs = 0, "
+                    "your choice); --verify-runs 1 re-trains the answer once with a fresh seed")
 
 
 def verification_reserve(study: optuna.Study, spec: StudySpec) -> float:
@@ -83,7 +85,7 @@ def verify_answer(study: optuna.Study, rec: Recommendation, ctx: TrialContext, *
     spec = ctx.spec
     rec = with_batchnorm_note(rec, ctx)
     if not spec.verify_runs:
-        return dataclasses.replace(rec, verification_note="not verified: the study plans no verification run")
+        return dataclasses.replace(rec, verification_note=NOT_VERIFIED_OFF)
     previous = study.user_attrs.get(R.STUDY_VERIFICATION) or {}
     if previous.get("values") and same_setting(rec, previous):  # verified already (a resumed, complete study)
         return with_stored_verification(rec, previous)

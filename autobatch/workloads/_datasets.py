@@ -203,7 +203,10 @@ def load_workload(spec: str, *, data_dir: Optional[Path] = None, seed: int = 0) 
         return cifar10(data_dir, seed)
     if spec.startswith("imagefolder:"):
         return imagefolder(spec.split(":", 1)[1], seed)
-    if ":" in spec and not spec.startswith("synthetic"):
+    if spec.startswith("synthetic:"):
+        raise AutobatchError(f"dataset {spec!r}: write synthetic:NxCxHxW, N samples of C channels of H x W "
+                             "(e.g. synthetic:2048x3x32x32), or synthetic alone for that default")
+    if ":" in spec:
         return user_dataset(spec)
     raise unknown_name("dataset", spec.split(":")[0], list(_DATASETS) + ["synthetic:NxCxHxW"])
 
