@@ -21,7 +21,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("tuning", "memory", "pruning", "recommend", "storage", "speed", "noise", "coverage")
+SECTIONS = ("tuning", "memory", "pruning", "recommend", "storage", "speed", "scale", "noise", "coverage")
 
 
 def machine() -> str:
