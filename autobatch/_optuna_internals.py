@@ -115,6 +115,41 @@ def fill_trial_cache(study: optuna.Study, trials: list) -> None:
     study._thread_local.cached_all_trials = trials
 
 
+def tell(study: optuna.Study, trial: "optuna.Trial", value: "float | None" = None,
+         state: "optuna.trial.TrialState | None" = None) -> optuna.trial.FrozenTrial:
+    """``study.tell(trial, value, state=state)`` without its two storage reads of the trial
+    (``optuna.study._tell._get_frozen_trial``, before and after the write): Optuna's own checks
+    and conversions (``_tell_with_warning``: a value that is not a finite float fails the trial,
+    a pruned trial keeps its last reported value, the sampler's ``after_trial``) run on the live
+    trial's own record (``Trial._cached_frozen_trial``, which ``set_user_attr``, ``report``,
+    ``suggest_*``, ``set_constraint`` and ``records.write_attrs`` keep). The one write is Optuna's
+    ``set_trial_state_values``. Returns that record, finished: the state and values as written,
+    ``datetime_complete`` from this clock (the storage's differs by the write's latency); system
+    attributes written straight to the storage, bypassing the trial, are not in it."""
+    import datetime
+
+    from optuna.study._tell import _tell_with_warning
+
+    own = cached_frozen(trial)
+    storage = study._storage
+    shadowed = storage.__dict__.get("get_trial")
+    read = storage.get_trial
+
+    def get_trial(trial_id_: int) -> optuna.trial.FrozenTrial:
+        return own if trial_id_ == trial._trial_id else read(trial_id_)
+    storage.get_trial = get_trial  # this call's reads of this trial only
+    try:
+        told, values, _ = _tell_with_warning(study, trial, value, state)
+    finally:
+        if shadowed is None:
+            del storage.get_trial
+        else:
+            storage.get_trial = shadowed
+    frozen = copy.deepcopy(own)
+    frozen.state, frozen.values, frozen.datetime_complete = told, values, datetime.datetime.now()
+    return frozen
+
+
 def trial_of(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
     """``optuna.Trial(study, trial_id)`` for a trial just read (``frozen``, from the
     ``get_trials`` the worker makes for the sampler anyway), without ``Trial.__init__``'s second

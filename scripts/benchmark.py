@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SECTIONS = ("tuning", "memory", "pruning", "recommend", "storage", "speed", "noise", "coverage")
+SECTIONS = ("tuning", "memory", "pruning", "recommend", "storage", "speed", "scale", "noise", "coverage")
 
 
 def machine() -> str:

@@ -85,3 +85,57 @@ def test_trial_of_is_the_trial_optuna_would_make(tmp_path):
     ours.report(0.5, step=1)
     study.tell(ours, 1.0)
     assert study.trials[0].intermediate_values == {1: 0.5} and study.trials[0].value == 1.0
+
+
+@pytest.mark.parametrize("value, state", [(0.75, None), (None, TrialState.PRUNED), (None, TrialState.FAIL),
+                                          (float("nan"), None)])
+def test_tell_writes_what_study_tell_writes_with_fewer_statements(tmp_path, value, state):
+    """``tell`` against Optuna's ``study.tell`` on twin trials: vanilla ``optuna.load_study``
+    reads the same state, values, params, attributes and reports; fewer SQL statements."""
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    statements: dict[str, int] = {}
+    counting: list[str] = []
+
+    def count(*_args, **_kwargs) -> None:
+        if counting:
+            statements[counting[-1]] = statements.get(counting[-1], 0) + 1
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", count)
+    try:
+        returned = {}
+        for way in ("optuna", "ours"):
+            study.enqueue_trial({"lr": 0.5, "batch": 16})  # twins: the same parameters
+            trial = study.ask()
+            trial.suggest_float("lr", 0.1, 1.0, log=True)
+            trial.suggest_categorical("batch", [16, 32])
+            trial.set_user_attr("note", {"a": [1, 2]})
+            trial.set_constraint("memory", -1.0)
+            for step, v in ((10, 0.3), (20, 0.4)):
+                trial.report(v, step=step)
+            counting.append(way)
+            with pytest.warns(Warning) if value != value else _nothing():
+                returned[way] = (study.tell(trial, value, state=state) if way == "optuna"
+                                 else I.tell(study, trial, value, state=state))
+            counting.pop()
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", count)
+    assert statements["ours"] < statements["optuna"]
+    a, b = optuna.load_study(study_name="s", storage=url).trials
+
+    def fields(t):
+        return (t.state, t.values, t.params, t.distributions, t.user_attrs, t.system_attrs,
+                t.intermediate_values, t.datetime_complete is not None)
+    assert fields(a) == fields(b)
+    assert fields(returned["ours"])[:-1] == fields(b)[:-1] and returned["ours"].number == b.number
+    assert returned["ours"].state == returned["optuna"].state
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -20,7 +20,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import records as R
-from .._optuna_internals import cached_frozen
+from .._optuna_internals import cached_frozen, tell
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
 from ..records import EvalPoint, TrialConfig
@@ -169,9 +169,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
 
 def _tell(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, value: Optional[float] = None,
           state: Optional[TrialState] = None) -> FrozenTrial:
-    """``study.tell``, its storage time added to the ``write`` stage."""
+    """``study.tell`` without its reads of the trial (``_optuna_internals.tell``), its storage
+    time added to the ``write`` stage."""
     started = time.perf_counter()
-    frozen = study.tell(trial, value, state=state)
+    frozen = tell(study, trial, value, state=state)
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - started
     return frozen
 
