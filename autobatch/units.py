@@ -10,6 +10,8 @@ from humanfriendly.text import tokenize
 from .errors import AutobatchError
 
 _SHORT_BINARY = re.compile(r"[\d.]+\s*[kmgt]", re.IGNORECASE)  # 4g, 512m: binary, as docker and torch mean them
+_SIZE = re.compile(r"\d+(\.\d+)?\s*(([kmgtpe]i?)?b|[kmgtpe]|bytes?|(kilo|mega|giga|tera|peta|kibi|mebi|gibi|tebi|pebi)?bytes?)?",
+                   re.IGNORECASE)  # a number and a known unit
 
 
 def parse_duration(text: str) -> float:
@@ -50,6 +52,8 @@ def parse_bytes(text: str | int) -> int:
         raw = str(text).strip()
         if raw.startswith("-"):
             raise AutobatchError(f"size {text!r} must be positive: use forms like 512MiB, 8GiB or 2000000000")
+        if not _SIZE.fullmatch(raw):  # humanfriendly reads "12parsecs" as 12 PB (by its first letter)
+            raise AutobatchError(f"malformed size {text!r}: use forms like 512MiB, 8GiB or 2000000000")
         try:
             value = int(humanfriendly.parse_size(raw, binary=_SHORT_BINARY.fullmatch(raw) is not None))
         except humanfriendly.InvalidSize:

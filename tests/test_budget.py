@@ -26,7 +26,7 @@ def test_parse_bytes(text, n):
     assert parse_bytes(text) == n
 
 
-@pytest.mark.parametrize("text", ["", "MiB", "5XB", "-1GiB", "0", "0MiB"])
+@pytest.mark.parametrize("text", ["", "MiB", "5XB", "-1GiB", "0", "0MiB", "12parsecs", "3 gigs", "8GiBs"])
 def test_parse_bytes_rejects(text):
     with pytest.raises(AutobatchError):
         parse_bytes(text)
@@ -54,6 +54,9 @@ def test_a_budget_that_cannot_hold_the_minimum_plan_is_refused_before_probing_wi
     assert "50 ms per sample (micro-batch 32, timed before probing)" in line
     suggested = parse_duration(line.split("pass --budget ")[1].split()[0])
     assert suggested >= need + 2.0 + FIT_RESERVE_MIN_S
+    # one step timed before probing is a lower bound on what the later check counts: the budget
+    # named has EARLY_MARGIN to spare, so the later check does not refuse it in turn
+    assert suggested >= EARLY_MARGIN * (need + 2.0)
     check_budget_early(budget_s=suggested, **plan)                       # the budget it names holds
     # a step timed once can be off: only a budget short by more than EARLY_MARGIN is refused here
     check_budget_early(budget_s=2.0 + FIT_RESERVE_MIN_S + need / EARLY_MARGIN + 5, **plan)

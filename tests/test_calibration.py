@@ -182,8 +182,8 @@ def test_low_confidence_says_why_and_what_would_fix_it():
     assert "span 2x of effective batch" in narrow and "a wider effective batch range" in narrow
     edge = confidence_note(completed=20, effective_batches=[8, 64, 512], multipliers=[0.2, 1.0, 10.0],
                            batch_size=256, lr_multiplier=10.0, **SPACE)
-    assert "largest micro-batch searched (256)" in edge and "a larger batch_size_max" in edge
-    assert "largest lr multiplier searched (10)" in edge and "a larger lr_multiplier_max" in edge
+    assert "largest micro-batch searched (256)" in edge and "a larger --batch-size-max" in edge
+    assert "largest lr multiplier searched (10)" in edge and "a larger lr_multiplier_max ([space] table of a --config study file)" in edge
     assert "\n" not in edge
 
 

@@ -104,3 +104,20 @@ def test_a_dataset_factory_or_item_that_raises_is_the_users_error():
 
     with pytest.raises(UserCodeError, match="item 0.*row 0 is corrupt"):
         check_data("bad", Bad(), Bad(), 2)
+
+
+def test_targets_that_are_not_numbers_are_named_with_their_type():
+    """A dataset whose targets are strings (class names) is one error line naming the type and
+    what to do, not an AttributeError from inside the checks."""
+
+    class Names(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(4), ("cat", "dog")[i % 2]
+
+    with pytest.raises(AutobatchError, match=r"target of type str \('cat'\).*class indices"):
+        check_data("names", Names(), Names(), 2)
+    ints = [(torch.zeros(4), i % 2) for i in range(8)]  # plain Python ints stay accepted
+    check_data("ints", ints, ints, 2)

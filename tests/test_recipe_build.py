@@ -254,3 +254,13 @@ def test_clipping_helper():
     before = clip_gradients(TrainRecipe(grad_clip_norm=0.25), model.parameters())
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert before.item() > 0.25 and after.item() == pytest.approx(0.25, rel=1e-5)
+
+
+def test_a_step_that_returns_one_loss_per_sample_is_told_to_reduce_it():
+    from autobatch.errors import AutobatchError
+    from autobatch.train._build import _step_hook
+
+    compute = _step_hook("tests.userland:per_sample_step")
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(AutobatchError, match=r"shape \(5,\) \(reduce it, e\.g\. \.mean\(\)"):
+        compute(model, (torch.randn(5, 4), torch.randint(0, 3, (5,))))

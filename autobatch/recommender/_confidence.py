@@ -35,14 +35,21 @@ def confidence_note(*, completed: int, effective_batches: Sequence[float], multi
     for name, value, (lo, hi), key in edges:
         if lo < hi and math.isclose(value, hi, rel_tol=1e-6):
             why.append(f"the answer is at the largest {name} searched ({hi:g})")
-            fix.append(f"a larger {key}_max")
+            fix.append(f"a larger {_where(key, 'max')}")
         elif lo < hi and math.isclose(value, lo, rel_tol=1e-6):
             why.append(f"the answer is at the smallest {name} searched ({lo:g})")
-            fix.append(f"a smaller {key}_min")
+            fix.append(f"a smaller {_where(key, 'min')}")
     if not why:
         return None
     fixes = list(dict.fromkeys(fix))
     return f"low confidence: {'; '.join(why)}; would help: {', '.join(fixes)}"
+
+
+def _where(key: str, end: str) -> str:
+    """Where a user sets that bound: the flag where there is one, else the study file's key."""
+    if key == "batch_size":
+        return f"--batch-size-{end}"
+    return f"{key}_{end} ([space] table of a --config study file)"
 
 
 def batchnorm_note(batch_size: int, accumulation_steps: int) -> Optional[str]:

@@ -207,7 +207,10 @@ def check_budget_early(*, budget_s: float, elapsed_s: float, seconds_per_sample:
     left = budget_s - fit_reserve(budget_s) - elapsed_s
     if (trials_s + probes_s) / EARLY_MARGIN <= left:
         return
-    enough = (elapsed_s + probes_s + trials_s) / (1 - FIT_RESERVE_FRACTION) + FIT_RESERVE_MIN_S
+    # One step timed before probing is a lower bound on the costs the plan will count (model and
+    # loader start-up, evaluation, the probes' own steps): the budget named is EARLY_MARGIN times
+    # it, so that the budget it names is not refused in turn by the check after the probe.
+    enough = EARLY_MARGIN * ((elapsed_s + probes_s + trials_s) / (1 - FIT_RESERVE_FRACTION) + FIT_RESERVE_MIN_S)
     raise BudgetTooShortError(
         f"budget {format_duration(budget_s)} is too short: {needed} trials of at least {least_samples} samples"
         f"{f' ({what})' if what else ''} at {seconds_per_sample * 1000:.3g} ms per sample (micro-batch "

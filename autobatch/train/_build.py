@@ -241,8 +241,9 @@ def _step_hook(step: str) -> ComputeLoss:
             loss = function(model, batch)
         needs_grad = torch.is_grad_enabled()  # validation runs the step under no_grad
         if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and (loss.requires_grad or not needs_grad)):
-            got = (f"a tensor of shape {tuple(loss.shape)}{'' if loss.requires_grad else ' without grad'}"
-                   if isinstance(loss, torch.Tensor) else type(loss).__name__)
+            got = (type(loss).__name__ if not isinstance(loss, torch.Tensor)
+                   else f"a tensor of shape {tuple(loss.shape)} (reduce it, e.g. .mean(), or use reduction='mean')"
+                   if loss.numel() != 1 else "a tensor without grad (computed under no_grad or detached?)")
             raise AutobatchError(f"step {step} must return the loss as a 1-element tensor with grad, got {got}")
         return loss.reshape(())
 

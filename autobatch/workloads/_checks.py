@@ -66,12 +66,20 @@ def _cast_tensor_dataset(dataset: TensorDataset) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+_LABEL_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def _scan(name: str, dataset: Dataset, split: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Targets and first input tensors of up to ``MAX_SCAN`` items."""
     targets, inputs = [], []
     for index in range(min(len(dataset), MAX_SCAN)):
         x, y = _item(name, dataset, index, split)
-        targets.append(y)
+        target = _as_tensor(y)
+        if not isinstance(target, torch.Tensor) or not (target.dtype.is_floating_point or target.dtype in _LABEL_DTYPES):
+            raise AutobatchError(
+                f"dataset {name}: {split} item {index} has a target of type {type(y).__name__} ({y!r:.40}); "
+                "targets must be numbers or tensors: map labels such as names to class indices 0..C-1")
+        targets.append(target)
         inputs.append(_as_tensor(first_tensor(x) if not isinstance(x, torch.Tensor) else x))
     return targets, inputs
 
