@@ -66,6 +66,11 @@ def test_verification_line_says_plainly_when_the_prediction_did_not_hold():
     assert Recommendation.from_dict(missed.to_dict()) == missed
     why = dataclasses.replace(rec, verification_note="not verified: the budget has 0s left")
     assert why.verification_line() == "not verified: the budget has 0s left"
+    # a held-out score below the interval is said to be the fairer guess; one inside it is not
+    low = dataclasses.replace(held, verified_holdout_metric=0.93, verified_holdout_samples=108)
+    assert "93.0% on 108 held-out" in low.verification_line() and "fairer guess" in low.verification_line()
+    inside = dataclasses.replace(held, verified_holdout_metric=0.962, verified_holdout_samples=108)
+    assert "fairer guess" not in inside.verification_line()
 
 
 def test_tune_verifies_its_answer_with_fresh_seeds(tmp_path):

@@ -301,6 +301,11 @@ class Recommendation:
         if self.verified_holdout_metric is not None:
             line += (f"; {fmt(self.verified_holdout_metric)} on {self.verified_holdout_samples} held-out "
                      "validation samples the study did not select on")
+            if self.metric_interval is not None:
+                held, (lo, hi) = self.verified_holdout_metric, self.metric_interval
+                if (held < lo) if self.recipe.direction == "maximize" else (held > hi):
+                    line += (" (worse than the interval, which is fitted to the samples the study selected "
+                             "on: the held-out figure is the fairer guess for new data)")
         if self.verification_verdict in ("below", "above", "outside"):
             where = {"below": "below", "above": "above", "outside": "partly outside"}[self.verification_verdict]
             line += (f"; the re-training came out {where} the predicted interval: the prediction did not hold, "
