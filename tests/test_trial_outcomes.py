@@ -108,3 +108,13 @@ def test_the_readmes_language_model_step_hook_learns():
                          step_eval="tests.userland:next_token_accuracy", num_workers=0)
     assert result.stop_reason == R.STOP_COMPLETED, result.stop_detail
     assert result.final_metric > 0.9  # counting modulo 30 is learnt from one token
+
+
+def test_one_stalled_step_does_not_set_the_measured_throughput():
+    from autobatch.train._throughput import steady_step_seconds
+
+    assert steady_step_seconds([0.010, 1.5, 0.011]) == 0.011   # another process took the core once
+    assert steady_step_seconds([0.5, 0.5, 0.6]) == 0.5          # a machine busy throughout counts
+    assert steady_step_seconds([0.02]) == 0.02
+    with pytest.raises(ValueError):
+        steady_step_seconds([])

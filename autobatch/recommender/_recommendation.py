@@ -287,25 +287,21 @@ class Recommendation:
         """One line: measured beside predicted, ``verified: 95.2% (seed 7), predicted 96.2% [95.9%,
         96.4%]``, and plainly when the measurement fell outside the interval; the reason when
         it was not verified; None when verification was not attempted."""
-        fraction = self.recipe.metric_is_fraction
-        fmt = (lambda x: f"{x:.1%}") if fraction else (lambda x: f"{x:.4g}")  # noqa: E731
+        fmt = (lambda x: f"{x:.1%}") if self.recipe.metric_is_fraction else (lambda x: f"{x:.4g}")  # noqa: E731
         if not self.verified_values:
             return self.verification_note
         seeds = ", ".join(str(s) for s in self.verified_seeds)
         runs = (f"{fmt(self.verified_values[0])} (seed {seeds})" if len(self.verified_values) == 1 else
                 f"{fmt(self.verified_metric)} (mean of {', '.join(fmt(v) for v in self.verified_values)}; seeds {seeds})")
         line = f"verified: {runs}, predicted {fmt(self.predicted_metric)}"
-        if self.metric_interval is not None:
-            lo, hi = self.metric_interval
-            line += f" [{fmt(lo)}, {fmt(hi)}]"
+        line += f" [{fmt(self.metric_interval[0])}, {fmt(self.metric_interval[1])}]" if self.metric_interval else ""
         if self.verified_holdout_metric is not None:
-            line += (f"; {fmt(self.verified_holdout_metric)} on {self.verified_holdout_samples} held-out "
-                     "validation samples the study did not select on")
-            if self.metric_interval is not None:
-                held, (lo, hi) = self.verified_holdout_metric, self.metric_interval
-                if (held < lo) if self.recipe.direction == "maximize" else (held > hi):
-                    line += (" (worse than the interval, which is fitted to the samples the study selected "
-                             "on: the held-out figure is the fairer guess for new data)")
+            held, (lo, hi) = self.verified_holdout_metric, self.metric_interval or (-math.inf, math.inf)
+            worse = held < lo if self.recipe.direction == "maximize" else held > hi
+            line += (f"; {fmt(held)} on {self.verified_holdout_samples} held-out validation samples the study "
+                     "did not select on" + (" (worse than the interval, which is fitted to the samples the study "
+                                            "selected on: the held-out figure is the fairer guess for new data)"
+                                            if worse else ""))
         if self.verification_verdict in ("below", "above", "outside"):
             where = {"below": "below", "above": "above", "outside": "partly outside"}[self.verification_verdict]
             line += (f"; the re-training came out {where} the predicted interval: the prediction did not hold, "
