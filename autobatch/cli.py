@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "do not re-train the answer: the same as --verify-runs 0; the answer says it was not verified "
         "(default: verified)"))
     p.add_argument("--no-noise-probe", dest="noise_probe", action="store_false", default=None, help=(
-        "skip the gradient-noise probe before the search (at least 5 s): the critical batch is not "
+        "skip the gradient-noise probe before the search (2%% of the planned study): the critical batch is not "
         "measured at the start and the search is not centred on it; also noise_probe = false in the "
         "study file (default: probed)"))
     p.add_argument("--create-only", action="store_true",
