@@ -370,3 +370,28 @@ def test_vanilla_optuna_reads_a_postgresql_study_by_its_plain_url(postgres_url, 
         assert len(study.trials) == 1 and study.trials[0].user_attrs[R.BATCH_SIZE] > 0
     finally:
         optuna.delete_study(study_name=unique_name, storage=resolve_url(postgres_url))
+
+
+def test_a_reader_opened_before_a_writer_attached_sees_the_writers_trials(tmp_path):
+    """A read-only SQLite open made while no writer is attached (read ``immutable``: no log, no
+    locks) must not keep reading the file as it was once a writer attaches and commits."""
+    from autobatch.storage import open_study, open_storage
+
+    path = tmp_path / "s.db"
+    url = f"sqlite:///{path}"
+    first = open_storage(url)
+    study = optuna.create_study(study_name="s", storage=first)
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    first.engine.dispose()  # the last writer leaves: its log is checkpointed and removed
+    assert not Path(f"{path}-wal").exists()
+    reader = open_study(url, "s", read_only=True)
+    assert len(reader.get_trials()) == 1
+    writer = open_storage(url)
+    other = optuna.load_study(study_name="s", storage=writer)
+    for value in (2.0, 3.0, 4.0):
+        other.add_trial(optuna.trial.create_trial(value=value))
+    assert Path(f"{path}-wal").exists()  # the writer is attached: its commits are in the log
+    assert sorted(t.value for t in reader.get_trials()) == [1.0, 2.0, 3.0, 4.0]
+    writer.engine.dispose()  # its log checkpointed into the file while the reader is open
+    assert sorted(t.value for t in reader.get_trials()) == [1.0, 2.0, 3.0, 4.0]
+    assert sorted(reader.user_attrs) == []

@@ -23,7 +23,8 @@ from .._optuna_internals import install_quick_schema_check
 from ..errors import AutobatchError, NoStudiesError
 from ..records import finish_in_rdb, write_in_rdb
 from ._claim import Claim, StudyState, claim_in_rdb, study_state_in_rdb
-from ._sqlite import BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, read_only_url, sqlite_path
+from ._sqlite import (BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, read_only_engine_kwargs, read_only_url,
+                      sqlite_path)
 from ._stale import requeue
 from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
 
@@ -73,7 +74,9 @@ def open_storage(url: Optional[str], *, create_tables: bool = True,
             raise AutobatchError(f"SQLite storage {path} is not writable; pass --storage")
         if read_only:
             target = read_only_url(path)
-        engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
+            engine_kwargs.update(read_only_engine_kwargs(path, BUSY_TIMEOUT_S))
+        else:
+            engine_kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S}
     else:
         engine_kwargs["pool_recycle"] = 300
         if parsed.drivername.startswith("postgresql"):

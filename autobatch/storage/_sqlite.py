@@ -6,7 +6,10 @@ the log, not an fsync of the database (about 15 ms -> 0.01 ms a commit on this m
 readers never block the writer. Durability: a power cut can lose the last commits, never corrupt
 the file (https://www.sqlite.org/wal.html). Readers open the file with ``mode=ro``; a WAL file
 with no writer attached is opened ``immutable`` so that reading creates no ``-wal``/``-shm``
-files beside it.
+files beside it. Which of the two is decided afresh for every connection, and a reader keeps no
+connection between calls: an ``immutable`` connection sees neither a writer's log nor its
+locks, so one kept open after a writer attached would read stale pages, or pages a checkpoint
+is rewriting under it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,20 @@ def read_only_url(path: Path) -> str:
     wal_attached = Path(f"{path}-wal").exists()
     flags = "immutable=1" if is_wal(path) and not wal_attached else "mode=ro"
     return f"sqlite:///file:{quoted}?{flags}&uri=true"
+
+
+def read_only_engine_kwargs(path: Path, timeout_s: float) -> dict:
+    """``sqlalchemy.create_engine`` arguments that read ``path`` through ``read_only_url``,
+    chosen when each connection opens, with no connection pooled between calls
+    (``NullPool``): each storage call sees the file as it is when the call starts, whether or
+    not a writer attached since the study was opened."""
+    import sqlalchemy.pool
+
+    def connect() -> sqlite3.Connection:
+        uri = read_only_url(path).removeprefix("sqlite:///")
+        return sqlite3.connect(uri.removesuffix("&uri=true"), uri=True, timeout=timeout_s, check_same_thread=False)
+
+    return {"creator": connect, "poolclass": sqlalchemy.pool.NullPool}
 
 
 def _locked(exc: BaseException) -> bool:
