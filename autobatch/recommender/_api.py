@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-
 def trials_frame(study: optuna.Study) -> "pd.DataFrame":
     """The study's finished trials as a table (``records.read_trials``), lr multipliers derived
     with the study's own scaling rule where a trial did not record one."""
