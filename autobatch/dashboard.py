@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from . import records as R
 from .errors import AutobatchError, NoStudiesError
-from .recommender import publish, recommend_study
+from .recommender import answer_key, publish, recommend_study
 from .storage import mask_url, open_storage, open_study, resolve_url
 
 Say = Callable[[str], None]
@@ -103,12 +103,13 @@ def refresh_notes(backend: optuna.storages.BaseStorage, say: Say) -> list[str]:
         if not study.metric_names:  # made before studies named their metric
             spec = summary.user_attrs[R.STUDY_SPEC]
             study.set_metric_names([((spec.get("recipe") or {}).get("metric") or "accuracy").rsplit(":", 1)[-1]])
+        key = answer_key(study)  # before the fit: what the stored answer answers
         try:
             rec = recommend_study(study)
         except AutobatchError as exc:
             say(f"{name}: no recommendation note ({exc})")
             continue
-        publish(study, rec)
+        publish(study, rec, key)
         refreshed.append(name)
     if refreshed:
         say(f"recommendation notes refreshed: {', '.join(refreshed)}")

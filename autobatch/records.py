@@ -113,6 +113,7 @@ STUDY_DEADLINE = "deadline_unix"        # float: study-wide end of budget
 STUDY_MAX_TRIALS = "max_trials"         # int | None: study-wide trial count
 STUDY_MEMORY_MODEL = "memory_model"     # dict: fixed_bytes, per_sample_bytes, cap_bytes, ...
 STUDY_RECOMMENDATION = "recommendation" # dict: the latest Recommendation, as JSON
+STUDY_RECOMMENDATION_KEY = "recommendation_key"  # dict | None: what it was fitted to (recommender._stored)
 STUDY_THROUGHPUT = "probe_throughput"   # [[micro-batch, training samples/s], ...]: the probe's
 STUDY_NOISE_SCALE = "noise_scale"       # dict: the noise-scale probe (b_simple, interval, b_small,
                                         # b_big, measurements, samples, seconds, critical_batch)

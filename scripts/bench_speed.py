@@ -451,12 +451,15 @@ def _outside_cpu(row: dict) -> float:
 
 def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int, codes: dict[str, pathlib.Path]) -> list[dict]:
     """Studies of ``sizes`` trials made from one real ``tune`` of a tiny MLP (12 trials), its
-    finished trials copied with their records up to the size (``Study.add_trial``); then, per
-    size and per checkout in ``codes`` (interleaved), ``autobatch recommend --study-name S
-    --storage URL --json`` in a fresh interpreter (wall time and the child's CPU time,
-    ``resource.getrusage``), the same under ``python -X importtime`` (the import share), and
-    ``recommend_study`` after its imports in one more interpreter (``--answer``: wall and CPU of
-    each of ``repeats`` answers, each on a freshly loaded study)."""
+    finished trials copied with their records up to the size (``Study.add_trial``), twice: one
+    whose stored answer is the seed's (*fitted*: ``recommend`` fits), and a copy of it whose
+    answer is published with its key as ``tune`` publishes one (*stored*: ``recommend`` returns
+    it unfitted; a checkout without stored answers fits). Then, per size, answer and checkout in
+    ``codes`` (interleaved), ``autobatch recommend --study-name S --storage URL --json`` in a
+    fresh interpreter (wall time and the child's CPU time, ``resource.getrusage``), the same
+    under ``python -X importtime`` (the import share), and the answer after its imports in one
+    more interpreter (``--answer``: wall and CPU of each of ``repeats`` answers; *fitted*:
+    ``recommend_study`` on a freshly loaded study; *stored*: ``recommend`` opening the study)."""
     import contextlib
     import io
     import resource
@@ -466,6 +469,7 @@ def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int, codes: dict[s
 
     import optuna
 
+    from autobatch.recommender import answer_key, publish, recommend_study
     from autobatch.search import SearchSpace, TuneSettings
     from autobatch.tuning import tune
 
@@ -483,26 +487,32 @@ def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int, codes: dict[s
         study = optuna.load_study(study_name=name, storage=url)
         for i in range(n - len(finished)):
             study.add_trial(finished[i % len(finished)])
-        command = ["-m", "autobatch", "recommend", "--study-name", name, "--storage", url, "--json"]
-        got = {label: {"wall_s": [], "cpu_s": [], "import_s": []} for label in codes}
-        for _ in range(repeats):
+        optuna.copy_study(from_study_name=name, from_storage=url, to_storage=url, to_study_name=f"{name}-stored")
+        stored = optuna.load_study(study_name=f"{name}-stored", storage=url)
+        key = answer_key(stored)  # before the fit, as tune takes it
+        publish(stored, recommend_study(stored), key)
+        for answer, study_name in (("fitted", name), ("stored", f"{name}-stored")):
+            command = ["-m", "autobatch", "recommend", "--study-name", study_name, "--storage", url, "--json"]
+            got = {label: {"wall_s": [], "cpu_s": [], "import_s": []} for label in codes}
+            for _ in range(repeats):
+                for label, code in codes.items():
+                    env = _user_env(code)
+                    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                    subprocess.run([sys.executable, *command], env=env, check=True, capture_output=True)
+                    got[label]["wall_s"].append(time.perf_counter() - started)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    got[label]["cpu_s"].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                    trace = subprocess.run([sys.executable, "-X", "importtime", *command], env=env, check=True,
+                                           capture_output=True, text=True).stderr
+                    got[label]["import_s"].append(_import_seconds(trace))
             for label, code in codes.items():
                 env = _user_env(code)
-                before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-                subprocess.run([sys.executable, *command], env=env, check=True, capture_output=True)
-                got[label]["wall_s"].append(time.perf_counter() - started)
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                got[label]["cpu_s"].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-                trace = subprocess.run([sys.executable, "-X", "importtime", *command], env=env, check=True,
-                                       capture_output=True, text=True).stderr
-                got[label]["import_s"].append(_import_seconds(trace))
-        for label, code in codes.items():
-            env = _user_env(code)
-            done = subprocess.run([sys.executable, __file__, "--answer", url, name, str(repeats), "--code", str(code)],
-                                  env=env, check=True, capture_output=True, text=True)
-            got[label].update(json.loads(done.stdout.strip().splitlines()[-1]))
-            rows.append({"code": label, "trials": n, **got[label]})
-            print(f"  recommend {label} {n}: {statistics.median(got[label]['wall_s']):.2f}s", file=sys.stderr, flush=True)
+                done = subprocess.run([sys.executable, __file__, "--answer", url, study_name, str(repeats), answer,
+                                       "--code", str(code)], env=env, check=True, capture_output=True, text=True)
+                got[label].update(json.loads(done.stdout.strip().splitlines()[-1]))
+                rows.append({"code": label, "trials": n, "answer": answer, **got[label]})
+                print(f"  recommend {label} {n} {answer}: {statistics.median(got[label]['wall_s']):.2f}s",
+                      file=sys.stderr, flush=True)
     return rows
 
 
@@ -513,20 +523,24 @@ def _user_env(code: pathlib.Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(code)}
 
 
-def _answer_main(url: str, name: str, repeats: int) -> None:
-    """``recommend_study`` ``repeats`` times on a freshly loaded study, after the imports: JSON
-    of the wall and CPU seconds of each."""
+def _answer_main(url: str, name: str, repeats: int, answer: str) -> None:
+    """The answer ``repeats`` times after the imports (the fit's included): JSON of the wall and
+    CPU seconds of each. ``answer``: ``fitted``, ``recommend_study`` on a freshly loaded study;
+    ``stored``, ``recommend(name, url)`` (opening the study, then its stored answer or a fit)."""
     import time
 
     import optuna
 
-    from autobatch.recommender import recommend_study
+    from autobatch.recommender import recommend, recommend_from_frame, recommend_study  # noqa: F401 - imports
 
     answers, cpus = [], []
     for _ in range(repeats):
-        study = optuna.load_study(study_name=name, storage=url)
+        study = optuna.load_study(study_name=name, storage=url) if answer == "fitted" else None
         started, cpu = time.perf_counter(), time.process_time()
-        recommend_study(study)
+        if study is not None:
+            recommend_study(study)
+        else:
+            recommend(name, storage=url)
         answers.append(time.perf_counter() - started)
         cpus.append(time.process_time() - cpu)
     print(json.dumps({"answer_s": answers, "answer_cpu_s": cpus}))
@@ -549,18 +563,22 @@ def render_recommend(rows: list[dict]) -> list[str]:
 
     lines = ["", "### `autobatch recommend`: start-up and answer", "",
              "Studies made from one real `tune` of a tiny MLP on digits (12 trials, SQLite), its finished "
-             "trials copied with their records up to the size. *Command*: `autobatch recommend --study-name S "
+             "trials copied with their records up to the size. *Answer*: **fitted**, the study's stored answer is "
+             "another study's (its key does not hold), so `recommend` fits; **stored**, a copy whose answer was "
+             "published with its key as `tune` publishes one, so `recommend` returns it unfitted (a checkout "
+             "without stored answers fits). *Command*: `autobatch recommend --study-name S "
              "--storage URL --json` in a fresh interpreter, wall and the child's CPU time; *imports*: the "
-             "top-level modules' cumulative times under `python -X importtime` (the same command); *answer*: "
-             "`recommend_study` after the imports, on a freshly loaded study each time (wall and CPU; the "
-             "study's trials are read from the storage inside it). Median [min, max] over the repeats; "
+             "top-level modules' cumulative times under `python -X importtime` (the same command); *answer "
+             "s*: after the imports (the fit's included), fitted: `recommend_study` on a freshly loaded study "
+             "(the study's trials are read from the storage inside it), stored: `recommend(S, URL)` (opening "
+             "the study too); wall and CPU. Median [min, max] over the repeats; "
              "the checkouts interleaved; the thread pools at their defaults, as a user runs it. Goals: the command under 2 s, the "
              "answer under 0.5 s on 200 trials.", "",
-             "| code | trials | command wall s | command CPU s | imports s | answer wall s | answer CPU s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| code | trials | answer | command wall s | command CPU s | imports s | answer wall s | answer CPU s |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['code']} | {r['trials']} | " + " | ".join(show(Spread.of(r[k])) for k in
-                                                       ("wall_s", "cpu_s", "import_s", "answer_s", "answer_cpu_s"))
+        lines.append(f"| {r['code']} | {r['trials']} | {r.get('answer', 'fitted')} | "
+                     + " | ".join(show(Spread.of(r[k])) for k in ("wall_s", "cpu_s", "import_s", "answer_s", "answer_cpu_s"))
                      + " |")
     return lines
 
@@ -601,7 +619,7 @@ def main() -> None:
         _trainer_main(sys.argv[2] == "quick")
         return
     if sys.argv[1:2] == ["--answer"]:  # recommend_study's own time, of the checkout --code
-        _answer_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        _answer_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--tune":  # one tune_overhead, of the checkout --code
         budget = sys.argv[sys.argv.index("--budget") + 1] if "--budget" in sys.argv else ""

@@ -60,14 +60,22 @@ def test_public_api_imports_no_torch():
 def test_reading_commands_import_no_torch(tmp_path):
     """``import autobatch.cli`` and the commands that only read a study (``recommend``,
     ``studies``, ``show``) never import torch: their start-up stays that of optuna + the
-    trade-off model (a structural check, not a timing)."""
+    trade-off model (a structural check, not a timing). ``recommend`` answering with the stored
+    answer (published with its key, as ``tune`` does) imports no scikit-learn, SciPy or pandas
+    either; asked another question, it fits."""
+    from autobatch.recommender import answer_key, publish, recommend_study
     from tests.test_recommend import make_study
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    name = make_study(storage=url, n=24).study_name
+    study = make_study(storage=url, n=24)
+    name = study.study_name
+    key = answer_key(study)
+    publish(study, recommend_study(study), key)
     commands = {"recommend": ["recommend", "--study-name", name, "--storage", url, "--json"],
+                "recommend-fit": ["recommend", "--study-name", name, "--storage", url, "--json", "--priority", "speed"],
                 "studies": ["studies", "--storage", url],
                 "show": ["show", "--study-name", name, "--storage", url]}
+    fitting = ("sklearn", "scipy", "pandas")
     code = "\n".join([
         "import contextlib, io, sys",
         "from autobatch import cli",
@@ -76,8 +84,11 @@ def test_reading_commands_import_no_torch(tmp_path):
         "with contextlib.redirect_stdout(out):",
         f"    code = cli.main({commands!r}[sys.argv[1]])",
         "assert code == 0 and out.getvalue().strip(), code",
-        "assert 'torch' not in sys.modules, 'torch imported by ' + sys.argv[1]"])
-    for command in ("recommend", "studies", "show"):
+        "assert 'torch' not in sys.modules, 'torch imported by ' + sys.argv[1]",
+        f"fitted = sorted(set({fitting!r}) & set(sys.modules))",
+        "assert (sys.argv[1] != 'recommend') or not fitted, 'the stored answer imported ' + str(fitted)",
+        "assert (sys.argv[1] != 'recommend-fit') or fitted, 'another question was not fitted'"])
+    for command in commands:
         done = subprocess.run([sys.executable, "-c", code, command], cwd=REPO, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, f"{command}: {done.stderr[-2000:]}"

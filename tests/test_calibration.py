@@ -258,6 +258,40 @@ def test_throughput_and_memory_factors_measure_the_held_out_error():
     assert throughput_factor(b[:3], a[:3], exact[:3], 0.8) == memory_factor(b[:3], peaks[:3], None, 0.8) == 1.0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_factors_are_exactly_the_refits_they_stand_for(seed):
+    """The jackknife's shortcuts (the law's own fit without the estimator's checks; the memory
+    rule instead of a refit) give exactly what refitting ``ThroughputModel`` and ``fit_memory``
+    without each trial gives: with a stored estimate and without, with micro-batches that only
+    one trial measured."""
+    from autobatch.recommender import ThroughputModel, fit_memory
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    b = (2.0 ** rng.integers(3, 12, n))
+    a = (2.0 ** rng.integers(0, 3, n))
+    speed = Law().throughput(b, a) * rng.lognormal(0, 0.05, n)
+    peaks = Law().peak(b) + rng.normal(0, 2**20, n)
+    stored = {"form": "affine", "fixed_bytes": 5e8, "per_sample_bytes": 4e6}
+
+    def refit_speed(i):
+        keep = np.arange(n) != i
+        X = np.column_stack([b, a])
+        return float(ThroughputModel().fit(X[keep], speed[keep]).predict(X[i:i + 1])[0])
+
+    def refit_peak(memory):
+        def without(i):
+            keep = np.arange(n) != i
+            fit = fit_memory(b[keep], peaks[keep], memory, 0.8)
+            return None if fit is None else float(fit.predict(b[i:i + 1])[0])
+        return without
+
+    assert throughput_factor(b, a, speed, 0.8) == jackknife_factor(leave_one_out_log_residuals(speed, refit_speed), 0.8)
+    for memory in (None, stored):
+        assert memory_factor(b, peaks, memory, 0.8) == jackknife_factor(
+            leave_one_out_log_residuals(peaks, refit_peak(memory)), 0.8)
+
+
 def test_time_and_memory_intervals_are_calibrated_and_positive_at_the_answer():
     """Synthetic studies whose timings (15% log sd) and peaks have seed noise: fresh runs of the
     chosen setting fall inside the calibrated epoch-time and peak intervals at least 70% of the

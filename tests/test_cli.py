@@ -301,5 +301,6 @@ def test_an_unverified_answer_says_so_and_why(tmp_path):
     study = optuna.load_study(study_name="nv", storage=url)
     stored = study.user_attrs[R.STUDY_RECOMMENDATION]                  # the stored answer says it too
     assert not stored["verified_values"] and "your choice" in stored["verification_note"]
+    assert study.user_attrs[R.STUDY_RECOMMENDATION_KEY] is None        # not the fit's answer: recommend fits
     assert R.STUDY_NOISE_SCALE not in study.user_attrs
     assert study.user_attrs[R.STUDY_SPEC]["verify_holdout"] == 0     # nothing held out for a run that never comes

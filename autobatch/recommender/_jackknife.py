@@ -24,7 +24,7 @@ import numpy as np
 
 from ._calibration import conformal_quantile
 from ._memory_fit import fit_memory
-from ._throughput import ThroughputModel
+from ._throughput import fit_law, law
 
 MIN_JACKKNIFE = 4   # fewer runs than this: no refit is trusted, the model's interval stands
 
@@ -65,15 +65,18 @@ def widen_ratio(mean: Any, low: Any, high: Any, factor: float) -> tuple[np.ndarr
 
 def throughput_factor(batch_sizes: Any, accumulation: Any, throughput: Any, coverage: float) -> float:
     """``jackknife_factor`` of the throughput law (``ThroughputModel``) over the timed trials:
-    each refitted without one trial (``(n,)`` arrays; samples/s)."""
-    X = np.column_stack([np.asarray(batch_sizes, dtype=float), np.asarray(accumulation, dtype=float)])
+    each refitted without one trial (``(n,)`` arrays; samples/s). The refits are the law's own
+    fit (``fit_law``) without the estimator's input checks, done once on all trials."""
+    b = np.asarray(batch_sizes, dtype=float)
+    a = np.asarray(accumulation, dtype=float)
     y = np.asarray(throughput, dtype=float)
     if len(y) < MIN_JACKKNIFE:
         return 1.0
 
     def without(i: int) -> float:
         keep = np.arange(len(y)) != i
-        return float(ThroughputModel(coverage=coverage).fit(X[keep], y[keep]).predict(X[i:i + 1])[0])
+        alpha, beta, gamma, _ = fit_law(b[keep], a[keep], y[keep])
+        return float(law(alpha, beta, gamma, b[i:i + 1], a[i:i + 1])[0])
 
     return jackknife_factor(leave_one_out_log_residuals(y, without), coverage)
 
@@ -82,15 +85,28 @@ def memory_factor(batch_sizes: Any, peaks: Any, stored: Optional[dict], coverage
     """``jackknife_factor`` of the peak-memory fit (``fit_memory``, with the study's stored
     estimate ``stored``) over the trials' measured peaks: each refitted without one trial (at a
     micro-batch other trials measured, the prediction is then their largest peak; elsewhere the
-    estimate's). ``(n,)`` arrays, bytes."""
+    estimate's). ``(n,)`` arrays, bytes.
+
+    Computed as that rule says rather than by refitting every time: the largest peak of the
+    others at the same micro-batch where there is one, else the stored estimate's prediction
+    (which no trial changes), else, without an estimate, ``fit_memory`` refitted on the others
+    (only for a micro-batch no other trial measured)."""
     b = np.asarray(batch_sizes, dtype=float)
     y = np.asarray(peaks, dtype=float)
     if len(y) < MIN_JACKKNIFE:
         return 1.0
+    sizes = b.astype(int)
+    estimate = fit_memory(b, y, stored, coverage) if stored else None
 
     def without(i: int) -> Optional[float]:
+        same = sizes == sizes[i]
+        same[i] = False
+        if same.any():  # MemoryFit.measured: the largest peak there (from 0.0 up)
+            return max(0.0, float(y[same].max()))
+        if estimate is not None:
+            return float(estimate.model_predict(int(sizes[i])))
         keep = np.arange(len(y)) != i
-        fit = fit_memory(b[keep], y[keep], stored, coverage)
+        fit = fit_memory(b[keep], y[keep], None, coverage)
         return None if fit is None else float(fit.predict(b[i:i + 1])[0])
 
     return jackknife_factor(leave_one_out_log_residuals(y, without), coverage)

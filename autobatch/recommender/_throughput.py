@@ -45,13 +45,8 @@ class ThroughputModel(RegressorMixin, BaseEstimator):
         if np.any(X < 1) or np.any(y <= 0):
             raise ValueError("batch sizes and accumulation steps must be >= 1, throughput > 0")
         b, a = X[:, 0].astype(float), X[:, 1].astype(float)
-        seconds = 1.0 / y
-        design = np.column_stack([1 / b, np.ones_like(b), 1 / (a * b)])
-        active = np.array([len(np.unique(b)) > 1, True, len(np.unique(a)) > 1])
-        coef = np.zeros(3)
-        coef[active], _ = optimize.nnls(design[:, active] / seconds[:, None], np.ones_like(b))
-        self.alpha_, self.beta_, self.gamma_ = (float(c) for c in coef)
-        n, p = len(y), int(active.sum())
+        self.alpha_, self.beta_, self.gamma_, p = fit_law(b, a, y)
+        n = len(y)
         residual = np.log(self.predict(X)) - np.log(y)
         self.dof_ = n - p
         self.log_sd_ = (float(np.sqrt(residual @ residual / self.dof_)) if self.dof_ > 0
@@ -62,10 +57,29 @@ class ThroughputModel(RegressorMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "beta_")
         X = validate_data(self, X, reset=False).astype(float)
-        b, a = X[:, 0], X[:, 1]
-        return 1.0 / (self.beta_ + self.alpha_ / b + self.gamma_ / (a * b))
+        return law(self.alpha_, self.beta_, self.gamma_, X[:, 0], X[:, 1])
 
     def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         mean = self.predict(X)
         factor = math.exp(t_quantile(self.coverage, self.dof_) * self.log_sd_ * self.inflation_)
         return mean / factor, mean * factor
+
+
+def fit_law(b: np.ndarray, a: np.ndarray, samples_per_s: np.ndarray) -> tuple[float, float, float, int]:
+    """``ThroughputModel``'s law fitted to micro-batches ``b``, accumulation ``a`` and measured
+    samples/s (``(n,)`` float arrays, validated by the caller): ``(alpha, beta, gamma, p)``, ``p``
+    the parameters the trials identify (the others fixed at 0). The jackknife's refits call it
+    without the estimator's input checks."""
+    seconds = 1.0 / samples_per_s
+    design = np.column_stack([1 / b, np.ones_like(b), 1 / (a * b)])
+    active = np.array([len(np.unique(b)) > 1, True, len(np.unique(a)) > 1])
+    coef = np.zeros(3)
+    coef[active], _ = optimize.nnls(design[:, active] / seconds[:, None], np.ones_like(b))
+    alpha, beta, gamma = (float(c) for c in coef)
+    return alpha, beta, gamma, int(active.sum())
+
+
+def law(alpha: float, beta: float, gamma: float, b: Any, a: Any) -> np.ndarray:
+    """Samples/s of micro-batch ``b`` with ``a`` accumulation steps under the law's parameters."""
+    return 1.0 / (beta + alpha / b + gamma / (a * b))
+

@@ -8,7 +8,7 @@ never shown: ``mask_url`` is what messages use.
 
 from ._rdb import (CONNECT_TIMEOUT_S, ENV_HEARTBEAT, ENV_RETRY, GRACE_FACTOR, HEARTBEAT_S, RETRY_S,
                    StorageLostError, open_storage)
-from ._claim import Claim, StudyState, claim_trial, study_state
+from ._claim import Claim, StudyState, claim_trial, study_state, trial_marks
 from ._listing import StudySummary, list_studies
 from ._stale import MAX_RETRIES, fail_stale_trials, fail_trial, requeue
 from ._study import StudyLike, describe, find_study, open_study
@@ -18,4 +18,4 @@ __all__ = ["Claim", "StudyState", "claim_trial", "fail_trial", "study_state", "C
            "GRACE_FACTOR", "HEARTBEAT_S", "MAX_RETRIES", "RETRY_S", "StorageLostError", "StudyLike",
            "StudySummary", "describe", "fail_stale_trials", "find_study", "list_studies", "mask_url",
            "open_storage", "open_study",
-           "requeue", "resolve_url"]
+           "requeue", "resolve_url", "trial_marks"]

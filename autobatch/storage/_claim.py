@@ -191,3 +191,25 @@ def study_state_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, maximi
     if best is None:
         return StudyState(counts, None, None)
     return StudyState(counts, float(best[1]), int(best[0]))
+
+
+def trial_marks(storage: optuna.storages.BaseStorage, study_id: int,
+                states: tuple[TrialState, ...] = RESULT_STATES) -> dict[str, list]:
+    """``{state name (lower case): [trials in it, their largest number]}`` for ``states``, in
+    one aggregate query on an RDB storage (no trial is read). A state with no trial is left
+    out. Finished trials never change, so for COMPLETE and PRUNED these name the set of them."""
+    rdb = rdb_backend(storage)
+    if rdb is None:
+        marks: dict[str, list] = {}
+        for trial in storage.get_all_trials(study_id, deepcopy=False, states=states):
+            count, last = marks.get(trial.state.name.lower(), [0, trial.number])
+            marks[trial.state.name.lower()] = [count + 1, max(last, trial.number)]
+        return marks
+    models = rdb_models()
+    trial = models.TrialModel
+    with rdb_session(rdb) as session:
+        rows = (session.query(trial.state, sqlalchemy.func.count(trial.trial_id), sqlalchemy.func.max(trial.number))
+                .filter(trial.study_id == study_id, trial.state.in_(states)).group_by(trial.state).all())
+    return {(TrialState(state) if not isinstance(state, TrialState) else state).name.lower(): [int(n), int(last)]
+            for state, n, last in rows}
+

@@ -17,7 +17,7 @@ import optuna
 from .. import records as R
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
-from ..recommender import Recommendation, publish, recommend_study
+from ..recommender import Recommendation, answer_key, confirmed_key, publish, recommend_study
 from ..search import StudySpec, TuneSettings, fit_reserve, resume_command
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
@@ -222,8 +222,9 @@ def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Op
     seeds) when given, stored with the study (user attribute and dashboard note); the best
     completed trial while there are too few trials to fit, saying why it was not verified.
     ``storage``: the URL as the user gave it, for the command a note prints."""
+    key = answer_key(study)  # before the fit: what the stored answer answers
     try:
-        rec = recommend_study(study, storage=storage)
+        rec = fitted = recommend_study(study, storage=storage)
     except AutobatchError as exc:
         if run is not None:
             run.emit(Note(text=f"trade-off model not fitted: {exc}"))
@@ -232,7 +233,7 @@ def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Op
     else:
         if verify is not None:
             rec = verify(rec)
-        publish(study, rec)
+        publish(study, rec, confirmed_key(study, rec, fitted, key))
         return rec.to_dict()
     try:
         best = study.best_trial
