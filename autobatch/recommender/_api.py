@@ -70,7 +70,8 @@ def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = 
     from ._fit import verification_observations, verification_repeats
 
     check_priority(priority)
-    spec_data = study.user_attrs.get(R.STUDY_SPEC)
+    attrs = study.user_attrs  # one read: each ``study.user_attrs`` is a storage call
+    spec_data = attrs.get(R.STUDY_SPEC)
     if not spec_data:
         raise AutobatchError(f"study {study.study_name!r} has no {R.STUDY_SPEC!r} attribute; "
                              "was it created by autobatch tune?")
@@ -79,11 +80,11 @@ def recommend_study(study: optuna.Study, *, max_memory: Union[int, str, None] = 
     more = resume_command(study.study_name, storage or describe_storage(study), "--n-trials",
                           str(len(df) + 2 * MIN_TRIALS))
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    noise = critical_batch(study.user_attrs.get(R.STUDY_NOISE_SCALE),
+    noise = critical_batch(attrs.get(R.STUDY_NOISE_SCALE),
                            [t.user_attrs.get(R.NOISE_SCALE) for t in study.get_trials(deepcopy=False, states=states)])
-    stored = study.user_attrs.get(R.STUDY_VERIFICATION)
+    stored = attrs.get(R.STUDY_VERIFICATION)
     rec = recommend_from_frame(
-        df, spec, study.user_attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
+        df, spec, attrs.get(R.STUDY_MEMORY_MODEL), study_name=study.study_name,
         max_memory=max_memory, max_epoch_time=max_epoch_time, min_accuracy=min_accuracy,
         priority=priority, more_trials=more, critical=noise, extra_repeats=verification_repeats(stored),
         observations=verification_observations(stored))
@@ -153,6 +154,6 @@ def confirmed_key(study: optuna.Study, rec: Recommendation, fitted: Recommendati
     fitted answer (nothing changed: no refit) or a fit now gives exactly ``rec`` (a verification
     the fit already reads back: one refit); None when neither."""
     now = key_of(study, key["question"])
-    if now == key and rec.to_dict() == fitted.to_dict():
-        return now
+    if now == key:  # the study as fitted: the fit is deterministic, a refit gives ``fitted`` again
+        return now if rec.to_dict() == fitted.to_dict() else None
     return now if recommend_study(study, **asked(key["question"])).to_dict() == rec.to_dict() else None
