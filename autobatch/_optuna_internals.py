@@ -11,6 +11,7 @@ fails loudly when an Optuna upgrade moves them.
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import json
 import pathlib
@@ -103,6 +104,15 @@ def set_value_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_ro
     rdb._set_trial_value_without_commit(session, trial_row, 0, value)
 
 
+def trial_end_assignment(when: "datetime.datetime") -> dict:
+    """The ``trials`` row assignment that stores ``when`` as a trial's end, converted as Optuna
+    converts it (``TrialModel.datetime_complete``'s setter: naive UTC in Optuna 5)."""
+    models = rdb_models()
+    row = models.TrialModel()
+    row.datetime_complete = when
+    return {models.TrialModel.__table__.c.datetime_complete: row._datetime_complete_utc}
+
+
 def cached_frozen(trial: "optuna.Trial") -> optuna.trial.FrozenTrial:
     """A live trial's own record of itself (``Trial._cached_frozen_trial``): parameters,
     reports and attributes set through the trial, kept by Optuna as they are written."""
@@ -165,6 +175,61 @@ def trial_of(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Tr
     trial._relative_params = None
     trial._fixed_params = trial._cached_frozen_trial.system_attrs.get("fixed_params", {})
     return trial
+
+
+def known_distribution(storage: optuna.storages.BaseStorage, study_id: int,
+                       name: str) -> "optuna.distributions.BaseDistribution | None":
+    """The distribution the study stores under parameter ``name`` as this process knows it (Optuna's
+    cache in front of an RDB storage keeps it from its first write of the name,
+    ``_CachedStorage._studies[study_id].param_distribution``), or None: then it is read."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    if not isinstance(storage, _CachedStorage) or study_id not in storage._studies:
+        return None
+    return storage._studies[study_id].param_distribution.get(name)
+
+
+def remember_distribution(storage: optuna.storages.BaseStorage, study_id: int, name: str,
+                          distribution: "optuna.distributions.BaseDistribution") -> None:
+    """Tell Optuna's cache the study stores ``name`` with ``distribution`` now (what
+    ``_CachedStorage.set_trial_param`` notes after its own write), when it has none yet."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    if isinstance(storage, _CachedStorage) and study_id in storage._studies:
+        storage._studies[study_id].param_distribution.setdefault(name, distribution)
+
+
+@contextmanager
+def storage_routed(study: optuna.Study, trial: "optuna.Trial", storage: Any) -> Iterator[None]:
+    """Route the study's and the trial's storage calls (``Study._storage``, which samplers,
+    pruners and ``Study.tell`` use, and ``Trial.storage``) through ``storage`` for the block."""
+    before = study._storage, trial.storage
+    study._storage = trial.storage = storage
+    try:
+        yield
+    finally:
+        study._storage, trial.storage = before
+
+
+@contextmanager
+def trials_from_cache(study: optuna.Study) -> Iterator[None]:
+    """In the block, the study's trials as ``fill_trial_cache`` handed them over answer the reads
+    that samplers make afresh (``Study._get_trials(use_cache=False)``: TPE's ``constant_liar``
+    reads the RUNNING trials again, a moment after the caller read them); nothing changes when
+    no list was handed over."""
+    cached = study._thread_local.cached_all_trials
+    if cached is None:
+        yield
+        return
+    read = study._get_trials
+
+    def get_trials(deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        return read(deepcopy, states, use_cache=True)
+    study._get_trials = get_trials
+    try:
+        yield
+    finally:
+        del study._get_trials
 
 
 # --- the schema version check: the same decisions as Optuna's, without alembic on the way in ----
