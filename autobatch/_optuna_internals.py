@@ -61,11 +61,6 @@ def rdb_models() -> Any:
     return models
 
 
-def new_trial_row(rdb: optuna.storages.RDBStorage, study_id: int, session: Any) -> Any:
-    """A new RUNNING trial row numbered in ``session`` (the study row must be locked)."""
-    return rdb._get_prepared_new_trial(study_id, None, session)
-
-
 def set_attr_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id: int, key: str,
                         value: Any, *, system: bool = False) -> None:
     """Upsert one trial user (or system) attribute inside ``session``, without committing."""

@@ -19,8 +19,8 @@ def test_the_private_attributes_are_where_autobatch_looks(tmp_path):
     models = I.rdb_models()
     with I.rdb_session(storage) as session:
         models.StudyModel.find_or_raise_by_id(sid, session, for_update=True)
-        row = I.new_trial_row(storage, sid, session)
-        assert row.state == TrialState.RUNNING and row.number == 0
+        row = models.TrialModel(study_id=sid, number=0, state=TrialState.RUNNING)
+        session.add(row)
         session.flush()
         I.set_attrs_in_session(storage, session, row.trial_id, {"a": [1, 2], "b": None})
         I.set_attrs_in_session(storage, session, row.trial_id, {"a": {"x": 1}})  # an upsert

@@ -76,7 +76,7 @@ class TrialWrites:
 
     def hold_attrs(self, user: dict[str, Any], system: Optional[dict[str, Any]] = None) -> None:
         """Hold user (and system) attributes of the trial, JSON-checked now."""
-        json.dumps(user), json.dumps(system or {})
+        json.dumps([user, system])  # refused now if it cannot be stored, as Optuna's own write would
         self.user.update(user)
         self.system.update(system or {})
 
@@ -160,7 +160,7 @@ def write_trial_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, trial_id:
     ``UpdateFinishedTrialError`` for a finished trial, ``KeyError`` for none). SQLite or
     PostgreSQL only."""
     models = rdb_models()
-    insert = _insert(rdb)
+    insert = dialect_insert(rdb)
     only_report = intermediate is not None and not (params or user_attrs or system_attrs or study_attrs)
     with rdb_session(rdb) as session:
         if state is not None:
@@ -187,11 +187,15 @@ def write_trial_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, trial_id:
             _upsert_value(session, models, insert, trial_id, objective, value)
 
 
-def _insert(rdb: optuna.storages.RDBStorage):
+def dialect_insert(rdb: optuna.storages.RDBStorage):
+    """SQLAlchemy's ``insert`` with ``on_conflict_do_*`` for the storage's database (SQLite,
+    PostgreSQL), or None for any other."""
     if rdb.engine.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
-    else:
+    elif rdb.engine.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
     return insert
 
 
