@@ -181,3 +181,22 @@ def test_held_writes_are_read_back_before_they_are_stored(tmp_path):
         assert study.user_attrs == {"model": {"a": 1}}
         assert I.backend(study).get_trial_system_attrs(I.trial_id(trial)) == {"constraints:memory": 0.25}
     assert hold_writes(optuna.storages.InMemoryStorage(), 0, 0) is None  # other storages: Optuna's own calls
+
+
+def test_the_halving_pruners_rungs_go_through_held_writes(tmp_path):
+    """Successive halving records each trial's rungs as system attributes while it trains (through
+    the storage the trial's writes are held in): they are stored, with the reports they judged,
+    and a pruned trial keeps its last report as its value."""
+    from autobatch.search import SearchSpace, TuneSettings
+    from autobatch.tuning import tune
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    space = SearchSpace(batch_size_min=16, batch_size_max=64, lr_multiplier_min=0.5, lr_multiplier_max=2.0)
+    tune(TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.3, n_trials=6, storage=url,
+                      study_name="s", baselines=False, space=space, pruner="halving", verify_runs=0,
+                      noise_probe=False))
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 6 and any(t.state == TrialState.PRUNED for t in trials)
+    for t in trials:
+        assert t.intermediate_values and "completed_rung_0" in t.system_attrs, t.number
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]
