@@ -79,19 +79,44 @@ def set_attrs_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id
         return
     models = rdb_models()
     model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
-    dialect = rdb.engine.name
+    statement = upsert_statement(rdb.engine.name, model.__tablename__, ("trial_id", "key"), ("value_json",))
+    if statement is None:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(session, model, trial_id, key, value)
+        return
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    session.execute(statement, rows)
+
+
+@functools.lru_cache(maxsize=None)
+def upsert_statement(dialect: str, table: str, keys: tuple[str, ...], updated: tuple[str, ...]) -> Any:
+    """``INSERT INTO table ... ON CONFLICT (keys) DO UPDATE SET updated`` (``DO NOTHING`` when
+    ``updated`` is empty) for one of Optuna's tables on SQLite or PostgreSQL, None on another
+    database. Built once and executed with a list of rows (SQLAlchemy's executemany: its compiled
+    form is cached, and PostgreSQL gets one multi-row statement), instead of building and compiling
+    a statement with the rows' values each time."""
+    insert = dialect_insert(dialect)
+    if insert is None:
+        return None
+    target = rdb_models().BaseModel.metadata.tables[table]
+    statement = insert(target)
+    index = [target.c[k] for k in keys]
+    if not updated:
+        return statement.on_conflict_do_nothing(index_elements=index)
+    return statement.on_conflict_do_update(index_elements=index,
+                                           set_={c: statement.excluded[c] for c in updated})
+
+
+def dialect_insert(dialect: str) -> Any:
+    """SQLAlchemy's ``insert`` with ``on_conflict_do_*`` for the database named ``dialect``
+    (SQLite, PostgreSQL), or None for any other."""
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        for key, value in attrs.items():
-            rdb._set_trial_attr_without_commit(session, model, trial_id, key, value)
-        return
-    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    statement = insert(model).values(rows)
-    session.execute(statement.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                                    set_={"value_json": statement.excluded.value_json}))
+        return None
+    return insert
 
 
 def set_value_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_row: Any, value: float) -> None:

@@ -23,8 +23,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from .._optuna_internals import rdb_backend, rdb_models, rdb_session
-from ._writes import dialect_insert
+from .._optuna_internals import dialect_insert, rdb_backend, rdb_models, rdb_session
 
 RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -109,7 +108,7 @@ def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: s
 def _first_beat(rdb: optuna.storages.RDBStorage, session: Any, models: Any, trial_id: int) -> None:
     """The trial's heartbeat, now (one upsert on SQLite and PostgreSQL; a re-queued trial's
     slot may have one from before)."""
-    insert = dialect_insert(rdb)
+    insert = dialect_insert(rdb.engine.name)
     model = models.TrialHeartbeatModel
     if insert is not None:
         statement = insert(model).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())

@@ -22,7 +22,9 @@ Only SQLite and PostgreSQL (the upserts are theirs); any other storage is used a
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import types
 from typing import Any, Optional, Sequence
 
 import optuna
@@ -31,8 +33,9 @@ import sqlalchemy.exc
 from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json
 from optuna.trial import TrialState
 
-from .._optuna_internals import (known_distribution, rdb_backend, rdb_models, rdb_session, remember_distribution,
-                                 set_attrs_in_session, trial_end_assignment)
+from .._optuna_internals import (dialect_insert, known_distribution, rdb_backend, rdb_models, rdb_session,
+                                 remember_distribution, set_attrs_in_session, trial_end_assignment,
+                                 upsert_statement)
 
 UPDATABLE = (TrialState.RUNNING, TrialState.WAITING)  # Optuna refuses writes to a finished trial only
 _PASS_THROUGH = ("get_study_", "get_heartbeat", "get_all_studies", "record_heartbeat")  # touch no trial row
@@ -61,12 +64,14 @@ class TrialWrites:
         self.params[name] = (internal, distribution)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self.hold_attrs({key: value}) if trial_id == self.trial_id else self._through("set_trial_user_attr")(
-            trial_id, key, value)
+        if trial_id != self.trial_id:
+            return self._through("set_trial_user_attr")(trial_id, key, value)
+        self.hold_attrs({key: value})
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self.hold_attrs({}, {key: value}) if trial_id == self.trial_id else self._through("set_trial_system_attr")(
-            trial_id, key, value)
+        if trial_id != self.trial_id:
+            return self._through("set_trial_system_attr")(trial_id, key, value)
+        self.hold_attrs({}, {key: value})
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         if study_id != self.study_id:
@@ -158,45 +163,37 @@ def write_trial_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, trial_id:
     and an intermediate value or the trial's end (``state``, ``values``). The trial's state is
     checked first, by the statement that changes it where there is one (raises
     ``UpdateFinishedTrialError`` for a finished trial, ``KeyError`` for none). SQLite or
-    PostgreSQL only."""
-    models = rdb_models()
-    insert = dialect_insert(rdb)
+    PostgreSQL only; each statement is built once (``upsert_statement``, ``_guarded``)."""
+    models, dialect = rdb_models(), rdb.engine.name
     only_report = intermediate is not None and not (params or user_attrs or system_attrs or study_attrs)
     with rdb_session(rdb) as session:
         if state is not None:
-            _finish_row(session, models, rdb, trial_id, state)
+            changed = session.execute(_guarded(dialect).finish, {
+                "id": trial_id, "state": state, **_end_time()}).rowcount
+            if not changed:
+                _refuse(session, models, rdb, trial_id)
         elif only_report:
-            if not _guarded_intermediate(session, models, insert, trial_id, *intermediate):
+            if not session.execute(_guarded(dialect).report, _intermediate_row(models, trial_id, *intermediate)).rowcount:
                 _refuse(session, models, rdb, trial_id)
             return
         else:
             row = models.TrialModel.find_or_raise_by_id(trial_id, session)
             rdb.check_trial_is_updatable(trial_id, row.state)
-        _insert_params(session, models, insert, study_id, trial_id, params, known)
+        _insert_params(session, models, dialect, study_id, trial_id, params, known)
         set_attrs_in_session(rdb, session, trial_id, user_attrs)
         set_attrs_in_session(rdb, session, trial_id, system_attrs, system=True)
         if study_attrs:
-            model = models.StudyUserAttributeModel
             rows = [{"study_id": study_id, "key": k, "value_json": json.dumps(v)} for k, v in study_attrs.items()]
-            statement = insert(model).values(rows)
-            session.execute(statement.on_conflict_do_update(index_elements=[model.study_id, model.key],
-                                                            set_={"value_json": statement.excluded.value_json}))
+            session.execute(upsert_statement(dialect, "study_user_attributes", ("study_id", "key"), ("value_json",)),
+                            rows)
         if intermediate is not None:
-            _upsert_intermediate(session, models, insert, trial_id, *intermediate)
-        for objective, value in enumerate(values or ()):
-            _upsert_value(session, models, insert, trial_id, objective, value)
-
-
-def dialect_insert(rdb: optuna.storages.RDBStorage):
-    """SQLAlchemy's ``insert`` with ``on_conflict_do_*`` for the storage's database (SQLite,
-    PostgreSQL), or None for any other."""
-    if rdb.engine.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif rdb.engine.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        return None
-    return insert
+            session.execute(upsert_statement(dialect, "trial_intermediate_values", ("trial_id", "step"),
+                                             ("intermediate_value", "intermediate_value_type")),
+                            [_intermediate_row(models, trial_id, *intermediate)])
+        if values:
+            rows = [_value_row(models, trial_id, objective, value) for objective, value in enumerate(values)]
+            session.execute(upsert_statement(dialect, "trial_values", ("trial_id", "objective"), ("value", "value_type")),
+                            rows)
 
 
 def _refuse(session: Any, models: Any, rdb: optuna.storages.RDBStorage, trial_id: int) -> None:
@@ -206,19 +203,35 @@ def _refuse(session: Any, models: Any, rdb: optuna.storages.RDBStorage, trial_id
     raise RuntimeError(f"trial {trial_id} refused a write in state {row.state.name}")  # not reached
 
 
-def _finish_row(session: Any, models: Any, rdb: optuna.storages.RDBStorage, trial_id: int,
-                state: TrialState) -> None:
-    """The trial's state and end time, only if it is not finished (one statement; on
-    PostgreSQL it locks the row, as Optuna's ``SELECT ... FOR UPDATE``)."""
-    trial = models.TrialModel
-    changed = (session.query(trial).filter(trial.trial_id == trial_id, trial.state.in_(UPDATABLE))
-               .update({trial.state: state, **trial_end_assignment(datetime.datetime.now())},
-                       synchronize_session=False))
-    if not changed:
-        _refuse(session, models, rdb, trial_id)
+def _end_time() -> dict[str, Any]:
+    """The ``end`` parameter of ``_guarded(...).finish``: now, stored as Optuna stores a trial's end."""
+    (_, stored), = trial_end_assignment(datetime.datetime.now()).items()
+    return {"end": stored}
 
 
-def _insert_params(session: Any, models: Any, insert, study_id: int, trial_id: int,
+@functools.lru_cache(maxsize=None)
+def _guarded(dialect: str) -> Any:
+    """The statements that write only while the trial is not finished (one statement each; on
+    PostgreSQL the update locks the row, as Optuna's ``SELECT ... FOR UPDATE``): ``finish`` sets
+    the state and end (parameters ``id``, ``state``, ``end``), ``report`` upserts an intermediate
+    value (a row of ``_intermediate_row``). Built once per database."""
+    tables = rdb_models().BaseModel.metadata.tables
+    trials, values = tables["trials"], tables["trial_intermediate_values"]
+    updatable = list(UPDATABLE)
+    finish = (sqlalchemy.update(trials)
+              .where(trials.c.trial_id == sqlalchemy.bindparam("id"), trials.c.state.in_(updatable))
+              .values(state=sqlalchemy.bindparam("state"), datetime_complete=sqlalchemy.bindparam("end")))
+    columns = ("trial_id", "step", "intermediate_value", "intermediate_value_type")
+    source = (sqlalchemy.select(*[sqlalchemy.bindparam(c, type_=values.c[c].type) for c in columns])
+              .where(trials.c.trial_id == sqlalchemy.bindparam("trial_id"), trials.c.state.in_(updatable)))
+    statement = dialect_insert(dialect)(values).from_select(columns, source)
+    report = statement.on_conflict_do_update(index_elements=[values.c.trial_id, values.c.step], set_={
+        "intermediate_value": statement.excluded.intermediate_value,
+        "intermediate_value_type": statement.excluded.intermediate_value_type})
+    return types.SimpleNamespace(finish=finish, report=report)
+
+
+def _insert_params(session: Any, models: Any, dialect: str, study_id: int, trial_id: int,
                    params: dict[str, tuple[float, BaseDistribution]],
                    known: dict[str, Optional[BaseDistribution]]) -> None:
     """The parameters in one statement, each checked against the distribution the study stores
@@ -227,20 +240,18 @@ def _insert_params(session: Any, models: Any, insert, study_id: int, trial_id: i
     if not params:
         return
     unknown = [name for name in params if known.get(name) is None]
-    stored = {name: dist for name, dist in known.items() if dist is not None}
     if unknown:
         param, trial = models.TrialParamModel, models.TrialModel
         rows = (session.query(param.param_name, param.distribution_json).join(trial)
                 .filter(trial.study_id == study_id, param.param_name.in_(unknown)).distinct().all())
         for name, text in rows:
             check_distribution_compatibility(optuna.distributions.json_to_distribution(text), params[name][1])
-    for name, dist in stored.items():
-        check_distribution_compatibility(dist, params[name][1])
-    model = models.TrialParamModel
+    for name, dist in known.items():
+        if dist is not None:
+            check_distribution_compatibility(dist, params[name][1])
     rows = [{"trial_id": trial_id, "param_name": name, "param_value": internal,
              "distribution_json": distribution_to_json(dist)} for name, (internal, dist) in params.items()]
-    session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=[model.trial_id,
-                                                                                      model.param_name]))
+    session.execute(upsert_statement(dialect, "trial_params", ("trial_id", "param_name"), ()), rows)
 
 
 def _intermediate_row(models: Any, trial_id: int, step: int, value: float) -> dict[str, Any]:
@@ -248,36 +259,6 @@ def _intermediate_row(models: Any, trial_id: int, step: int, value: float) -> di
     return {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
 
 
-def _upsert_intermediate(session: Any, models: Any, insert, trial_id: int, step: int, value: float) -> None:
-    model = models.TrialIntermediateValueModel
-    statement = insert(model).values(_intermediate_row(models, trial_id, step, value))
-    session.execute(statement.on_conflict_do_update(
-        index_elements=[model.trial_id, model.step],
-        set_={"intermediate_value": statement.excluded.intermediate_value,
-              "intermediate_value_type": statement.excluded.intermediate_value_type}))
-
-
-def _guarded_intermediate(session: Any, models: Any, insert, trial_id: int, step: int, value: float) -> bool:
-    """Upsert the intermediate value only while the trial is not finished, in one statement;
-    False when nothing was written (the trial is finished, or there is none)."""
-    model, trial = models.TrialIntermediateValueModel, models.TrialModel
-    row = _intermediate_row(models, trial_id, step, value)
-    columns = list(row)
-    source = (sqlalchemy.select(*[sqlalchemy.literal(row[c], type_=model.__table__.c[c].type).label(c)
-                                  for c in columns])
-              .where(trial.trial_id == trial_id, trial.state.in_(UPDATABLE)))
-    statement = insert(model).from_select(columns, source)
-    result = session.execute(statement.on_conflict_do_update(
-        index_elements=[model.trial_id, model.step],
-        set_={"intermediate_value": statement.excluded.intermediate_value,
-              "intermediate_value_type": statement.excluded.intermediate_value_type}))
-    return result.rowcount > 0
-
-
-def _upsert_value(session: Any, models: Any, insert, trial_id: int, objective: int, value: float) -> None:
-    model = models.TrialValueModel
-    stored, kind = model.value_to_stored_repr(value)
-    statement = insert(model).values(trial_id=trial_id, objective=objective, value=stored, value_type=kind)
-    session.execute(statement.on_conflict_do_update(
-        index_elements=[model.trial_id, model.objective],
-        set_={"value": statement.excluded.value, "value_type": statement.excluded.value_type}))
+def _value_row(models: Any, trial_id: int, objective: int, value: float) -> dict[str, Any]:
+    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+    return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
