@@ -11,6 +11,7 @@ fails loudly when an Optuna upgrade moves them.
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import json
 import pathlib
@@ -60,11 +61,6 @@ def rdb_models() -> Any:
     return models
 
 
-def new_trial_row(rdb: optuna.storages.RDBStorage, study_id: int, session: Any) -> Any:
-    """A new RUNNING trial row numbered in ``session`` (the study row must be locked)."""
-    return rdb._get_prepared_new_trial(study_id, None, session)
-
-
 def set_attr_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id: int, key: str,
                         value: Any, *, system: bool = False) -> None:
     """Upsert one trial user (or system) attribute inside ``session``, without committing."""
@@ -83,24 +79,58 @@ def set_attrs_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id
         return
     models = rdb_models()
     model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
-    dialect = rdb.engine.name
+    statement = upsert_statement(rdb.engine.name, model.__tablename__, ("trial_id", "key"), ("value_json",))
+    if statement is None:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(session, model, trial_id, key, value)
+        return
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    session.execute(statement, rows)
+
+
+@functools.lru_cache(maxsize=None)
+def upsert_statement(dialect: str, table: str, keys: tuple[str, ...], updated: tuple[str, ...]) -> Any:
+    """``INSERT INTO table ... ON CONFLICT (keys) DO UPDATE SET updated`` (``DO NOTHING`` when
+    ``updated`` is empty) for one of Optuna's tables on SQLite or PostgreSQL, None on another
+    database. Built once and executed with a list of rows (SQLAlchemy's executemany: its compiled
+    form is cached, and PostgreSQL gets one multi-row statement), instead of building and compiling
+    a statement with the rows' values each time."""
+    insert = dialect_insert(dialect)
+    if insert is None:
+        return None
+    target = rdb_models().BaseModel.metadata.tables[table]
+    statement = insert(target)
+    index = [target.c[k] for k in keys]
+    if not updated:
+        return statement.on_conflict_do_nothing(index_elements=index)
+    return statement.on_conflict_do_update(index_elements=index,
+                                           set_={c: statement.excluded[c] for c in updated})
+
+
+def dialect_insert(dialect: str) -> Any:
+    """SQLAlchemy's ``insert`` with ``on_conflict_do_*`` for the database named ``dialect``
+    (SQLite, PostgreSQL), or None for any other."""
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
-        for key, value in attrs.items():
-            rdb._set_trial_attr_without_commit(session, model, trial_id, key, value)
-        return
-    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    statement = insert(model).values(rows)
-    session.execute(statement.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                                    set_={"value_json": statement.excluded.value_json}))
+        return None
+    return insert
 
 
 def set_value_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_row: Any, value: float) -> None:
     """The trial's (single-objective) value inside ``session``, without committing."""
     rdb._set_trial_value_without_commit(session, trial_row, 0, value)
+
+
+def trial_end_assignment(when: "datetime.datetime") -> dict:
+    """The ``trials`` row assignment that stores ``when`` as a trial's end, converted as Optuna
+    converts it (``TrialModel.datetime_complete``'s setter: naive UTC in Optuna 5)."""
+    models = rdb_models()
+    row = models.TrialModel()
+    row.datetime_complete = when
+    return {models.TrialModel.__table__.c.datetime_complete: row._datetime_complete_utc}
 
 
 def cached_frozen(trial: "optuna.Trial") -> optuna.trial.FrozenTrial:
@@ -165,6 +195,61 @@ def trial_of(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Tr
     trial._relative_params = None
     trial._fixed_params = trial._cached_frozen_trial.system_attrs.get("fixed_params", {})
     return trial
+
+
+def known_distribution(storage: optuna.storages.BaseStorage, study_id: int,
+                       name: str) -> "optuna.distributions.BaseDistribution | None":
+    """The distribution the study stores under parameter ``name`` as this process knows it (Optuna's
+    cache in front of an RDB storage keeps it from its first write of the name,
+    ``_CachedStorage._studies[study_id].param_distribution``), or None: then it is read."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    if not isinstance(storage, _CachedStorage) or study_id not in storage._studies:
+        return None
+    return storage._studies[study_id].param_distribution.get(name)
+
+
+def remember_distribution(storage: optuna.storages.BaseStorage, study_id: int, name: str,
+                          distribution: "optuna.distributions.BaseDistribution") -> None:
+    """Tell Optuna's cache the study stores ``name`` with ``distribution`` now (what
+    ``_CachedStorage.set_trial_param`` notes after its own write), when it has none yet."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    if isinstance(storage, _CachedStorage) and study_id in storage._studies:
+        storage._studies[study_id].param_distribution.setdefault(name, distribution)
+
+
+@contextmanager
+def storage_routed(study: optuna.Study, trial: "optuna.Trial", storage: Any) -> Iterator[None]:
+    """Route the study's and the trial's storage calls (``Study._storage``, which samplers,
+    pruners and ``Study.tell`` use, and ``Trial.storage``) through ``storage`` for the block."""
+    before = study._storage, trial.storage
+    study._storage = trial.storage = storage
+    try:
+        yield
+    finally:
+        study._storage, trial.storage = before
+
+
+@contextmanager
+def trials_from_cache(study: optuna.Study) -> Iterator[None]:
+    """In the block, the study's trials as ``fill_trial_cache`` handed them over answer the reads
+    that samplers make afresh (``Study._get_trials(use_cache=False)``: TPE's ``constant_liar``
+    reads the RUNNING trials again, a moment after the caller read them); nothing changes when
+    no list was handed over."""
+    cached = study._thread_local.cached_all_trials
+    if cached is None:
+        yield
+        return
+    read = study._get_trials
+
+    def get_trials(deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        return read(deepcopy, states, use_cache=True)
+    study._get_trials = get_trials
+    try:
+        yield
+    finally:
+        del study._get_trials
 
 
 # --- the schema version check: the same decisions as Optuna's, without alembic on the way in ----

@@ -256,16 +256,21 @@ def write_attrs(trial: optuna.Trial, attrs: dict[str, Any],
                 system_attrs: Optional[dict[str, Any]] = None) -> None:
     """Store ``attrs`` as the trial's user attributes (and ``system_attrs`` as system ones): one
     transaction on an RDB storage (Optuna commits each attribute on its own), one call each on
-    any other storage."""
-    rdb = rdb_backend(trial.storage)
-    if rdb is None:
+    any other storage; held for the trial's next write where its writes are held
+    (``storage.TrialWrites``, which has ``hold_attrs``)."""
+    hold = getattr(trial.storage, "hold_attrs", None)
+    rdb = None if hold is not None else rdb_backend(trial.storage)
+    if hold is not None:
+        hold(attrs, system_attrs)
+    elif rdb is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         for key, value in (system_attrs or {}).items():
             trial.storage.set_trial_system_attr(trial_id(trial), key, value)
         return
-    write = getattr(rdb, "write_trial_attrs", None) or (lambda *a, **k: write_in_rdb(rdb, *a, **k))
-    write(trial_id(trial), user_attrs=attrs, system_attrs=system_attrs)
+    else:
+        write = getattr(rdb, "write_trial_attrs", None) or (lambda *a, **k: write_in_rdb(rdb, *a, **k))
+        write(trial_id(trial), user_attrs=attrs, system_attrs=system_attrs)
     own = cached_frozen(trial)  # what Trial.set_user_attr would keep, so the trial reads it back
     own.user_attrs.update(attrs)
     own.system_attrs.update(system_attrs or {})

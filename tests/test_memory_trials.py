@@ -195,7 +195,7 @@ def test_c15_the_evaluation_batch_is_chosen_under_the_cap():
 
 def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, monkeypatch):
     """The measured peak's prediction error and the memory constraint go in the one write of
-    the trial's results (no attribute written on its own, no re-read of the study's attributes
+    the trial's results with its end (no parameter, attribute or state written on its own, no re-read of the study's attributes
     per trial, stale trials looked for once per heartbeat interval), and read back as Optuna's
     ``Trial.set_constraint`` would have stored them."""
     import collections
@@ -206,7 +206,9 @@ def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, mo
 
     calls: collections.Counter = collections.Counter()
     counting = []  # from the study being ready (the worker loop) on
-    names = ("set_trial_user_attr", "get_study_user_attrs", "_get_stale_trial_ids", "write_trial_attrs")
+    one_each = ("set_trial_user_attr", "set_trial_system_attr", "set_trial_param", "set_trial_intermediate_value",
+                "set_trial_state_values", "write_trial_attrs")  # Optuna's transaction per item
+    names = (*one_each, "set_study_user_attr", "get_study_user_attrs", "_get_stale_trial_ids", "write_trial")
     for name in names:
         original = getattr(_rdb._RetryingRDBStorage, name)
 
@@ -226,7 +228,9 @@ def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, mo
         over = t.system_attrs[R.MEMORY_CONSTRAINT]  # (peak - cap) / cap, the machine's memory the cap
         assert -1 < over < 0 and t.system_attrs[R.LEGACY_CONSTRAINTS] == [over]
         assert R.MEMORY_PREDICTION_ERROR in t.user_attrs and t.user_attrs[R.MEASURED_PEAK_BYTES] > 0
-    assert calls["set_trial_user_attr"] == 0
-    assert calls["write_trial_attrs"] == 2 * 5  # the configuration, then the results
+    assert not any(calls[name] for name in one_each), calls
+    assert calls["set_study_user_attr"] <= 1  # the answer, once: each refit memory estimate goes with a trial's end
+    # per trial: its parameters with its configuration, each report, its results with its end
+    assert calls["write_trial"] == sum(2 + len(t.intermediate_values) for t in trained)
     assert calls["get_study_user_attrs"] <= 5  # the worker's start and the answer's reads (its stored verification one); was 2 per trial
     assert calls["_get_stale_trial_ids"] <= 2

@@ -19,8 +19,8 @@ def test_the_private_attributes_are_where_autobatch_looks(tmp_path):
     models = I.rdb_models()
     with I.rdb_session(storage) as session:
         models.StudyModel.find_or_raise_by_id(sid, session, for_update=True)
-        row = I.new_trial_row(storage, sid, session)
-        assert row.state == TrialState.RUNNING and row.number == 0
+        row = models.TrialModel(study_id=sid, number=0, state=TrialState.RUNNING)
+        session.add(row)
         session.flush()
         I.set_attrs_in_session(storage, session, row.trial_id, {"a": [1, 2], "b": None})
         I.set_attrs_in_session(storage, session, row.trial_id, {"a": {"x": 1}})  # an upsert
@@ -139,3 +139,52 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_routing_and_the_cache_of_stored_distributions(tmp_path):
+    """``storage_routed`` sends the study's and the trial's storage calls through another object
+    for the block and puts them back; ``known_distribution``/``remember_distribution`` read and
+    fill the cache Optuna's ``_CachedStorage.set_trial_param`` keeps; ``trials_from_cache``
+    answers a sampler's fresh read from the list handed over; ``trial_end_assignment`` stores a
+    time as Optuna's own ``TrialModel.datetime_complete`` does."""
+    import datetime
+
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+    sid, cached = I.study_id(study), I.backend(study)
+    trial = study.ask()
+    assert I.known_distribution(cached, sid, "x") is None
+    trial.suggest_float("x", 0.0, 1.0)  # Optuna's own write notes it
+    assert I.known_distribution(cached, sid, "x") == FloatDistribution(0.0, 1.0)
+    I.remember_distribution(cached, sid, "n", IntDistribution(0, 3))
+    I.remember_distribution(cached, sid, "x", IntDistribution(0, 3))  # what is known stays
+    assert I.known_distribution(cached, sid, "n") == IntDistribution(0, 3)
+    assert I.known_distribution(cached, sid, "x") == FloatDistribution(0.0, 1.0)
+    assert I.known_distribution(I.rdb_backend(cached), sid, "x") is None  # no cache: read it
+
+    seen = []
+
+    class Spy:
+        def __getattr__(self, name):
+            seen.append(name)
+            return getattr(cached, name)
+    with I.storage_routed(study, trial, Spy()):
+        trial.set_user_attr("a", 1)
+        study.set_user_attr("b", 2)
+    assert seen == ["set_trial_user_attr", "set_study_user_attr"]
+    assert study._storage is cached and trial.storage is cached
+
+    handed = study.get_trials(deepcopy=False)
+    I.fill_trial_cache(study, handed)
+    with I.trials_from_cache(study):
+        assert study._get_trials(deepcopy=False, use_cache=False) is handed
+    assert "_get_trials" not in vars(study) and study._get_trials(deepcopy=False) is not handed
+
+    when = datetime.datetime(2026, 6, 1, 12, 30)
+    models = I.rdb_models()
+    (column, stored), = I.trial_end_assignment(when).items()
+    assert column.name == "datetime_complete" and column.table.name == "trials" and stored.tzinfo is None
+    row = models.TrialModel()
+    setattr(row, "_datetime_complete_utc", stored)  # the column as stored, read back by Optuna's own getter
+    assert row.datetime_complete == when

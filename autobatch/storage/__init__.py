@@ -12,10 +12,11 @@ from ._claim import Claim, StudyState, claim_trial, study_state, trial_marks
 from ._listing import StudySummary, list_studies
 from ._stale import MAX_RETRIES, fail_stale_trials, fail_trial, requeue
 from ._study import StudyLike, describe, find_study, open_study
+from ._writes import TrialWrites, hold_writes
 from ._urls import DEFAULT_SQLITE, ENV_STORAGE, mask_url, resolve_url
 
 __all__ = ["Claim", "StudyState", "claim_trial", "fail_trial", "study_state", "CONNECT_TIMEOUT_S", "DEFAULT_SQLITE", "ENV_HEARTBEAT", "ENV_RETRY", "ENV_STORAGE",
            "GRACE_FACTOR", "HEARTBEAT_S", "MAX_RETRIES", "RETRY_S", "StorageLostError", "StudyLike",
-           "StudySummary", "describe", "fail_stale_trials", "find_study", "list_studies", "mask_url",
+           "StudySummary", "TrialWrites", "describe", "fail_stale_trials", "find_study", "list_studies", "mask_url",
            "open_storage", "open_study",
-           "requeue", "resolve_url", "trial_marks"]
+           "hold_writes", "requeue", "resolve_url", "trial_marks"]

@@ -23,7 +23,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from .._optuna_internals import new_trial_row, rdb_backend, rdb_models, rdb_session
+from .._optuna_internals import dialect_insert, rdb_backend, rdb_models, rdb_session
 
 RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -90,20 +90,36 @@ def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: s
                  .filter(models.TrialModel.study_id == study_id,
                          models.TrialModel.state == TrialState.WAITING)
                  .order_by(models.TrialModel.trial_id).first())
-        if trial is None:
-            trial = new_trial_row(rdb, study_id, session)  # RUNNING, numbered
+        now = datetime.datetime.now()
+        if trial is None:  # numbered as Optuna numbers it: the study's trials before it (the study is locked)
+            trial = models.TrialModel(study_id=study_id, number=sum(counts[s.name.lower()] for s in TrialState),
+                                      state=TrialState.RUNNING, datetime_start=now)
+            session.add(trial)
         trial.state = TrialState.RUNNING
-        trial.datetime_start = datetime.datetime.now()
+        trial.datetime_start = now
+        session.flush()
         if rdb.get_heartbeat_interval():
             # The first heartbeat with the state: Optuna never fails a RUNNING trial that has no
             # heartbeat at all, so a worker killed right after taking it would block the study.
-            beat = models.TrialHeartbeatModel.where_trial_id(trial.trial_id, session, True)
-            if beat is None:
-                session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
-            else:
-                beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
-        session.flush()
+            _first_beat(rdb, session, models, trial.trial_id)
         return Claim(trial.trial_id, trial.number, "", counts, attrs)
+
+
+def _first_beat(rdb: optuna.storages.RDBStorage, session: Any, models: Any, trial_id: int) -> None:
+    """The trial's heartbeat, now (one upsert on SQLite and PostgreSQL; a re-queued trial's
+    slot may have one from before)."""
+    insert = dialect_insert(rdb.engine.name)
+    model = models.TrialHeartbeatModel
+    if insert is not None:
+        statement = insert(model).values(trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+        session.execute(statement.on_conflict_do_update(index_elements=[model.trial_id],
+                                                        set_={"heartbeat": statement.excluded.heartbeat}))
+        return
+    beat = model.where_trial_id(trial_id, session, True)
+    if beat is None:
+        session.add(model(trial_id=trial_id))
+    else:
+        beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
 
 
 def _refusal(counts: dict[str, int], limit: Optional[int], deadline: Optional[float],

@@ -26,6 +26,7 @@ from ._claim import Claim, StudyState, claim_in_rdb, study_state_in_rdb
 from ._sqlite import (BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, read_only_engine_kwargs, read_only_url,
                       sqlite_path)
 from ._stale import requeue
+from ._writes import write_trial_in_rdb
 from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
 
 ENV_HEARTBEAT = "AUTOBATCH_HEARTBEAT_S"
@@ -231,11 +232,14 @@ class _RetryingRDBStorage(optuna.storages.RDBStorage):
     def write_trial_attrs(self, trial_id: int, **kwargs) -> None:
         return write_in_rdb(self, trial_id, **kwargs)
 
+    def write_trial(self, study_id: int, trial_id: int, **kwargs) -> None:
+        return write_trial_in_rdb(self, study_id, trial_id, **kwargs)
+
     _local = threading.local()  # retry only at the outermost call (entry points nest)
     _warned_at = 0.0
 
 
-_OWN = ("claim_trial", "study_state", "finish_trial", "write_trial_attrs")
+_OWN = ("claim_trial", "study_state", "finish_trial", "write_trial_attrs", "write_trial")
 
 
 def _retrying(name: str):

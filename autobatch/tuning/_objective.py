@@ -20,11 +20,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import records as R
-from .._optuna_internals import cached_frozen, tell
+from .._optuna_internals import backend, cached_frozen, storage_routed, study_id, tell, trial_id, trials_from_cache
 from ..errors import AutobatchError, UserCodeError
 from ..memory import MemoryEstimate
 from ..records import EvalPoint, TrialConfig
 from ..search import VALUES, StudySpec, suggest
+from ..storage import TrialWrites, hold_writes
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialProgress, TrialStarted, TuneRun
@@ -63,12 +64,40 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
               run: Optional[TuneRun] = None, timings: Optional[dict[str, float]] = None) -> FrozenTrial:
     """Suggest a configuration, refuse it before training if it is predicted over the memory cap
     or its effective batch exceeds the training set, else train it and tell the study its result.
-    Raises ``StudyFailedError`` when the study should stop (see the module docstring)."""
+    Raises ``StudyFailedError`` when the study should stop (see the module docstring).
+
+    On SQLite and PostgreSQL the trial's writes are held and made together (``storage.TrialWrites``):
+    its parameters with its configuration before it trains, each report on its own, and its
+    results with its end (and the refit memory estimate) as one transaction. If the trial raises,
+    what it held is written before the error goes on, so that a re-queue finds its parameters."""
+    writes = hold_writes(backend(study), study_id(study), trial_id(trial))
+    if writes is None:
+        return _run_trial(study, trial, ctx, run, timings, flush=lambda: None)
+    with storage_routed(study, trial, writes):
+        try:
+            frozen = _run_trial(study, trial, ctx, run, timings, flush=writes.flush)
+        except BaseException:
+            _flush_quietly(writes)
+            raise
+        writes.flush()
+    return frozen
+
+
+def _flush_quietly(writes: TrialWrites) -> None:
+    try:
+        writes.flush()
+    except Exception:  # e.g. the database is gone, or another worker failed the trial: the caller's error goes on
+        pass
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run: Optional[TuneRun],
+               timings: Optional[dict[str, float]], flush: Callable[[], None]) -> FrozenTrial:
     timings = {} if timings is None else timings  # seconds by stage, see ``TrialFinished.timings``
     clock = time.perf_counter
     spec = ctx.spec
     started = clock()
-    config, _ = suggest(trial, spec.space, ctx.param_encoding)
+    with trials_from_cache(study):  # the sampler reads the trials the worker has just read
+        config, _ = suggest(trial, spec.space, ctx.param_encoding)
     timings["sample"] = clock() - started
     # memory: the study's latest (refit) estimate; prune before training what will not fit
     estimate = current_estimate(study, ctx.memory_model, ctx.study_attrs)
@@ -101,6 +130,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext,
             return _tell(timings, study, trial, state=TrialState.FAIL)
     started = clock()
     R.write_attrs(trial, attrs)
+    flush()  # the configuration is in the database before training: other workers and a re-queue see it
     timings["write"] = clock() - started
     if run is not None:
         run.emit(TrialStarted(number=trial.number, config=config,
