@@ -229,7 +229,7 @@ def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, mo
         assert -1 < over < 0 and t.system_attrs[R.LEGACY_CONSTRAINTS] == [over]
         assert R.MEMORY_PREDICTION_ERROR in t.user_attrs and t.user_attrs[R.MEASURED_PEAK_BYTES] > 0
     assert not any(calls[name] for name in one_each), calls
-    assert calls["set_study_user_attr"] <= 1  # the answer, once: each refit memory estimate goes with a trial's end
+    assert calls["set_study_user_attr"] <= 2  # the answer and its key, once: each refit memory estimate goes with a trial's end
     # per trial: its parameters with its configuration, each report, its results with its end
     assert calls["write_trial"] == sum(2 + len(t.intermediate_values) for t in trained)
     assert calls["get_study_user_attrs"] <= 5  # the worker's start and the answer's reads (its stored verification one); was 2 per trial
