@@ -55,8 +55,8 @@ def open_storage(url: Optional[str], *, create_tables: bool = True,
     is opened ``mode=ro``, PostgreSQL sessions are ``default_transaction_read_only``. A missing
     file or schema is ``NoStudiesError`` naming where it looked.
 
-    Connections are checked before use (``pool_pre_ping``) and a call made while the database
-    is down is retried for up to ``$AUTOBATCH_DB_RETRY_S`` (60 s), so a database restart costs
+    Connections are not pinged before use (a round trip per checkout): a call whose connection
+    turns out dead, or made while the database is down, is retried for up to ``$AUTOBATCH_DB_RETRY_S`` (60 s), so a database restart costs
     a pause, not a crash. Heartbeats are on (``$AUTOBATCH_HEARTBEAT_S``, 10 s). Processes that
     start together and race to create the schema retry until one has made it."""
     url = resolve_url(url)
@@ -68,7 +68,9 @@ def open_storage(url: Optional[str], *, create_tables: bool = True,
     create = create_tables and not read_only
     path = sqlite_path(parsed)
     target = url
-    engine_kwargs: dict = {"pool_pre_ping": True}
+    # Optuna pings every checkout on MySQL only; a dead connection fails its first statement
+    # instead, and the retry (_retrying) runs the whole call again on a fresh one.
+    engine_kwargs: dict = {"pool_pre_ping": False}
     if path is not None:
         check_file(path, shown, create=create)
         if not read_only and not os.access(path if path.exists() else path.parent, os.W_OK):
@@ -201,7 +203,7 @@ _RETRIED = (
 
 class _RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, riding out a database restart: a call whose connection is gone
-    or refused is retried (``pool_pre_ping`` hands it a fresh connection) for up to
+    or refused is retried (the pool, invalidated by the failure, hands it a fresh connection) for up to
     ``retry_s`` seconds, then raises ``StorageLostError`` naming host and port.
 
     ``shown`` is the masked URL messages use; ``read_only`` says how it was opened."""
