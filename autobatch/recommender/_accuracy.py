@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Optional
@@ -13,7 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._calibration import loo_residuals
 from ._intervals import COVERAGE, z_quantile
@@ -36,6 +37,13 @@ def accuracy_features(batch_size: Any, lr_multiplier: Any, accumulation_steps: A
     a = np.asarray(accumulation_steps, dtype=float)
     m = np.asarray(lr_multiplier, dtype=float)
     return np.column_stack([np.log2(b * a), np.log(m), np.log2(a)])
+
+
+@functools.lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    """The process's thread pools, looked up once (``threadpool_limits`` scans the loaded
+    libraries on every call: ~1.3 ms a fit). The BLAS is NumPy's and SciPy's, loaded by now."""
+    return ThreadpoolController()
 
 
 class AccuracyModel(RegressorMixin, BaseEstimator):
@@ -109,7 +117,7 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
             # One BLAS thread: the matrices are at most max_fit_points (48) wide, where a thread
             # pool's start-up and spinning cost more than the work (0.5 s against 0.07 s for a
             # 200-trial study on a busy 2-core machine, scripts/bench_speed.py).
-            with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+            with warnings.catch_warnings(), _blas().limit(limits=1, user_api="blas"):
                 warnings.simplefilter("ignore", ConvergenceWarning)  # bound hits are expected on small studies
                 self.gp_ = gp.fit(Z[subset], y[subset])
                 if len(subset) < len(y):  # hyperparameters from the subset, conditioned on all

@@ -81,9 +81,11 @@ def digest(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1)
 def code_identity() -> str:
     """autobatch's version and a SHA-256 of its source files, then ``LIBRARIES``' versions
-    (package metadata: nothing is imported)."""
+    (package metadata: nothing is imported). Once per process: the code running is the code
+    that was loaded, whatever the files say later."""
     from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__

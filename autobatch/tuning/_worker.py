@@ -302,8 +302,8 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
     try:
         yield
     finally:
-        stop.set()
-        thread.join()
+        stop.set()  # not joined: a beat in flight ends on its own (a late one for a finished
+        # trial is harmless: only RUNNING trials go stale), and joining costs ~2 ms a trial
 
 
 def _beat(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
