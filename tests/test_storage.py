@@ -240,6 +240,40 @@ def test_requeue_keeps_the_configuration_and_drops_what_the_dead_trial_measured(
     assert back.user_attrs == {R.BASELINE: "largest-fit-linear-lr"}
 
 
+
+def test_pooled_connections_the_server_dropped_are_replaced_by_the_retry(postgres_url, unique_name):
+    """Connections are not pinged at checkout: when PostgreSQL has dropped the pooled ones
+    (an idle timeout, a restart, ``pg_terminate_backend``), the next call fails on its first
+    statement and is run again on a fresh connection, a write as well as a read, each once."""
+    import sqlalchemy
+
+    storage = open_storage(postgres_url)
+    try:
+        study = optuna.create_study(study_name=unique_name, storage=storage)
+        study.set_user_attr("before", 1)
+
+        def pid() -> int:  # the server process of the pooled connection
+            with storage.engine.connect() as conn:
+                return conn.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+        pooled = {pid() for _ in range(2 * storage.engine.pool.checkedin())}  # the pool's connections (FIFO)
+        assert pooled and pid() in pooled  # reused, not new ones
+        killer = sqlalchemy.create_engine(resolve_url(postgres_url))
+        with killer.connect() as conn:  # only this test's connections: other tests' stay up
+            for dead in pooled:
+                assert conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": dead}).scalar()
+        killer.dispose()
+        study.set_user_attr("after", 2)  # a write on a dead pooled connection: retried
+        trial = study.ask()
+        study.tell(trial, 0.5)
+        assert _vanilla(postgres_url, unique_name).user_attrs == {"before": 1, "after": 2}
+        assert [t.value for t in _vanilla(postgres_url, unique_name).trials] == [0.5]  # written once
+        assert pid() not in pooled  # the dead ones were replaced
+    finally:
+        try:
+            optuna.delete_study(study_name=unique_name, storage=resolve_url(postgres_url))
+        except KeyError:
+            pass
+
 # --- secrets ---------------------------------------------------------------------------------
 
 PASSWORD = "S3cr{e}t-pw"
