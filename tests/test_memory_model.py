@@ -371,6 +371,20 @@ def test_refit_corrects_an_under_prediction_and_keeps_the_form_otherwise():
                                       "eval_bytes": None, "failed": None}]
 
 
+def test_refit_of_a_study_that_repeats_micro_batches_is_the_refit_of_its_distinct_points():
+    """A long study measures the same few micro-batches again and again: the refit, and the
+    points the attribute keeps, are those of the distinct measurements (it does not grow with
+    the trials)."""
+    truth = lambda b: 10 * MiB + 1.2 * MiB * b    # noqa: E731
+    train = Affine(fixed_bytes=10 * MiB, per_sample_bytes=1 * MiB)
+    data = probe_dict(train, cap=100 * MiB, points=[(2, train.predict(2)), (8, train.predict(8))])
+    distinct = [TrialPeaks(batch_size=b, train_bytes=truth(b), eval_batch_size=4 * b, eval_bytes=2 * MiB * b)
+                for b in (16, 64, 32)] + [TrialPeaks(batch_size=80, failed="train")]
+    repeated = [distinct[i % len(distinct)] for i in range(1000)]
+    assert refit(data, repeated) == refit(data, distinct)
+    assert [p["batch_size"] for p in refit(data, repeated)["trial_points"]] == [16, 64, 32, 80]
+
+
 def test_refit_bounds_the_batch_by_what_did_not_fit():
     train = Affine(fixed_bytes=10 * MiB, per_sample_bytes=1 * MiB)
     evaluation = Affine(fixed_bytes=5 * MiB, per_sample_bytes=0.5 * MiB)

@@ -129,10 +129,13 @@ def refit(data: dict[str, Any], trials: Iterable[TrialPeaks]) -> dict[str, Any]:
     Starting from the probe's models each time (refits do not compound): a model that
     under-predicts a trial's peak is refit with that peak added to the probe's points; a phase
     that failed (out of memory, over the cap) bounds the micro-batch (``too_big``) or the
-    evaluation batch; the evaluation limit is recomputed under the cap. The trials used are
-    kept as ``trial_points``.
+    evaluation batch; the evaluation limit is recomputed under the cap. The distinct points the
+    trials measured are kept as ``trial_points``, in the order first seen: a study repeats
+    micro-batches, and a repeated point changes nothing here (``fit`` keeps a size's largest
+    peak, the bounds are minima), so the attribute, and a refit's work, grow with the distinct
+    micro-batches tried, not with the trials.
     """
-    trials = list(trials)
+    trials = list(dict.fromkeys(trials))
     base = probe_estimate(data)
     cap = base.cap_bytes
     train = _corrected(base.train, _probe_points(data.get("points")),

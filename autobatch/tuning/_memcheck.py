@@ -5,6 +5,7 @@ so that later proposals use corrected predictions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -72,15 +73,19 @@ def measured_memory(result: TrialResult, predicted: Optional[float],
     return user, system, True
 
 
-def trial_peaks(trial: optuna.trial.FrozenTrial) -> Optional[TrialPeaks]:
-    """What a stored trial measured, or None when it measured nothing."""
-    a = trial.user_attrs
-    if a.get(R.BATCH_SIZE) is None:
-        return None
-    peaks = TrialPeaks(batch_size=int(a[R.BATCH_SIZE]), train_bytes=a.get(R.MEASURED_TRAIN_PEAK_BYTES),
-                       eval_batch_size=a.get(R.EVAL_BATCH_SIZE), eval_bytes=a.get(R.MEASURED_EVAL_PEAK_BYTES),
-                       failed=a.get(R.MEMORY_FAILED_PHASE))
-    return peaks if (peaks.train_bytes or peaks.eval_bytes or peaks.failed) else None
+def trial_peaks(trials: Iterable[optuna.trial.FrozenTrial]) -> list[TrialPeaks]:
+    """What the stored ``trials`` measured, each distinct measurement once (in the order first
+    seen; trials that measured nothing left out): a study repeats micro-batches, and a refit
+    needs each point once (``memory.refit``)."""
+    seen: dict[tuple, None] = {}
+    for trial in trials:
+        a = trial.user_attrs
+        batch = a.get(R.BATCH_SIZE)
+        if batch is not None:
+            seen[(int(batch), a.get(R.MEASURED_TRAIN_PEAK_BYTES), a.get(R.EVAL_BATCH_SIZE),
+                  a.get(R.MEASURED_EVAL_PEAK_BYTES), a.get(R.MEMORY_FAILED_PHASE))] = None
+    return [TrialPeaks(batch_size=b, train_bytes=train, eval_batch_size=eval_b, eval_bytes=evaluation, failed=failed)
+            for b, train, eval_b, evaluation, failed in seen if train or evaluation or failed]
 
 
 def refit_study_memory(study: optuna.Study, attrs: Optional[dict] = None,
@@ -93,7 +98,7 @@ def refit_study_memory(study: optuna.Study, attrs: Optional[dict] = None,
     if not data:
         return None
     trials = study.get_trials(deepcopy=False) if trials is None else trials
-    measured = [p for p in map(trial_peaks, trials) if p is not None]
+    measured = trial_peaks(trials)
     if not measured:
         return MemoryEstimate.from_dict(data)
     updated = refit(data, measured)
