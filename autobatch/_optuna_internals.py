@@ -79,27 +79,47 @@ def set_attrs_in_session(rdb: optuna.storages.RDBStorage, session: Any, trial_id
         return
     models = rdb_models()
     model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
-    statement = upsert_statement(rdb.engine.name, model.__tablename__, ("trial_id", "key"), ("value_json",))
-    if statement is None:
+    if dialect_insert(rdb.engine.name) is None:
         for key, value in attrs.items():
             rdb._set_trial_attr_without_commit(session, model, trial_id, key, value)
         return
     rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    session.execute(statement, rows)
+    upsert_rows(session, rdb.engine.name, model.__tablename__, ("trial_id", "key"), ("value_json",), rows)
+
+
+def upsert_rows(session: Any, dialect: str, table: str, keys: tuple[str, ...], updated: tuple[str, ...],
+                rows: list[dict[str, Any]]) -> None:
+    """Upsert ``rows`` (distinct ``keys``) into one of Optuna's tables inside ``session`` on
+    SQLite or PostgreSQL (``upsert_statement``). PostgreSQL gets them as one multi-row statement:
+    one round trip, where an executemany of the upsert is a statement per row (psycopg2 sends
+    each; SQLAlchemy's "insertmanyvalues" batching does not take ``ON CONFLICT``). SQLite gets
+    the cached statement with the list of rows (sqlite3's executemany, in process)."""
+    if not rows:
+        return
+    if dialect == "postgresql" and len(rows) > 1:
+        session.execute(_upsert(dialect, table, keys, updated, rows))
+    else:
+        session.execute(upsert_statement(dialect, table, keys, updated), rows)
 
 
 @functools.lru_cache(maxsize=None)
 def upsert_statement(dialect: str, table: str, keys: tuple[str, ...], updated: tuple[str, ...]) -> Any:
     """``INSERT INTO table ... ON CONFLICT (keys) DO UPDATE SET updated`` (``DO NOTHING`` when
     ``updated`` is empty) for one of Optuna's tables on SQLite or PostgreSQL, None on another
-    database. Built once and executed with a list of rows (SQLAlchemy's executemany: its compiled
-    form is cached, and PostgreSQL gets one multi-row statement), instead of building and compiling
-    a statement with the rows' values each time."""
-    insert = dialect_insert(dialect)
-    if insert is None:
+    database. Built once and executed with a row or a list of rows (its compiled form is cached),
+    instead of building and compiling a statement with the rows' values each time."""
+    if dialect_insert(dialect) is None:
         return None
+    return _upsert(dialect, table, keys, updated)
+
+
+def _upsert(dialect: str, table: str, keys: tuple[str, ...], updated: tuple[str, ...],
+            rows: "list[dict[str, Any]] | None" = None) -> Any:
+    """The upsert of ``upsert_statement``, with ``rows`` as its multi-row ``VALUES`` when given."""
     target = rdb_models().BaseModel.metadata.tables[table]
-    statement = insert(target)
+    statement = dialect_insert(dialect)(target)
+    if rows is not None:
+        statement = statement.values(rows)
     index = [target.c[k] for k in keys]
     if not updated:
         return statement.on_conflict_do_nothing(index_elements=index)

@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution, check_distribution_compatibil
 from optuna.trial import TrialState
 
 from .._optuna_internals import (dialect_insert, known_distribution, rdb_backend, rdb_models, rdb_session,
-                                 remember_distribution, set_attrs_in_session, trial_end_assignment,
+                                 remember_distribution, set_attrs_in_session, trial_end_assignment, upsert_rows,
                                  upsert_statement)
 
 UPDATABLE = (TrialState.RUNNING, TrialState.WAITING)  # Optuna refuses writes to a finished trial only
@@ -163,7 +163,8 @@ def write_trial_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, trial_id:
     and an intermediate value or the trial's end (``state``, ``values``). The trial's state is
     checked first, by the statement that changes it where there is one (raises
     ``UpdateFinishedTrialError`` for a finished trial, ``KeyError`` for none). SQLite or
-    PostgreSQL only; each statement is built once (``upsert_statement``, ``_guarded``)."""
+    PostgreSQL only; each statement is built once (``upsert_statement``, ``_guarded``), the rows
+    of a table go in one statement (``upsert_rows``)."""
     models, dialect = rdb_models(), rdb.engine.name
     only_report = intermediate is not None and not (params or user_attrs or system_attrs or study_attrs)
     with rdb_session(rdb) as session:
@@ -184,16 +185,14 @@ def write_trial_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, trial_id:
         set_attrs_in_session(rdb, session, trial_id, system_attrs, system=True)
         if study_attrs:
             rows = [{"study_id": study_id, "key": k, "value_json": json.dumps(v)} for k, v in study_attrs.items()]
-            session.execute(upsert_statement(dialect, "study_user_attributes", ("study_id", "key"), ("value_json",)),
-                            rows)
+            upsert_rows(session, dialect, "study_user_attributes", ("study_id", "key"), ("value_json",), rows)
         if intermediate is not None:
             session.execute(upsert_statement(dialect, "trial_intermediate_values", ("trial_id", "step"),
                                              ("intermediate_value", "intermediate_value_type")),
                             [_intermediate_row(models, trial_id, *intermediate)])
         if values:
             rows = [_value_row(models, trial_id, objective, value) for objective, value in enumerate(values)]
-            session.execute(upsert_statement(dialect, "trial_values", ("trial_id", "objective"), ("value", "value_type")),
-                            rows)
+            upsert_rows(session, dialect, "trial_values", ("trial_id", "objective"), ("value", "value_type"), rows)
 
 
 def _refuse(session: Any, models: Any, rdb: optuna.storages.RDBStorage, trial_id: int) -> None:
@@ -251,7 +250,7 @@ def _insert_params(session: Any, models: Any, dialect: str, study_id: int, trial
             check_distribution_compatibility(dist, params[name][1])
     rows = [{"trial_id": trial_id, "param_name": name, "param_value": internal,
              "distribution_json": distribution_to_json(dist)} for name, (internal, dist) in params.items()]
-    session.execute(upsert_statement(dialect, "trial_params", ("trial_id", "param_name"), ()), rows)
+    upsert_rows(session, dialect, "trial_params", ("trial_id", "param_name"), (), rows)
 
 
 def _intermediate_row(models: Any, trial_id: int, step: int, value: float) -> dict[str, Any]:
