@@ -98,7 +98,7 @@ def real_study_coverage(quick: bool, out_dir: pathlib.Path) -> dict[str, Any]:
         model = build_model(spec.model, num_classes=spec.num_classes, input_shape=spec.input_shape)
         result = train_trial(model, workload, config, train_samples=spec.train_samples,
                              checkpoints=spec.eval_points, device=torch.device("cpu"), seed=seed)
-        return {"val_accuracy": result.final_accuracy, "epoch_time_s": spec.train_size / result.throughput,
+        return {"val_accuracy": result.final_metric, "epoch_time_s": spec.train_size / result.throughput,
                 "peak_bytes": result.measured_peak_bytes}
 
     coverage = retrain_coverage(rec, train_fn, list(seeds))
@@ -148,10 +148,11 @@ def synthetic_frame(law: dict[str, float], n: int, rng: np.random.Generator) -> 
         "learning_rate": [SPEC.space.learning_rate(x, e) for x, e in zip(m, a * b)],
         "lr_multiplier": m, "throughput": out["throughput"], "epoch_time_s": out["epoch_time_s"],
         "measured_peak_bytes": out["peak_bytes"], "predicted_peak_bytes": np.nan,
+        "val_metric": out["val_accuracy"], "best_val_metric": out["val_accuracy"],
         "val_accuracy": out["val_accuracy"], "best_val_accuracy": out["val_accuracy"],
         "stop_reason": R.STOP_COMPLETED, "baseline": None,
-        "samples_seen": pd.array([SPEC.train_size] * n, dtype="Int64"),
-        "curve": [[] for _ in range(n)]})
+        "samples_seen": pd.array([SPEC.train_size] * n, dtype="Int64"), "device": "cpu",
+        "curve": [[] for _ in range(n)]}, columns=list(R.COLUMNS))  # the table read_trials gives
 
 
 def inside(value: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:

@@ -253,6 +253,8 @@ COMPONENTS = (
     ("optuna.trial.Trial", "report", "report + pruner"),
     ("optuna.trial.Trial", "should_prune", "report + pruner"),
     ("autobatch.tuning._tune", "recommend_study", "final answer: trade-off model fit"),
+    # the refit that confirms the verified answer is what a fit gives (``confirmed_key``)
+    ("autobatch.recommender._api", "recommend_study", "final answer: trade-off model fit"),
     ("autobatch.tuning._tune", "publish", "final answer: stored + dashboard note"),
     ("autobatch.tuning._tune", "verify_answer", "verification: bookkeeping"),
     ("autobatch.tuning._verify", "build_model", "model building"),
