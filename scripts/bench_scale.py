@@ -15,7 +15,7 @@ Inside each worker process (``--worker LOG``, which installs ``Meter`` and then 
 SQLAlchemy's pool (every Optuna/autobatch storage call holds one for its statements and commit;
 the heartbeat thread is left out), *sampler* the TPE sampler's own methods (its storage reads
 taken out), *pruner* ``SnapshotPruner.prune`` (likewise); each in wall and thread-CPU seconds,
-with SQL statements and commits. Per trial: from the end of the previous trial's event to the
+with SQL statements (as the database runs them: an executemany counts each row) and commits. Per trial: from the end of the previous trial's event to the
 end of this one (the claim, the trial, its ``tell``, the progress counts). *Outside*: the
 trial's ``TrialFinished.overhead_seconds`` (its wall time less training and evaluation). A
 worker's first trial also reads the whole study into Optuna's cache: it is shown apart.
@@ -120,9 +120,11 @@ class Meter:
 
         sql_log = os.environ.get("BENCH_SCALE_SQL_LOG")  # a file to write each statement to
 
-        def statement(_conn, _cursor, text, *_args, **_kwargs) -> None:
+        from bench_storage import statements_run
+
+        def statement(_conn, _cursor, text, parameters, _context, executemany) -> None:
             if self._on_main():
-                self.total["statements"] += 1
+                self.total["statements"] += statements_run(parameters, executemany)
                 if sql_log:
                     with open(sql_log, "a") as out:
                         out.write(" ".join(text.split())[:120] + "\n")

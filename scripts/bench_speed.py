@@ -212,9 +212,12 @@ class Breakdown:
 
         log = os.environ.get("BENCH_SPEED_SQL_LOG")  # a file to write each statement's component to
 
-        def statement(_conn, _cursor, text, *_args, **_kwargs) -> None:
+        from bench_storage import statements_run
+
+        def statement(_conn, _cursor, text, parameters, _context, executemany) -> None:
             if threading.current_thread() is main:
-                self.statements[self.label()] = self.statements.get(self.label(), 0) + 1
+                self.statements[self.label()] = (self.statements.get(self.label(), 0)
+                                                 + statements_run(parameters, executemany))
                 if log:
                     with open(log, "a") as out:
                         out.write(f"{self.label()}\t{' '.join(text.split())[:150]}\n")
@@ -426,7 +429,8 @@ def render_tune(rows: dict[str, list[dict]]) -> list[str]:
              "in CPU seconds is given beside them: the process's CPU time less the probes' and the trainer's "
              "(each `train_trial` call's thread CPU time, its set-up and memory profiling included, so this "
              "share is a lower bound). Statements and commits per trial: SQLAlchemy engine events on the "
-             "main thread from the study being ready to the end (the final answer's reads included). "
+             "main thread from the study being ready to the end (the final answer's reads included), "
+             "statements as the database runs them (an executemany counts each row: psycopg2 sends each). "
              "*before* = the main branch this work started from, measured the same way (`$AUTOBATCH_BENCH_BEFORE`).", "",
              "| code | storage | trials | wall s | probes s | imports at first use s | training + evaluation s | "
              "outside s | outside per trial, ms | outside / (training + evaluation) (goal ≤25%) | the same, "

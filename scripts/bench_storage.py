@@ -7,7 +7,8 @@ Measured, per trial, on real ``tune`` runs (in-process) and real ``autobatch wor
 
 - *statements* and *commits*: SQLAlchemy's own engine events (``before_cursor_execute``,
   ``commit``), the worker's main thread, from the study being ready to its last trial (read
-  transactions commit too, and count);
+  transactions commit too, and count); statements as the database runs them (an executemany
+  counts each row, ``statements_run``);
 - *storage ms*: seconds inside the storage's entry points (every Optuna RDB call, autobatch's
   claim and one-transaction writes) on the main thread, each timed by a wrapper;
 - *overhead ms*: the issue's definition: the run's wall time less the probe and the trials' own
@@ -43,8 +44,15 @@ DEFAULT_PG = os.environ.get("AUTOBATCH_TEST_POSTGRES", "postgresql://postgres@12
 
 # --- instrumentation ------------------------------------------------------------------------------
 
+def statements_run(parameters, executemany: bool) -> int:
+    """Statements the database runs for one ``before_cursor_execute`` event: an executemany runs
+    its statement once per row (psycopg2 sends each, a round trip apiece)."""
+    return len(parameters) if executemany and parameters else 1
+
+
 class Meter:
-    """Counts statements and commits (SQLAlchemy engine events) and times storage entry points,
+    """Counts statements (as the database runs them: ``statements_run``) and commits (SQLAlchemy
+    engine events) and times storage entry points,
     for the main thread, while ``on`` is set."""
 
     def __init__(self) -> None:
@@ -61,9 +69,9 @@ class Meter:
 
         main = threading.main_thread()
 
-        def statement(*_args, **_kwargs) -> None:
+        def statement(_conn, _cursor, _text, parameters, _context, executemany) -> None:
             if self.on and threading.current_thread() is main:
-                self.statements += 1
+                self.statements += statements_run(parameters, executemany)
 
         def commit(*_args) -> None:
             if self.on and threading.current_thread() is main:
