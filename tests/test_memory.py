@@ -11,7 +11,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from autobatch import memory
-from autobatch.errors import AutobatchError
+from autobatch.errors import AutobatchError, UserCodeError
 from autobatch.memory._measure import _cpu_allocations
 from autobatch.recipe import TrainRecipe
 from autobatch.train import eval_runner, step_runner
@@ -25,6 +25,7 @@ from autobatch.memory import (
     probe,
     running_peak,
 )
+from tests import userland
 from tests.conftest import REPO
 
 MiB = 2**20
@@ -236,6 +237,32 @@ def test_cpu_allocation_failure_is_out_of_memory_and_bisected():
     assert 8 <= result.max_batch_size <= 20 and result.estimate.too_big <= 32
     assert result.boundary == result.max_batch_size and result.boundary in sizes  # measured, not guessed
     assert all(p.fits for p in result.points if p.batch_size <= 20)
+
+
+def test_a_size_the_users_code_refuses_bounds_the_probe_like_out_of_memory():
+    model = userland.SizeLimited(3 * 16 * 16, 10, limit=20)
+    result = probe(runner(model), device=CPU, cap_bytes=2**40, space_max=256, run_eval=eval_run(model))
+    sizes = [p.batch_size for p in result.points]
+    assert sizes[:3] == [2, 8, 32] and result.points[2].peak_bytes is None and len(sizes) <= 5
+    refused = result.refused
+    assert refused is not None and refused.batch_size > 20 and not refused.fits
+    assert refused.refused == ("forward of SizeLimited raised RuntimeError: "
+                               "batch too big for my custom kernel (> 20)")  # the first line only
+    assert 8 <= result.max_batch_size <= 20 and result.estimate.too_big <= refused.batch_size
+    assert all(p.fits for p in result.points if p.batch_size <= 20)
+    assert result.estimate.eval_max_batch_size <= 20 and result.eval_refused is not None  # evaluation too
+    stored = MemoryEstimate.from_dict(result.to_dict())  # the study attribute keeps why
+    assert stored.refused_batch_size == refused.batch_size and stored.refused_reason == refused.refused
+    assert stored.refusal(refused.batch_size - 1) is None
+    assert refused.refused in stored.refusal(256)
+    refit_data = memory.refit(result.to_dict(), [memory.TrialPeaks(batch_size=8, train_bytes=1.0)])
+    assert MemoryEstimate.from_dict(refit_data).refused_batch_size == refused.batch_size
+
+
+def test_a_model_that_fails_at_the_first_size_still_raises_its_one_line():
+    model = userland.SizeLimited(3 * 16 * 16, 10, limit=1)
+    with pytest.raises(UserCodeError, match="batch too big for my custom kernel"):
+        probe(runner(model), device=CPU, cap_bytes=2**40, space_max=256)
 
 
 def test_out_of_memory_classifier():

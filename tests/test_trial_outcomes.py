@@ -1,6 +1,8 @@
 """Infeasible is a result, not a crash; the user's errors fail their trial (never re-queued) and
 stop a study where everything fails; a micro-batch never exceeds the data; the step hook trains."""
 
+import dataclasses
+
 import optuna
 import pytest
 import torch
@@ -8,6 +10,7 @@ from optuna.trial import TrialState
 
 from autobatch import records as R
 from autobatch.errors import AutobatchError
+from autobatch.memory import Affine, MemoryEstimate
 from autobatch.records import TrialConfig
 from autobatch.search import SearchSpace, StudySpec, fit_space_to_data, params_for
 from autobatch.train import eval_points, measure_throughput, train_trial
@@ -58,6 +61,23 @@ def test_an_effective_batch_beyond_the_data_is_refused_before_training(blobs):
     _, frozen = _run(ctx, 16, 2)
     assert frozen.state == TrialState.PRUNED and frozen.user_attrs[R.SAMPLES_SEEN] == 0
     assert "effective batch 32 (16 x 2) exceeds the 20 training samples" in frozen.user_attrs[R.STOP_DETAIL]
+
+
+def test_a_micro_batch_the_model_refused_in_the_probe_is_infeasible_before_training(blobs):
+    refusal = "forward of SizeLimited raised RuntimeError: batch too big for my custom kernel (> 24)"
+    small = Affine(fixed_bytes=1000.0, per_sample_bytes=10.0)
+    estimate = MemoryEstimate(train=small, eval=small, eval_max_batch_size=24, cap_bytes=2**30,  # as the probe
+                              too_big=21, refused_batch_size=32, refused_reason=refusal)       # leaves it
+    ctx = dataclasses.replace(_context(blobs, model="tests.userland:size_limited", max_memory_bytes=2**30),
+                              memory_model=estimate)
+    study, frozen = _run(ctx, 64)
+    assert frozen.state == TrialState.PRUNED and frozen.user_attrs[R.SAMPLES_SEEN] == 0
+    assert frozen.user_attrs[R.STOP_REASON] == R.STOP_INFEASIBLE and frozen.constraints["trainable"] > 0
+    assert frozen.user_attrs[R.STOP_DETAIL] == ("micro-batch 64 cannot train this model: micro-batch 32 raised in "
+                                                f"the probe: {refusal}; refused before training")
+    assert R.USER_ERROR not in frozen.user_attrs  # not a failure of the user's code: the study goes on
+    study.enqueue_trial(params_for(SPACE, batch_size=16, accumulation_steps=1, multiplier=1.0))
+    assert run_trial(study, study.ask(), ctx).state == TrialState.COMPLETE
 
 
 def test_fit_space_to_data_keeps_micro_batches_within_the_training_set():

@@ -10,6 +10,7 @@ import torch
 from optuna.trial import TrialState
 
 import autobatch
+from autobatch import records as R
 from autobatch.errors import AutobatchError
 from tests import userland
 from tests.conftest import LEAN, run_cli
@@ -72,6 +73,33 @@ def test_the_users_errors_are_one_line_with_exit_2_and_a_traceback_only_when_ask
     _one_line(proc, "forward of BrokenForward", "raised ValueError: shapes do not match in my_layer")
     debug = run_cli(*args, "--model", "tests.userland:broken_forward", "--debug", cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "in forward" in debug.stderr
+
+
+def test_a_micro_batch_the_model_refuses_bounds_the_study_which_goes_on(tmp_path, sqlite_url):
+    # tests.userland:size_limited raises above 24 samples, as a custom kernel's limit would
+    proc = run_cli("tune", "--model", "tests.userland:size_limited", "--dataset", "tests.userland:blobs_dataset",
+                   *QUICK, "--n-trials", "6", "--seed", "0", "--storage", sqlite_url, "--study-name", "limited",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    told = [line for line in proc.stderr.splitlines() if "cannot train this model" in line]
+    assert len(told) == 1, proc.stderr
+    assert told[0].startswith("micro-batch ") and told[0].endswith(
+        "(forward of SizeLimited raised RuntimeError: batch too big for my custom kernel (> 24)); "
+        "larger micro-batches are not tried")
+    assert "kernel.cu" not in proc.stderr and "out of memory" not in proc.stderr
+    study = optuna.load_study(study_name="limited", storage=sqlite_url)
+    estimate = study.user_attrs[R.STUDY_MEMORY_MODEL]
+    refused = estimate["refused_batch_size"]
+    assert 24 < refused and estimate["max_batch_size"] <= 24
+    assert _completed(sqlite_url, "limited")
+    over = [t for t in study.trials if t.user_attrs[R.BATCH_SIZE] >= refused]
+    assert over  # the sampler proposed such sizes: each is infeasible with the reason, never trained
+    for t in over:
+        assert t.user_attrs[R.STOP_REASON] == R.STOP_INFEASIBLE and t.user_attrs[R.SAMPLES_SEEN] == 0
+        assert "batch too big for my custom kernel" in t.user_attrs[R.STOP_DETAIL]
+    shown = run_cli("probe", "--model", "tests.userland:size_limited", "--dataset", "tests.userland:blobs_dataset",
+                    "--device", "cpu", cwd=tmp_path)
+    assert shown.returncode == 0 and f"  refused          micro-batch {refused} cannot train" in shown.stdout
 
 
 def _main(capsys, *argv):

@@ -141,6 +141,23 @@ def bn_model(num_classes, input_shape):
                          nn.ReLU(), nn.Linear(16, num_classes))
 
 
+class SizeLimited(nn.Module):
+    """A custom kernel's limit: raises for more than ``limit`` samples (training or evaluation)."""
+
+    def __init__(self, features, num_classes, limit):
+        super().__init__()
+        self.linear, self.limit = nn.Linear(features, num_classes), limit
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise RuntimeError(f"batch too big for my custom kernel (> {self.limit})\nsee kernel.cu:42")
+        return self.linear(x.flatten(1))
+
+
+def size_limited(num_classes, input_shape):
+    return SizeLimited(int(torch.tensor(input_shape).prod()), num_classes, limit=24)
+
+
 def broken_factory(num_classes, input_shape):
     raise RuntimeError("cannot build: weights file missing")
 

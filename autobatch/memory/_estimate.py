@@ -37,8 +37,11 @@ class MemoryEstimate:
     ``eval_batch(b) = min(EVAL_BATCH_FACTOR * b, eval_max_batch_size)``: the evaluation batch
     is chosen to fit under the cap, so the cap binds the training step. ``too_big`` is the
     smallest micro-batch not to train, whatever the model says: one the probe or a trial found
-    not to fit (out of memory or over the cap), or, when the model cannot see such a failure,
-    the one above the largest size the probe measured to fit.
+    not to fit (out of memory or over the cap) or that the user's code refused (it raised there
+    after smaller sizes trained), or, when the model cannot see such a failure, the one above the
+    largest size the probe measured to fit. ``refused_batch_size`` is the smallest micro-batch the
+    user's code refused and ``refused_reason`` its one line (``UserCodeError``'s message): a
+    micro-batch from there up cannot train, whatever the memory.
     """
 
     train: MemoryModel
@@ -46,6 +49,15 @@ class MemoryEstimate:
     eval_max_batch_size: Optional[int] = None
     cap_bytes: Optional[int] = None
     too_big: Optional[int] = None
+    refused_batch_size: Optional[int] = None
+    refused_reason: Optional[str] = None
+
+    def refusal(self, batch_size: int) -> Optional[str]:
+        """Why micro-batch ``batch_size`` cannot train this model (the user's code refused it or a
+        smaller size), or None."""
+        if self.refused_batch_size is None or batch_size < self.refused_batch_size:
+            return None
+        return f"micro-batch {self.refused_batch_size} raised in the probe: {self.refused_reason}"
 
     def eval_batch(self, batch_size: int) -> int:
         limit = self.eval_max_batch_size or UNBOUNDED_BATCH_SIZE
@@ -77,7 +89,8 @@ class MemoryEstimate:
         return cls(train=MemoryModel.from_dict(data),
                    eval=MemoryModel.from_dict(evaluation) if evaluation else None,
                    eval_max_batch_size=data.get("eval_max_batch_size"),
-                   cap_bytes=data.get("cap_bytes"), too_big=data.get("too_big"))
+                   cap_bytes=data.get("cap_bytes"), too_big=data.get("too_big"),
+                   refused_batch_size=data.get("refused_batch_size"), refused_reason=data.get("refused_reason"))
 
 
 def store_models(data: dict[str, Any], estimate: MemoryEstimate) -> dict[str, Any]:
@@ -88,6 +101,7 @@ def store_models(data: dict[str, Any], estimate: MemoryEstimate) -> dict[str, An
     out.update(eval_model=estimate.eval.to_dict() if estimate.eval else None,
                eval_max_batch_size=estimate.eval_max_batch_size, eval_batch_factor=EVAL_BATCH_FACTOR,
                cap_bytes=estimate.cap_bytes, too_big=estimate.too_big,
+               refused_batch_size=estimate.refused_batch_size, refused_reason=estimate.refused_reason,
                max_batch_size=estimate.max_batch_size())
     return out
 
@@ -119,7 +133,9 @@ def probe_estimate(data: dict[str, Any]) -> MemoryEstimate:
     return MemoryEstimate(train=MemoryModel.from_dict(probe["train"]),
                           eval=MemoryModel.from_dict(probe["eval"]) if probe.get("eval") else None,
                           eval_max_batch_size=probe.get("eval_max_batch_size"),
-                          cap_bytes=data.get("cap_bytes"), too_big=probe.get("too_big"))
+                          cap_bytes=data.get("cap_bytes"), too_big=probe.get("too_big"),
+                          refused_batch_size=data.get("refused_batch_size"),
+                          refused_reason=data.get("refused_reason"))
 
 
 def refit(data: dict[str, Any], trials: Iterable[TrialPeaks]) -> dict[str, Any]:
@@ -152,8 +168,8 @@ def refit(data: dict[str, Any], trials: Iterable[TrialPeaks]) -> dict[str, Any]:
         eval_max = max(1, min(limits)) if limits else None
     too_big = min([t.batch_size for t in trials if t.failed == "train"]
                   + ([base.too_big] if base.too_big else []), default=None)
-    estimate = MemoryEstimate(train=train, eval=evaluation, eval_max_batch_size=eval_max,
-                              cap_bytes=cap, too_big=too_big)
+    estimate = dataclasses.replace(base, train=train, eval=evaluation, eval_max_batch_size=eval_max,
+                                   too_big=too_big)
     out = store_models(data, estimate)
     out["trial_points"] = [dataclasses.asdict(t) for t in trials]
     return out

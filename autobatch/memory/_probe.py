@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,15 +37,21 @@ class ProbePoint:
     """One measured batch size. Bytes are the growth over what was live before."""
 
     batch_size: int
-    peak_bytes: Optional[int]       # tensor bytes; None when it did not fit (out of memory)
+    peak_bytes: Optional[int]       # tensor bytes; None when it did not fit (out of memory) or was refused
     reserved_bytes: Optional[int]   # CUDA allocator's reserved growth; None on CPU
     fits: bool
     seconds: float
     rss_bytes: Optional[int] = None  # CPU: the process's peak resident set during it (all of it)
     phase: str = "train"            # "train" (training steps) or "eval" (evaluation batch)
+    refused: Optional[str] = None   # the user's code raised at this size (after smaller ones ran): its line
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def smallest_refused(points: Sequence[ProbePoint]) -> Optional[ProbePoint]:
+    """The smallest size the user's code refused (``ProbePoint.refused``), or None."""
+    return min((p for p in points if p.refused), key=lambda p: p.batch_size, default=None)
 
 
 OnPoint = Callable[[ProbePoint, ProbeStep], None]  # progress: the point and the plan after it
@@ -125,6 +131,17 @@ class ProbeResult:
     @property
     def max_batch_size(self) -> Optional[int]:
         return self.estimate.max_batch_size()
+
+    @property
+    def refused(self) -> Optional[ProbePoint]:
+        """The smallest micro-batch the user's code refused (raised at, after smaller ones
+        trained), or None."""
+        return smallest_refused(self.points)
+
+    @property
+    def eval_refused(self) -> Optional[ProbePoint]:
+        """The smallest evaluation batch the user's code refused, or None."""
+        return smallest_refused(self.eval_points)
 
     @property
     def per_sample_bytes(self) -> float:
@@ -207,21 +224,40 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
     plan from batch ``2 * EVAL_BATCH_FACTOR`` up to ``EVAL_BATCH_FACTOR * boundary`` (at most
     ``eval_space_max``, the validation set); the evaluation batch of a micro-batch ``b`` is then
     ``min(EVAL_BATCH_FACTOR * b, the largest evaluation batch under the cap)``. ``on_point`` sees
-    every measurement with the plan after it. ``AutobatchError`` when not even batch 1 fits.
+    every measurement with the plan after it. A size at which the user's code raises
+    (``UserCodeError``) after smaller sizes of the phase ran is refused like one out of memory:
+    the point has ``refused`` (the error's line), the plan bisects below it, and the estimate
+    keeps the smallest refused micro-batch and why (``refused_batch_size``, ``refused_reason``).
+    ``AutobatchError`` when not even batch 1 fits; the ``UserCodeError`` itself when the
+    phase's first size raised.
     """
     start = time.perf_counter()
     device = torch.device(device)
 
     def measure(runner: StepRunner, phase: str) -> Callable[[int], ProbePoint]:
+        ran: list[int] = []  # sizes of this phase that ran
+
         def one(size: int) -> ProbePoint:
+            begun = time.perf_counter()
             try:
-                return measure_step_peak(runner, batch_size=size, device=device, phase=phase)
+                point = measure_step_peak(runner, batch_size=size, device=device, phase=phase)
             except Exception as exc:
-                if size > 1:
-                    raise
-                # e.g. BatchNorm cannot train on one sample: the cap leaves nothing measurable
-                raise AutobatchError(f"batch 2 does not fit under the cap and batch 1 cannot run "
-                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+                if not (isinstance(exc, UserCodeError) and any(b < size for b in ran)):
+                    if size > 1:
+                        raise
+                    # e.g. BatchNorm cannot train on one sample: the cap leaves nothing measurable
+                    raise AutobatchError(f"batch 2 does not fit under the cap and batch 1 cannot run "
+                                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+                # The user's code refuses this size after smaller ones ran (a kernel's or an
+                # assertion's limit): a bound like an out-of-memory, which the caller tells once.
+                refused = str(exc)
+            else:
+                if point.fits:
+                    ran.append(size)
+                return point
+            gc.collect()  # the exception's frames held the copy (the next measurement releases CUDA's cache)
+            return ProbePoint(batch_size=size, peak_bytes=None, reserved_bytes=None, fits=False,
+                              seconds=time.perf_counter() - begun, phase=phase, refused=refused)
         return one
 
     train = _run_plan(measure(run_steps, "train"), on_point, cap_bytes, space_max=space_max,
@@ -230,7 +266,10 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
         raise _nothing_fits(train, cap_bytes, device, "micro-batch")
     boundary = train.step.boundary
     at_boundary = next((p for p in train.points if p.batch_size == boundary and p.fits), None)
-    estimate = MemoryEstimate(train=train.model, cap_bytes=cap_bytes, too_big=train.too_big)
+    refused = smallest_refused(train.points)
+    estimate = MemoryEstimate(train=train.model, cap_bytes=cap_bytes, too_big=train.too_big,
+                              refused_batch_size=refused.batch_size if refused else None,
+                              refused_reason=refused.refused if refused else None)
     evaluation = None
     eval_note = None
     try:

@@ -38,19 +38,20 @@ class ProbeProgress:
 
     phase: str                         # "train" (training steps) or "eval" (evaluation batch)
     batch_size: int
-    peak_bytes: Optional[int]          # tensor bytes; None: out of memory
+    peak_bytes: Optional[int]          # tensor bytes; None: out of memory, or refused
     rss_bytes: Optional[int]           # CPU: the process's peak resident set during it
     seconds: float
     model: Optional[MemoryModel]       # fit so far (None before 2 sizes)
     boundary: int                      # the largest batch the fit says the study will use
     next_size: Optional[int]           # the next size to measure; None: this phase is done
+    refused: Optional[str] = None      # the user's code raised at this size: its line
 
     @classmethod
     def of(cls, point: ProbePoint, step: ProbeStep) -> "ProbeProgress":
         """The event for ``probe``'s ``on_point(point, step)``."""
         return cls(phase=point.phase, batch_size=point.batch_size, peak_bytes=point.peak_bytes,
                    rss_bytes=point.rss_bytes, seconds=point.seconds, model=step.model,
-                   boundary=step.boundary, next_size=step.next_size)
+                   boundary=step.boundary, next_size=step.next_size, refused=point.refused)
 
 
 @dataclass(frozen=True, kw_only=True)

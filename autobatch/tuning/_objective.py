@@ -2,9 +2,10 @@
 axis, tell.
 
 Infeasible is a result, not a crash: a configuration whose effective batch exceeds the training
-set is refused before it trains, and one whose first step raised (a micro-batch the model
-cannot train, e.g. BatchNorm at 1) is recorded as ``infeasible`` with the exception's line; both
-are told to the sampler as a violated constraint and the study goes on. The user's code raising
+set, or whose micro-batch the user's code refused in the probe (it raised there after smaller
+sizes trained), is refused before it trains, and one whose first step raised (a micro-batch the
+model cannot train, e.g. BatchNorm at 1) is recorded as ``infeasible`` with the exception's line;
+all are told to the sampler as a violated constraint and the study goes on. The user's code raising
 later fails the trial with its reason (never re-queued). When every trial so far failed through
 the user's code (``FAILURES_TO_STOP`` in a row, none completed), the study stops with that line.
 """
@@ -104,6 +105,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run:
     predicted = estimate.predict(config.batch_size) if estimate else None
     attrs = R.configuration_attrs(config, device=str(ctx.device), predicted_peak_bytes=predicted)
     cap = spec.max_memory_bytes
+    refusal = estimate.refusal(config.batch_size) if estimate else None
+    if refusal is not None:  # the user's code raised at this size in the probe: it cannot train
+        return _refuse(timings, study, trial, attrs, predicted, cap,
+                       f"micro-batch {config.batch_size} cannot train this model: {refusal}; refused before training")
     why = over_memory(estimate, config.batch_size, cap)
     if why is not None:  # never trained: pruned before its first step, the sampler told why
         R.set_memory_constraint(trial, why.over)
@@ -113,14 +118,10 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run:
         return _tell(timings, study, trial, state=TrialState.PRUNED)
     attrs[R.MEMORY_ACTION] = "none"
     if spec.train_size and config.effective_batch_size > spec.train_size:
-        R.set_memory_constraint(trial, (predicted - cap) / cap if predicted and cap else 0.0)
-        attrs.update({R.STOP_REASON: R.STOP_INFEASIBLE, R.SAMPLES_SEEN: 0,
-                      R.STOP_DETAIL: f"effective batch {config.effective_batch_size} ({config.batch_size} x "
-                                     f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
-                                     "refused before training"})
-        R.write_attrs(trial, _readable(trial, attrs))
-        R.set_infeasible(trial)
-        return _tell(timings, study, trial, state=TrialState.PRUNED)
+        return _refuse(timings, study, trial, attrs, predicted, cap,
+                       f"effective batch {config.effective_batch_size} ({config.batch_size} x "
+                       f"{config.accumulation_steps}) exceeds the {spec.train_size} training samples: "
+                       "refused before training")
     if ctx.deadline is not None and ctx.trial_seconds is not None:
         needed, left = ctx.trial_seconds(config), ctx.deadline - time.time()
         if needed > left:  # it would be cut off: no result, and the time is better left unused
@@ -194,6 +195,18 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run:
         return _failed(study, _tell(timings, study, trial, state=TrialState.PRUNED))
     if result.stop_reason == R.STOP_ERROR:
         return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
+    return _tell(timings, study, trial, state=TrialState.PRUNED)
+
+
+def _refuse(timings: dict[str, float], study: optuna.Study, trial: optuna.Trial, attrs: dict,
+            predicted: Optional[float], cap: Optional[int], detail: str) -> FrozenTrial:
+    """End ``trial`` before training as ``infeasible`` with ``detail`` (a violated constraint for
+    the sampler); not a failure of the user's code, so it never stops the study."""
+    R.set_memory_constraint(trial, (predicted - cap) / cap if predicted and cap else 0.0)
+    attrs.setdefault(R.MEMORY_ACTION, "none")
+    attrs.update({R.STOP_REASON: R.STOP_INFEASIBLE, R.SAMPLES_SEEN: 0, R.STOP_DETAIL: detail})
+    R.write_attrs(trial, _readable(trial, attrs))
+    R.set_infeasible(trial)
     return _tell(timings, study, trial, state=TrialState.PRUNED)
 
 

@@ -69,7 +69,8 @@ def trial_line(event: TrialFinished) -> str:
 def probe_line(event: ProbeProgress) -> str:
     """``  probe train b=32: 12.0 MiB (RSS +13.1 MiB) 0.4s | fit: ... | next 128``"""
     what = "training step" if event.phase == "train" else "evaluation"
-    peak = "out of memory" if event.peak_bytes is None else format_bytes(event.peak_bytes)
+    peak = ("refused by the model" if event.refused else "out of memory" if event.peak_bytes is None
+            else format_bytes(event.peak_bytes))
     rss = f" (process RSS {format_bytes(event.rss_bytes)})" if event.rss_bytes is not None else ""
     fit = f" | fit: {event.model.describe()}" if event.model is not None else ""
     nxt = f" | next {event.next_size}" if event.next_size else f" | done, up to {event.boundary}"
@@ -96,6 +97,12 @@ def probe_done_lines(event: ProbeDone) -> str:
     return "\n".join(lines)
 
 
+def refused_line(batch_size: int, reason: str) -> str:
+    """What to tell once about the smallest micro-batch the user's code refused (``reason``: the
+    ``UserCodeError``'s line)."""
+    return f"micro-batch {batch_size} cannot train this model ({reason}); larger micro-batches are not tried"
+
+
 def largest_line(max_batch: Optional[int], cap_bytes: int, train_size: Optional[int]) -> str:
     """``largest micro-batch under 4.0 GiB: 512``; when the memory model's limit is the whole
     training set or more (``train_size`` samples), that the whole set fits as one micro-batch,
@@ -112,12 +119,15 @@ def probe_summary(probe: ProbeResult, title: str, cap_source: str, train_size: O
     (``train_size``: the training samples, above which no micro-batch is claimed)."""
     mm, estimate = probe.model, probe.estimate
     at = next((p for p in probe.points if p.batch_size == probe.boundary and p.fits), None)
-    sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (out of memory)") for p in probe.points)
+    sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (refused)" if p.refused else " (out of memory)")
+                      for p in probe.points)
     measured = (f"; at {probe.boundary}: predicted {format_bytes(mm.predict(probe.boundary))}, "
                 f"measured {format_bytes(at.peak_bytes)}" if at else "")
     lines = [title, f"  form             {mm.form}: {mm.describe()}",
              f"  per sample       {format_bytes(probe.per_sample_bytes)} at micro-batch {probe.boundary}",
              f"  probe sizes      {sizes}{measured} ({probe.reason})"]
+    if probe.refused is not None:
+        lines.append(f"  refused          {refused_line(probe.refused.batch_size, probe.refused.refused)}")
     if at is not None and at.rss_bytes is not None:
         lines.append(f"  process memory   resident set peaked at {format_bytes(at.rss_bytes)} during micro-batch "
                      f"{probe.boundary} (its tensors: {format_bytes(at.peak_bytes)}; the rest is the "
