@@ -29,6 +29,15 @@ def test_plan_reserves_one_run_or_two_when_the_budget_allows():
         1.25 * times.seconds(8, 1000, 100))          # the slowest micro-batch, SAFETY times over
 
 
+def test_the_verification_reserve_never_takes_more_than_half_the_time_left():
+    from autobatch.search import search_deadline
+
+    assert search_deadline(deadline=1100.0, now=1000.0, reserve_s=20.0) == 1080.0   # room for both: all of it
+    assert search_deadline(deadline=1090.0, now=1000.0, reserve_s=70.0) == 1045.0   # slow probes: half each
+    assert search_deadline(deadline=990.0, now=1000.0, reserve_s=5.0) == 990.0      # past it: nothing taken
+    assert search_deadline(deadline=1100.0, now=1000.0, reserve_s=0.0) == 1100.0    # no verification planned
+
+
 def test_verdict_says_where_the_measurements_fell():
     assert verdict([0.95], (0.94, 0.97)) == "inside"
     assert verdict([0.93, 0.92], (0.94, 0.97)) == "below"

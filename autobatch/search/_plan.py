@@ -37,6 +37,7 @@ EVAL_COST = 1 / 3            # a forward-only sample against a training one (for
 START_S = 0.5                # first guess of a trial's fixed cost: model, loaders, storage
 SAFETY = 1.25                # a trial is started only if it fits this many times over
 FIT_RESERVE_FRACTION, FIT_RESERVE_MIN_S = 0.01, 3.0
+MAX_VERIFY_SHARE = 0.5      # of the time left after the probes, the most the verification reserve takes
 VERIFY_TWO_AT = 16           # planned trials from which two verification runs are reserved, not one
 EARLY_MARGIN = 2.0           # the check before probing refuses only a budget short by this factor
 PROBE_BATCHES = 8            # first guess of the memory probe and throughput timing, in training samples per
@@ -141,6 +142,16 @@ def verification_seconds(times: TrialTimes, batch_sizes: Sequence[int], train_sa
     on ``val_size`` samples, at the slowest of ``batch_sizes`` (the answer is not known yet),
     ``SAFETY`` times over."""
     return SAFETY * max(times.seconds(b, train_samples, val_size) for b in batch_sizes)
+
+
+def search_deadline(deadline: float, now: float, reserve_s: float) -> float:
+    """Unix time the search must end by: ``deadline`` (the budget's, less the final fit's) less
+    ``reserve_s`` seconds kept for the verification runs, the reserve taking at most
+    ``MAX_VERIFY_SHARE`` of the time left at ``now``. Verification checks an answer the search
+    has yet to find: when the probes ran slow (a busy machine) and a reserve timed from them
+    would leave the search next to nothing, the search keeps its share and verification runs
+    in what is left (or is skipped, saying so)."""
+    return deadline - min(reserve_s, MAX_VERIFY_SHARE * max(0.0, deadline - now))
 
 
 def seconds_per_sample(measured: Sequence[tuple[int, float]], batch_sizes: Sequence[int]) -> float:

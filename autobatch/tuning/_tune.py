@@ -18,7 +18,7 @@ from .. import records as R
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
 from ..recommender import Recommendation, answer_key, confirmed_key, publish, recommend_study
-from ..search import StudySpec, TuneSettings, fit_reserve, resume_command
+from ..search import StudySpec, TuneSettings, fit_reserve, resume_command, search_deadline
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload, split_holdout
@@ -86,7 +86,7 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
         return _answer(study, settings, name, url, started, run, verify)
     deadline = deadline_of(settings, started)
     if deadline is not None:  # the search ends early enough for the verification runs
-        deadline -= verification_reserve(study, spec)
+        deadline = search_deadline(deadline, time.time(), verification_reserve(study, spec))
     set_limits(study, deadline=deadline, n_trials=settings.n_trials)
     run.emit(StudyReady(study_name=name, storage=mask_url(url), deadline=deadline, n_trials=settings.n_trials))
     if settings.create_only:
