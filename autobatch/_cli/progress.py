@@ -83,8 +83,11 @@ class LiveProgress:
         elif isinstance(event, TrialProgress):
             if self.trial is None:  # a worker that joined: no plan event
                 self.trial = bars.add_task(f"trial {event.number}", total=event.planned_samples, status="")
+            # drawn now, not at the next tick (10 a second): a short trial's checkpoints would
+            # otherwise come and go unseen
             bars.update(self.trial, completed=event.samples_seen, total=event.planned_samples,
-                        status=f"{metric_text(event.metric, event.value)}, {format_duration(event.seconds_left)} left")
+                        status=f"{metric_text(event.metric, event.value)}, {format_duration(event.seconds_left)} left",
+                        refresh=True)
         elif isinstance(event, TrialFinished):
             self._drop_trial()
             self._print(event_line(event))
@@ -94,7 +97,7 @@ class LiveProgress:
             c = event.counts
             best = f"best {event.best_value:.4g} (#{event.best_number})" if event.best_value is not None else ""
             bars.update(self.study, completed=c["complete"] + c["pruned"] + c["fail"],
-                        status=" | ".join(s for s in (best, self._left()) if s))
+                        status=" | ".join(s for s in (best, self._left()) if s), refresh=True)
         else:
             self._print(event_line(event))
 
