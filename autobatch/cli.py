@@ -230,7 +230,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
     step, step_eval = args.step, getattr(args, "step_eval", None)
-    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval)  # as tune does, first
+    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval,  # as tune does, first
+                 targets=workload.targets)
     result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
                           device=device, cap_bytes=cap, space_max=args.batch_size_max,
                           dataset_max=len(workload.train), eval_space_max=len(workload.val),
