@@ -36,6 +36,7 @@ from . import records as R
 from .errors import AutobatchError
 from .memory import MemoryModel
 from .noise_plots import plot_noise_over_training, plot_steps_to_target
+from .recipe import metric_label
 from .recommender import Recommendation, recommend_study, trials_frame
 from .search import StudySpec
 from .storage import StudyLike, describe, open_study
@@ -59,7 +60,7 @@ class MetricAxis:
         if spec is None:
             return cls()
         r = spec.recipe
-        label = r.metric_name if r.metric == "val_loss" else f"validation {r.metric_name}"
+        label = metric_label(r.metric)
         return cls(label, 1.0 if r.direction == "maximize" else -1.0, r.metric_is_fraction)
 
     def text(self, value: float) -> str:

@@ -304,3 +304,27 @@ def test_an_unverified_answer_says_so_and_why(tmp_path):
     assert study.user_attrs[R.STUDY_RECOMMENDATION_KEY] is None        # not the fit's answer: recommend fits
     assert R.STUDY_NOISE_SCALE not in study.user_attrs
     assert study.user_attrs[R.STUDY_SPEC]["verify_holdout"] == 0     # nothing held out for a run that never comes
+
+
+def test_the_best_trial_answer_names_the_metric_once():
+    """A val_loss study's best-trial answer said "val val_loss" and "by measured validation
+    accuracy"; it says "validation loss"."""
+    from autobatch._cli.render import best_trial_answer
+    from autobatch.recipe import metric_label
+
+    answer = {"study_name": "s", "best_trial": 0, "batch_size": 32, "accumulation_steps": 1,
+              "effective_batch_size": 32, "learning_rate": 0.01, "metric": "val_loss", "predicted_metric": 0.96}
+    text = best_trial_answer(answer)
+    assert "val val_loss" not in text and "  validation loss 0.96 (measured)" in text
+    assert "  val accuracy 50.0% (measured)" in best_trial_answer({**answer, "metric": "accuracy",
+                                                                      "predicted_metric": 0.5})
+    assert [metric_label(m) for m in ("val_loss", "accuracy", "rmse", "pkg.m:f1")] == [
+        "validation loss", "validation accuracy", "validation RMSE", "validation f1"]
+
+
+def test_a_regression_study_with_mse_names_its_metric_in_the_answer(tmp_path, sqlite_url):
+    proc = run_cli("tune", "--model", "tests.userland:regression_model", "--dataset", "tests.userland:regression_dataset",
+                   "--loss", "mse", "--epochs", "0.5", *LEAN, "--n-trials", "1", "--storage", sqlite_url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "  val RMSE" in proc.stdout and "by measured validation RMSE" in proc.stdout, proc.stdout
+    assert "accuracy" not in proc.stdout

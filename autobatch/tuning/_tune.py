@@ -17,6 +17,7 @@ import optuna
 from .. import records as R
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
+from ..recipe import metric_label
 from ..recommender import Recommendation, answer_key, confirmed_key, publish, recommend_study
 from ..search import StudySpec, TuneSettings, fit_reserve, resume_command, search_deadline
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
@@ -240,13 +241,14 @@ def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Op
     except ValueError:
         return {}
     a = best.user_attrs
+    metric = a.get(R.METRIC, "accuracy")
     return {
         "study_name": study.study_name, "batch_size": a[R.BATCH_SIZE],
         "learning_rate": a[R.LEARNING_RATE], "accumulation_steps": a[R.ACCUMULATION_STEPS],
         "effective_batch_size": a[R.EFFECTIVE_BATCH_SIZE], "predicted_accuracy": best.value,
-        "metric": a.get(R.METRIC, "accuracy"), "predicted_metric": best.value,
+        "metric": metric, "predicted_metric": best.value,
         "predicted_epoch_time_s": a.get(R.EPOCH_TIME_S), "predicted_peak_bytes": a.get(R.PREDICTED_PEAK_BYTES),
         "best_trial": best.number, "trials": [best.number],
-        "rationale": f"best completed trial (#{best.number}) by measured validation accuracy; "
+        "rationale": f"best completed trial (#{best.number}) by measured {metric_label(metric)}; "
                      "too few trials for the trade-off model",
     }
