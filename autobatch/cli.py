@@ -184,12 +184,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
         return 0
-    print(answer_text(outcome.answer))
+    if outcome.worker:  # --create-only: nothing ran, by request
+        print(f"study {outcome.study_name!r} is ready (--create-only: no trial run here); run workers on it, "
+              f"on this machine or others:\n  {outcome.worker}")
+    else:
+        print(answer_text(outcome.answer))
     c = outcome.counts
     print(f"trials: {c['complete']} completed, {c['pruned']} pruned, {c['fail']} failed, "
           f"{c['waiting']} queued; {outcome.wall_time_s:.0f}s")
     print(f"storage: {outcome.storage}  (study {outcome.study_name!r})")
-    print(f"dashboard: autobatch dashboard --storage '{outcome.storage}'")
+    print(f"dashboard: {outcome.dashboard}")
+    if outcome.password_note:
+        print(f"  ({outcome.password_note})")
     return 0
 
 
