@@ -184,12 +184,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _print_json({**outcome.answer, "study_name": outcome.study_name, "storage": outcome.storage,
                      "counts": outcome.counts, "wall_time_s": outcome.wall_time_s})
         return 0
-    print(answer_text(outcome.answer))
+    if outcome.worker:  # --create-only: nothing ran, by request
+        print(f"study {outcome.study_name!r} is ready (--create-only: no trial run here); run workers on it, "
+              f"on this machine or others:\n  {outcome.worker}")
+    else:
+        print(answer_text(outcome.answer))
     c = outcome.counts
     print(f"trials: {c['complete']} completed, {c['pruned']} pruned, {c['fail']} failed, "
           f"{c['waiting']} queued; {outcome.wall_time_s:.0f}s")
     print(f"storage: {outcome.storage}  (study {outcome.study_name!r})")
-    print(f"dashboard: autobatch dashboard --storage '{outcome.storage}'")
+    print(f"dashboard: {outcome.dashboard}")
+    if outcome.password_note:
+        print(f"  ({outcome.password_note})")
     return 0
 
 
@@ -230,7 +236,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     model = build_model(model_name, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
     step, step_eval = args.step, getattr(args, "step_eval", None)
-    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval)  # as tune does, first
+    check_recipe(model, workload.val, device, recipe, step=step, step_eval=step_eval,  # as tune does, first
+                 targets=workload.targets)
     result = memory.probe(step_runner(model, dataset=workload.train, device=device, recipe=recipe, step=step),
                           device=device, cap_bytes=cap, space_max=args.batch_size_max,
                           dataset_max=len(workload.train), eval_space_max=len(workload.val),

@@ -79,6 +79,24 @@ def topk(metric: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def metric_name(metric: str) -> str:
+    """A metric for display: ``"accuracy"``, ``"top-5 accuracy"``, ``"validation loss"``,
+    ``"MAE"``, ``"RMSE"``, or a user function's name (``pkg.mod:f1`` -> ``"f1"``)."""
+    k = topk(metric)
+    if k and k > 1:
+        return f"top-{k} accuracy"
+    if metric in _DISPLAY:
+        return _DISPLAY[metric]
+    return metric.rsplit(":", 1)[-1]
+
+
+def metric_label(metric: str, prefix: str = "validation") -> str:
+    """The metric measured on the validation set, for display: ``"validation accuracy"``,
+    ``"val RMSE"`` (``prefix="val"``), and ``"validation loss"`` (never "validation validation
+    loss" nor "val val_loss")."""
+    return metric_name(metric) if metric == "val_loss" else f"{prefix} {metric_name(metric)}"
+
+
 def default_base_lr(optimizer: str) -> float:
     """The learning rate at effective batch ``REFERENCE_BATCH_SIZE`` (256) for ``optimizer``.
 
@@ -203,14 +221,8 @@ class TrainRecipe:
 
     @property
     def metric_name(self) -> str:
-        """The metric for display: ``"accuracy"``, ``"top-5 accuracy"``, ``"validation loss"``,
-        ``"MAE"``, ``"RMSE"``, or a user function's name (``pkg.mod:f1`` -> ``"f1"``)."""
-        k = topk(self.metric)
-        if k and k > 1:
-            return f"top-{k} accuracy"
-        if self.metric in _DISPLAY:
-            return _DISPLAY[self.metric]
-        return self.metric.rsplit(":", 1)[-1]
+        """The metric for display (``metric_name``)."""
+        return metric_name(self.metric)
 
     @property
     def metric_is_fraction(self) -> bool:

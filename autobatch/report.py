@@ -36,6 +36,7 @@ from . import records as R
 from .errors import AutobatchError
 from .memory import MemoryModel
 from .noise_plots import plot_noise_over_training, plot_steps_to_target
+from .recipe import metric_label
 from .recommender import Recommendation, recommend_study, trials_frame
 from .search import StudySpec
 from .storage import StudyLike, describe, open_study
@@ -59,7 +60,7 @@ class MetricAxis:
         if spec is None:
             return cls()
         r = spec.recipe
-        label = r.metric_name if r.metric == "val_loss" else f"validation {r.metric_name}"
+        label = metric_label(r.metric)
         return cls(label, 1.0 if r.direction == "maximize" else -1.0, r.metric_is_fraction)
 
     def text(self, value: float) -> str:
@@ -72,7 +73,10 @@ ACCURACY = MetricAxis()
 def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
                  say: Say = print) -> list[Path]:
     """Write the report files of a stored study into ``out_dir``; returns their paths.
-    ``storage`` is what ``storage.open_study`` takes (a URL, an open storage or the study)."""
+    ``storage`` is what ``storage.open_study`` takes (a URL, an open storage or the study).
+    Raises ``AutobatchError`` for a missing study, one without a completed trial, or an
+    ``out_dir`` that cannot be made or written (a file in its place, no permission): checked
+    before anything is plotted."""
     study = open_study(storage, study_name, read_only=True)
     study_name = study.study_name
     spec_data = study.user_attrs.get(R.STUDY_SPEC)
@@ -81,6 +85,7 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
     if completed_rows(df).empty:
         raise AutobatchError(f"study {study_name!r} has no completed trial yet; run some first: "
                              f"autobatch worker --study-name {study_name}")
+    _make_folder(out_dir)
     memory_model = study.user_attrs.get(R.STUDY_MEMORY_MODEL)
     try:
         rec, no_rec = recommend_study(study), None
@@ -88,7 +93,6 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
         rec, no_rec = None, str(exc)
         say(f"report without a recommendation: {exc}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     eval_points = list(spec.eval_points) if spec else None
     metric = MetricAxis.of(spec)
     figures = {"tradeoff.png": plot_tradeoff(df, rec, metric)[0],
@@ -100,18 +104,38 @@ def write_report(study_name: Optional[str], storage: StudyLike, out_dir: Path,
     figures["noise_scale.png"] = plot_noise_over_training(finished, probe)[0]
     critical = rec.critical_batch if rec is not None else (probe or {}).get("critical_batch")
     figures["steps_to_target.png"] = plot_steps_to_target(finished, critical)[0]
-    paths = []
-    for name, fig in figures.items():
-        paths.append(out_dir / name)
-        FigureCanvasAgg(fig).print_png(paths[-1])
-    paths.append(out_dir / "trials.csv")
-    df.assign(curve=df["curve"].map(json.dumps)).to_csv(paths[-1], index=False)
-    paths.append(out_dir / "summary.md")
-    state_counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    paths[-1].write_text(summary_markdown(study_name, describe(storage), df, state_counts, spec, rec, no_rec,
-                                          metric))
+    paths: list[Path] = []
+    try:
+        for name, fig in figures.items():
+            paths.append(out_dir / name)
+            FigureCanvasAgg(fig).print_png(paths[-1])
+        paths.append(out_dir / "trials.csv")
+        df.assign(curve=df["curve"].map(json.dumps)).to_csv(paths[-1], index=False)
+        paths.append(out_dir / "summary.md")
+        state_counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
+        paths[-1].write_text(summary_markdown(study_name, describe(storage), df, state_counts, spec, rec, no_rec,
+                                              metric))
+    except OSError as exc:
+        raise AutobatchError(_unwritable(out_dir, exc)) from None
     say(f"report of {study_name!r}: {len(paths)} files in {out_dir}")
     return paths
+
+
+def _make_folder(out_dir: Path) -> None:
+    """``out_dir`` and its parents made; a path that cannot be a folder raises ``AutobatchError``."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AutobatchError(_unwritable(out_dir, exc, "cannot be created")) from None
+
+
+def _unwritable(out_dir: Path, exc: OSError, what: str = "cannot be written") -> str:
+    """One line: the path that failed and why (a file where a folder must be: said so)."""
+    file = next((p for p in (out_dir, *out_dir.parents) if p.is_file()), None)
+    if file is not None:
+        return f"report folder {out_dir}: {file} is a file, not a folder; choose another --out folder"
+    where = exc.filename or out_dir
+    return f"report folder {out_dir}: {where} {what} ({exc.strerror or type(exc).__name__}); choose another --out folder"
 
 
 # --- pure helpers ---------------------------------------------------------------------------

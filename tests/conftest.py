@@ -76,6 +76,18 @@ def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
+def drop_study(url: str, name: str) -> None:
+    """Delete the study ``name`` from ``url``'s storage if it is there (a test's clean-up)."""
+    import optuna
+
+    from autobatch.storage import resolve_url
+
+    try:
+        optuna.delete_study(study_name=name, storage=resolve_url(url))
+    except KeyError:
+        pass
+
+
 def capped_study(where: Path, name: str) -> str:
     """A real study made by the CLI: 10 trials of small_cnn on digits under a 3 MiB cap. Seed 5
     samples batch sizes 128 and 256 early, so some trials are pruned as over the cap before

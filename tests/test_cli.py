@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autobatch import records as R
-from tests.conftest import LEAN, run_cli
+from tests.conftest import LEAN, drop_study, run_cli
 
 FAST = ("--model", "small_cnn", "--dataset", "digits", "--epochs", "0.5", "--device", "cpu", *LEAN)
 
@@ -304,3 +304,77 @@ def test_an_unverified_answer_says_so_and_why(tmp_path):
     assert study.user_attrs[R.STUDY_RECOMMENDATION_KEY] is None        # not the fit's answer: recommend fits
     assert R.STUDY_NOISE_SCALE not in study.user_attrs
     assert study.user_attrs[R.STUDY_SPEC]["verify_holdout"] == 0     # nothing held out for a run that never comes
+
+
+def test_create_only_says_how_to_run_workers_and_the_printed_commands_run(postgres_url, unique_name, tmp_path):
+    """``tune --create-only`` on PostgreSQL with a password: no "no completed trial yet" (nothing
+    was meant to run), the worker command to run instead, with the study's --allow-import paths;
+    the worker and dashboard commands run as printed (the password left out, read by the driver
+    from $PGPASSWORD; the driver spelled as given), and the password is never printed."""
+    import shlex
+
+    password = "pw-Never-Printed"
+    secret_url = postgres_url.replace("postgres@", f"postgres:{password}@", 1)  # trust auth accepts any
+    code = ("--model", "tests.userland:linear", "--dataset", "tests.userland:blobs_dataset")
+    try:
+        made = run_cli("tune", *code, "--epochs", "0.5", *LEAN, "--n-trials", "2", "--no-baselines", "--create-only",
+                       "--storage", secret_url, "--study-name", unique_name, cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        assert password not in made.stdout + made.stderr
+        assert "no completed trial" not in made.stdout and f"study {unique_name!r} is ready" in made.stdout
+        lines = made.stdout.splitlines()
+        worker = next(line.strip() for line in lines if line.strip().startswith("autobatch worker"))
+        dashboard = next(line for line in lines if line.startswith("dashboard: ")).removeprefix("dashboard: ")
+        assert "--allow-import tests.userland:linear --allow-import tests.userland:blobs_dataset" in worker
+        assert "$PGPASSWORD" in made.stdout                                    # where the password comes from
+        assert "postgresql://postgres@" in dashboard and "psycopg2" not in dashboard  # as given, less the password
+        env = {"PGPASSWORD": password}
+        ran = run_cli(*shlex.split(worker)[1:], cwd=tmp_path, env=env)
+        assert ran.returncode == 0 and "worker done: 2 trials run" in ran.stderr, ran.stderr
+        storage = shlex.split(dashboard)[shlex.split(dashboard).index("--storage") + 1]
+        listed = run_cli("studies", "--storage", storage, cwd=tmp_path, env=env)  # the dashboard's URL works
+        assert listed.returncode == 0 and unique_name in listed.stdout, listed.stderr
+    finally:
+        drop_study(postgres_url, unique_name)
+
+
+def test_printed_commands_never_hold_a_password(monkeypatch):
+    from autobatch.search import dashboard_command, password_note, worker_command
+    from autobatch.search import StudySpec
+
+    url = "postgresql://bob:hunter2@db.example:5432/studies"
+    monkeypatch.delenv("AUTOBATCH_STORAGE", raising=False)
+    assert dashboard_command(url) == "autobatch dashboard --storage postgresql://bob@db.example:5432/studies"
+    assert "$PGPASSWORD" in password_note(url) and "hunter2" not in password_note(url)
+    spec = StudySpec(model="pkg.m:net", dataset="digits")
+    assert worker_command("s", url, spec) == ("autobatch worker --study-name s --storage "
+                                              "postgresql://bob@db.example:5432/studies --allow-import pkg.m:net")
+    assert dashboard_command("sqlite:///x y.db") == "autobatch dashboard --storage 'sqlite:///x y.db'"
+    assert password_note("sqlite:///x.db") is None
+    monkeypatch.setenv("AUTOBATCH_STORAGE", url)              # the environment holds it: named, or implied
+    assert dashboard_command(url) == 'autobatch dashboard --storage "$AUTOBATCH_STORAGE"'
+    assert dashboard_command(None) == "autobatch dashboard" and password_note(None) is None
+
+
+def test_the_best_trial_answer_names_the_metric_once():
+    """A val_loss study's best-trial answer said "val val_loss" and "by measured validation
+    accuracy"; it says "validation loss"."""
+    from autobatch._cli.render import best_trial_answer
+    from autobatch.recipe import metric_label
+
+    answer = {"study_name": "s", "best_trial": 0, "batch_size": 32, "accumulation_steps": 1,
+              "effective_batch_size": 32, "learning_rate": 0.01, "metric": "val_loss", "predicted_metric": 0.96}
+    text = best_trial_answer(answer)
+    assert "val val_loss" not in text and "  validation loss 0.96 (measured)" in text
+    assert "  val accuracy 50.0% (measured)" in best_trial_answer({**answer, "metric": "accuracy",
+                                                                      "predicted_metric": 0.5})
+    assert [metric_label(m) for m in ("val_loss", "accuracy", "rmse", "pkg.m:f1")] == [
+        "validation loss", "validation accuracy", "validation RMSE", "validation f1"]
+
+
+def test_a_regression_study_with_mse_names_its_metric_in_the_answer(tmp_path, sqlite_url):
+    proc = run_cli("tune", "--model", "tests.userland:regression_model", "--dataset", "tests.userland:regression_dataset",
+                   "--loss", "mse", "--epochs", "0.5", *LEAN, "--n-trials", "1", "--storage", sqlite_url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "  val RMSE" in proc.stdout and "by measured validation RMSE" in proc.stdout, proc.stdout
+    assert "accuracy" not in proc.stdout

@@ -121,3 +121,67 @@ def test_targets_that_are_not_numbers_are_named_with_their_type():
         check_data("names", Names(), Names(), 2)
     ints = [(torch.zeros(4), i % 2) for i in range(8)]  # plain Python ints stay accepted
     check_data("ints", ints, ints, 2)
+
+
+# --- targets against the recipe's loss and metric: refused before anything trains --------------
+
+REG = ("--model", "tests.userland:regression_model")
+TARGETS_REFUSED = [
+    ((*REG, "--dataset", "tests.userland:regression_dataset"),
+     "loss: the targets are real values (from "),
+    (("--model", "tests.userland:linear", "--dataset", "tests.userland:regression_column_dataset"),
+     "loss: the targets are real values (from "),
+    ((*REG, "--dataset", "tests.userland:regression_dataset", "--loss", "tests.recipe_userfns:l1_loss",
+      "--metric", "accuracy"), "metric: accuracy needs class targets, these are real values"),
+    (("--model", "tests.userland:linear", "--dataset", "tests.userland:unbounded_multi_hot_dataset", "--loss", "bce"),
+     "loss: bce (binary cross-entropy) needs targets in [0, 1], these range from -0.5 to 1.5"),
+]
+
+
+@pytest.mark.parametrize("args, message", TARGETS_REFUSED)
+def test_targets_the_loss_cannot_learn_are_refused_before_training(tmp_path, capsys, args, message):
+    """Regression targets without ``--loss mse`` (before: the metric raised IndexError on the
+    prediction, or a one-column target trained cross-entropy over one class: loss 0, accuracy
+    100 %), and bce on targets outside [0, 1] (before: trained, with a negative loss): one line,
+    exit 2, before the probe and before anything is stored."""
+    from autobatch.cli import main
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert main(["tune", *args, "--n-trials", "1", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"autobatch: error: {message}"), err
+    assert "--loss mse" in lines[-1] or "--metric" in lines[-1]
+    if (tmp_path / "studies.db").exists():
+        import optuna
+
+        assert optuna.get_all_study_names(url) == []  # refused before anything was stored
+
+
+def test_regression_targets_refused_from_the_command_line_with_the_fix(tmp_path):
+    from tests.conftest import run_cli
+
+    done = run_cli("tune", *REG, "--dataset", "tests.userland:regression_dataset", "--n-trials", "1", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("autobatch: error: loss: the targets are real values")
+    assert "pass --loss mse" in done.stderr
+
+
+def test_targets_that_fit_the_loss_pass_the_check():
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train import check_recipe
+
+    cpu = torch.device("cpu")
+    reg = load_workload("tests.userland:regression_dataset")
+    assert reg.targets.floating and not reg.targets.whole and reg.targets.low < 0 and reg.targets.shape == ()
+    check_recipe(userland.regression_model(1, (6,)), reg.val, cpu, TrainRecipe(loss="mse"), targets=reg.targets)
+    blobs = load_workload("tests.userland:blobs_dataset")
+    assert blobs.targets.whole and (blobs.targets.low, blobs.targets.high) == (0, 2)
+    check_recipe(userland.linear(3, (6,)), blobs.val, cpu, TrainRecipe(), targets=blobs.targets)
+    x, y = userland.blobs(40)
+    as_floats = check_data("floats", TensorDataset(x, y.float()), TensorDataset(x, y.float()), 3)  # class ids as floats
+    check_recipe(userland.linear(3, (6,)), as_floats.val, cpu, TrainRecipe(), targets=as_floats.targets)
+    soft = torch.nn.functional.one_hot(y, 3).float() * 0.8 + 0.2 / 3  # probabilities, for cross-entropy and bce
+    facts = check_data("soft", TensorDataset(x, soft), TensorDataset(x, soft), 3)
+    for recipe in (TrainRecipe(), TrainRecipe(loss="bce")):
+        check_recipe(userland.linear(3, (6,)), facts.val, cpu, recipe, targets=facts.targets)

@@ -61,6 +61,22 @@ def test_report_missing_study_is_one_line_exit_2(stored):
     assert not (where / "x").exists()
 
 
+@pytest.mark.parametrize("out, names", [("a-file.txt", "a-file.txt is a file, not a folder"),
+                                        ("a-file.txt/sub", "a-file.txt is a file, not a folder"),
+                                        ("/proc/nope/report", "/proc/nope cannot be created")])
+def test_report_to_an_unusable_folder_is_one_line_exit_2(stored, out, names):
+    """An --out that is a file, lies under a file or cannot be made: one line naming the path and
+    what is wrong, exit 2, no traceback (before: FileExistsError / FileNotFoundError, exit 1)."""
+    url, where = stored
+    (where / "a-file.txt").write_text("mine\n")
+    done = run_cli("report", "--study-name", STUDY, "--storage", url, "--out", out, cwd=where)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
+    last = done.stderr.strip()
+    assert last.startswith(f"autobatch: error: report folder {out}: {names}") and "--out" in last, done.stderr
+    assert (where / "a-file.txt").read_text() == "mine\n"
+
+
 def test_tradeoff_points_front_recommendation_baselines(study, stored):
     df = trials_frame(study)
     rec = recommend(STUDY, stored[0])

@@ -207,6 +207,36 @@ def empty_val_dataset():
     return TensorDataset(x, y), TensorDataset(x[:0], y[:0]), 3
 
 
+# --- targets a loss cannot learn: real values, and "multi-hot" targets outside [0, 1] ----------
+
+def _real_values(column: bool):
+    x, _ = blobs()
+    y = 3.0 * x[:, 0] + x[:, 1]  # a regression target: real values, negative ones too
+    return split(x, y[:, None] if column else y)
+
+
+def regression_dataset():
+    """Real-valued targets (N,) and num_classes 1, as a regression user writes it."""
+    return (*_real_values(column=False), 1)
+
+
+def regression_column_dataset():
+    """Real-valued targets (N, 1)."""
+    return (*_real_values(column=True), 1)
+
+
+def regression_model(num_classes, input_shape):
+    """One prediction per sample, (N,)."""
+    return nn.Sequential(nn.Linear(input_shape[0], 1), nn.Flatten(0))
+
+
+def unbounded_multi_hot_dataset():
+    """Targets (N, 3) meant for bce but outside [0, 1]."""
+    x, y = blobs()
+    tr, va = split(x, 2.0 * torch.nn.functional.one_hot(y, 3).float() - 0.5)
+    return tr, va, 3
+
+
 # --- a training-step hook and its evaluation function ---------------------------------------
 
 STEP_CALLS = {"step": 0, "eval": 0}

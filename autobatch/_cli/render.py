@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
+from ..recipe import metric_label
 from ..units import format_bytes
 
 
@@ -79,7 +80,7 @@ def best_trial_answer(answer: dict[str, Any]) -> str:
     lines = [f"best trial of {answer.get('study_name')} (#{answer.get('best_trial')}):",
              f"  setting      micro-batch {answer['batch_size']} x {answer['accumulation_steps']} accumulation "
              f"steps = effective batch {answer['effective_batch_size']}, learning rate {answer['learning_rate']:.4g}",
-             f"  val {metric:<8} {_metric(answer.get('predicted_metric'), metric)} (measured)"]
+             f"  {metric_label(metric, 'val'):<12} {_metric(answer.get('predicted_metric'), metric)} (measured)"]
     if epoch is not None:
         lines.append(f"  epoch time   {epoch:.3g} s (measured)")
     if peak is not None:

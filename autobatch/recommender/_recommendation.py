@@ -27,7 +27,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import AutobatchError
-from ..recipe import TrainRecipe
+from ..recipe import TrainRecipe, metric_label
 from ..units import format_bytes
 from ._exports import TrainingSetup, export_text, hf_training_arguments, lightning_export
 from ._intervals import COVERAGE
@@ -339,7 +339,7 @@ class Recommendation:
                 ("learning rate", f"{self.learning_rate:.4g}", f"multiplier {self.lr_multiplier:.3g}")]
         if self.predicted_metric is not None and self.metric_interval is not None:
             lo, hi = self.metric_interval
-            name = self.metric_name if self.metric == "val_loss" else f"validation {self.metric_name}"
+            name = metric_label(self.metric)
             rows.append((name, fmt(self.predicted_metric), f"{fmt(lo)} – {fmt(hi)}"))
         rows.append(("epoch time", f"{self.predicted_epoch_time_s:.3g} s", f"{t_lo:.3g} – {t_hi:.3g} s"))
         if self.predicted_peak_bytes is not None and self.peak_bytes_interval is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..recipe import TrainRecipe
+from ..recipe import TrainRecipe, metric_label
 from ..units import format_bytes
 from ._intervals import COVERAGE
 
@@ -48,7 +48,7 @@ def summary(rec: Any) -> str:
              f"  setting      micro-batch {rec.batch_size} x {rec.accumulation_steps} accumulation steps "
              f"= effective batch {rec.effective_batch_size}, learning rate {rec.learning_rate:.4g}"]
     if rec.predicted_metric is not None:
-        name = rec.metric_name if rec.metric == "val_loss" else f"val {rec.metric_name}"
+        name = metric_label(rec.metric, "val")
         lines.append(f"  {name:<12} {fmt(rec.predicted_metric)}{_interval(rec.metric_interval, fmt)}")
     lines.append(f"  epoch time   {rec.predicted_epoch_time_s:.3g} s"
                  f"{_interval(rec.epoch_time_interval, lambda v: f'{v:.3g} s')}")

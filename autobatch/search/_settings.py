@@ -9,15 +9,12 @@ key, in ``[space]`` and ``[recipe]`` too.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import AutobatchError
 from ..recipe import TrainRecipe
-from ..storage import DEFAULT_SQLITE, ENV_STORAGE
 from ._space import SearchSpace
 from ._spec import StudySpec
 
@@ -133,30 +130,3 @@ def build_settings(config: Optional[Path], overrides: dict[str, Any]) -> TuneSet
              | ({"recipe"} if tables["recipe"] else set()) | {f"space.{k}" for k in space})
     return TuneSettings(space=SearchSpace(**space), recipe=TrainRecipe.from_dict(tables["recipe"]),
                         given=frozenset(given), **values)
-
-
-def resume_command(study_name: str, storage: Optional[str], *options: str) -> str:
-    """The command that resumes the study (its model, dataset, space and recipe are the stored
-    ones), with ``options`` such as ``--n-trials 20``. ``storage``: the URL as the user gave it
-    (None: ``$AUTOBATCH_STORAGE`` or the default file, which the command then names); a URL with
-    a password is never printed: ``"$AUTOBATCH_STORAGE"`` when that variable holds it, else the
-    URL with the password as ``***`` for the user to put back."""
-    from sqlalchemy.engine import make_url
-
-    parts = ["autobatch", "tune", "--study-name", shlex.quote(study_name)]
-    if storage is None and not os.environ.get(ENV_STORAGE):
-        storage = f"sqlite:///{DEFAULT_SQLITE.resolve()}"
-    if storage is not None:
-        try:
-            url = make_url(storage)
-            secret = url.password is not None
-        except Exception:  # noqa: BLE001 - not a URL sqlalchemy reads: quoted as given
-            secret = False
-        if not secret:
-            shown = shlex.quote(storage)
-        elif os.environ.get(ENV_STORAGE) == storage:  # the environment holds it: name the variable
-            shown = '"$AUTOBATCH_STORAGE"'
-        else:  # the password masked: the user puts theirs back (or sets $AUTOBATCH_STORAGE)
-            shown = shlex.quote(url.render_as_string(hide_password=True))
-        parts += ["--storage", shown]
-    return " ".join([*parts, *options])

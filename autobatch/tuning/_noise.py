@@ -85,7 +85,8 @@ def measure_critical_batch(settings: TuneSettings, workload: Workload, device: t
         model = build_model(settings.model, num_classes=workload.num_classes,
                             input_shape=workload.input_shape, vocab_size=workload.vocab_size)
     # the user's model, recipe and code fail here, as one error line, before anything is probed
-    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval)
+    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval,
+                 targets=workload.targets)
     train_size = len(workload.train)
     share = probe_share(budget_s=settings.budget_s, n_trials=settings.n_trials,
                         trial_samples=plan_train_samples(seconds_left=None, seconds_per_sample=1.0,

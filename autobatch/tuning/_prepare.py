@@ -50,7 +50,7 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
     check_recipe(model, workload.val, device, settings.recipe,  # a bad recipe fails before the probe
-                 step=settings.step, step_eval=settings.step_eval)
+                 step=settings.step, step_eval=settings.step_eval, targets=workload.targets)
     cap = settings.max_memory_bytes or default_cap(device)
     run.emit(ProbeStarted(model=settings.model, device=str(device)))
     train = step_runner(model, dataset=workload.train, device=device, recipe=settings.recipe, step=settings.step)
@@ -239,7 +239,8 @@ def _check_budget_early(settings: TuneSettings, workload: Workload, device: torc
     least = floor_samples(batch, train_size) if settings.epochs is None else max(1, round(settings.epochs * train_size))
     model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape,
                         vocab_size=workload.vocab_size)
-    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval)
+    check_recipe(model, workload.val, device, settings.recipe, step=settings.step, step_eval=settings.step_eval,
+                 targets=workload.targets)
     try:
         throughput = measure_throughput(model, workload, batch, device, steps=1, recipe=settings.recipe,
                                         step=settings.step, num_workers=0)

@@ -17,8 +17,10 @@ import optuna
 from .. import records as R
 from ..errors import AutobatchError
 from ..memory import MemoryEstimate
+from ..recipe import metric_label
 from ..recommender import Recommendation, answer_key, confirmed_key, publish, recommend_study
-from ..search import StudySpec, TuneSettings, fit_reserve, resume_command, search_deadline
+from ..search import (StudySpec, TuneSettings, dashboard_command, fit_reserve, password_note, resume_command,
+                      search_deadline, worker_command)
 from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload, split_holdout
@@ -36,7 +38,10 @@ class TuneOutcome:
     storage: str          # masked
     counts: dict
     wall_time_s: float
-    answer: dict          # the recommendation (or the best trial when too few trials)
+    answer: dict          # the recommendation (or the best trial when too few trials); {} with --create-only
+    dashboard: str = ""   # the command that opens the dashboard on the study (no password)
+    worker: Optional[str] = None  # --create-only: the command that runs a worker on the study (no password)
+    password_note: Optional[str] = None  # where the password the commands leave out comes from
 
 
 def default_study_name(model: str, dataset: str) -> str:
@@ -90,7 +95,10 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     set_limits(study, deadline=deadline, n_trials=settings.n_trials)
     run.emit(StudyReady(study_name=name, storage=mask_url(url), deadline=deadline, n_trials=settings.n_trials))
     if settings.create_only:
-        return TuneOutcome(name, mask_url(url), counts(study), time.time() - started, {})
+        return TuneOutcome(name, mask_url(url), counts(study), time.time() - started, {},
+                           dashboard_command(settings.storage),
+                           worker_command(name, settings.storage, spec, settings.data_dir),
+                           password_note(settings.storage))
     helpers = [_spawn_worker(name, url, settings, i) for i in range(1, settings.workers)]
     try:
         run_worker(study, device_name=settings.device, data_dir=settings.data_dir,
@@ -155,7 +163,8 @@ def _answer(study: optuna.Study, settings: TuneSettings, name: str, url: str, st
     elif not settings.noise_probe:
         run.emit(Note(text=NOISE_PROBE_OFF))
     run.emit(RecommendationMade(answer=answer))
-    return TuneOutcome(name, mask_url(url), c, time.time() - started, answer)
+    return TuneOutcome(name, mask_url(url), c, time.time() - started, answer, dashboard_command(settings.storage),
+                       password_note=password_note(settings.storage))
 
 
 def all_diverged(study: optuna.Study) -> Optional[str]:
@@ -240,13 +249,14 @@ def final_answer(study: optuna.Study, run: Optional[TuneRun] = None, storage: Op
     except ValueError:
         return {}
     a = best.user_attrs
+    metric = a.get(R.METRIC, "accuracy")
     return {
         "study_name": study.study_name, "batch_size": a[R.BATCH_SIZE],
         "learning_rate": a[R.LEARNING_RATE], "accumulation_steps": a[R.ACCUMULATION_STEPS],
         "effective_batch_size": a[R.EFFECTIVE_BATCH_SIZE], "predicted_accuracy": best.value,
-        "metric": a.get(R.METRIC, "accuracy"), "predicted_metric": best.value,
+        "metric": metric, "predicted_metric": best.value,
         "predicted_epoch_time_s": a.get(R.EPOCH_TIME_S), "predicted_peak_bytes": a.get(R.PREDICTED_PEAK_BYTES),
         "best_trial": best.number, "trials": [best.number],
-        "rationale": f"best completed trial (#{best.number}) by measured validation accuracy; "
+        "rationale": f"best completed trial (#{best.number}) by measured {metric_label(metric)}; "
                      "too few trials for the trade-off model",
     }

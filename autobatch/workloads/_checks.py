@@ -3,7 +3,10 @@
 A user's splits are checked before anything trains: neither may be empty; an item must follow
 the batch conventions; integer class labels must lie in ``[0, num_classes)`` (the error names the
 largest); per-sample target vectors must have ``num_classes`` entries. Integer labels of any
-dtype are cast to int64 and float64 inputs are trained as float32 (said once, as a note).
+dtype are cast to int64 and float64 inputs are trained as float32 (said once, as a note). What
+the targets are (``TargetFacts``: shape, range, whole numbers or not) is recorded, so that the
+recipe's loss and metric can be checked against them before anything trains
+(``autobatch.train.check_recipe``).
 In-memory ``TensorDataset`` splits are checked exactly; other datasets item by item, up to
 ``MAX_SCAN`` items (a larger dataset's later items are checked by the loss when they train).
 """
@@ -23,15 +26,43 @@ MAX_SCAN = 20_000
 
 
 @dataclass(frozen=True)
+class TargetFacts:
+    """The targets of both splits, for checking them against the recipe's loss and metric:
+    ``shape`` of one sample's target (``()`` for a label or a value, ``(C,)`` for a vector; None
+    when it varies), whether any is a float, the smallest and largest value, and whether every
+    value is a whole number (class indices are)."""
+
+    shape: Optional[tuple[int, ...]]
+    floating: bool
+    low: float
+    high: float
+    whole: bool
+
+    @classmethod
+    def of(cls, targets: list[torch.Tensor], shape: Optional[tuple[int, ...]]) -> Optional["TargetFacts"]:
+        """The facts of ``targets`` (tensors of any shapes), one sample's target being ``shape``;
+        None when they hold no value."""
+        values = torch.cat([t.detach().reshape(-1) for t in targets]) if targets else torch.empty(0)
+        if values.numel() == 0:
+            return None
+        floating = values.is_floating_point()
+        values = values.double() if floating else values.long()
+        whole = not floating or bool(torch.equal(values, values.round()))
+        return cls(shape=shape, floating=floating, low=float(values.min()), high=float(values.max()), whole=whole)
+
+
+@dataclass(frozen=True)
 class DataFacts:
     """What the checks learned: the (possibly converted) splits, a sample's input shape, the
-    token vocabulary (integer inputs: the largest id + 1, else None) and notes to show once."""
+    token vocabulary (integer inputs: the largest id + 1, else None), notes to show once and
+    what the targets are."""
 
     train: Dataset
     val: Dataset
     input_shape: tuple[int, ...]
     vocab_size: Optional[int]
     notes: tuple[str, ...]
+    targets: Optional[TargetFacts] = None
 
 
 def _as_tensor(value: Any) -> Any:
@@ -115,14 +146,20 @@ def check_data(name: str, train: Dataset, val: Dataset, num_classes: int) -> Dat
         notes.append(f"dataset {name}: float64 inputs are trained as float32")
     splits: dict[str, Dataset] = {"training": train, "validation": val}
     vocab = None
+    seen: list[torch.Tensor] = []
+    shapes: set[tuple[int, ...]] = set()
     for split, data in list(splits.items()):
         if _fast(data):
             data = splits[split] = _cast_tensor_dataset(data)
             labels, xs = data.tensors[1], [data.tensors[0]]
+            seen.append(labels)
+            shapes.add(tuple(labels.shape[1:]))
         else:
             ys, xs = _scan(name, data, split)
-            shapes = {tuple(y.shape) for y in ys}
-            labels = torch.stack(ys) if len(shapes) == 1 else torch.empty(0)
+            item_shapes = {tuple(y.shape) for y in ys}
+            labels = torch.stack(ys) if len(item_shapes) == 1 else torch.empty(0)
+            seen.extend(ys)
+            shapes |= item_shapes
         if labels.dim() == 1:
             _check_labels(name, labels, num_classes, split)
         elif labels.dim() == 2 and labels.shape[1] != num_classes:
@@ -133,4 +170,5 @@ def check_data(name: str, train: Dataset, val: Dataset, num_classes: int) -> Dat
             biggest = max((int(x.max()) for x in xs if isinstance(x, torch.Tensor) and x.numel()), default=0)
             vocab = max(vocab or 0, biggest + 1)
     return DataFacts(train=splits["training"], val=splits["validation"], input_shape=tuple(first.shape),
-                     vocab_size=vocab, notes=tuple(notes))
+                     vocab_size=vocab, notes=tuple(notes),
+                     targets=TargetFacts.of(seen, shapes.pop() if len(shapes) == 1 else None))

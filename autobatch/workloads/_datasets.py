@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..errors import AutobatchError
-from ._checks import check_data
+from ._checks import TargetFacts, check_data
 from ._conventions import user_code
 from ._imports import import_path, unknown_name
 
@@ -27,7 +27,8 @@ from ._imports import import_path, unknown_name
 class Workload:
     """A dataset ready to train on: splits, class count, the shape of one sample's input
     (``(C, H, W)``, ``(C, L)``, ``(L,)``, ``(F,)``: for tuple or dict inputs, the first tensor's),
-    the token vocabulary when inputs are integer ids, and notes to show the user once."""
+    the token vocabulary when inputs are integer ids, notes to show the user once, and what a
+    user dataset's targets are (None for the built-in datasets: class indices)."""
 
     name: str
     train: Dataset
@@ -36,6 +37,7 @@ class Workload:
     input_shape: tuple[int, ...]
     vocab_size: Optional[int] = None
     notes: tuple[str, ...] = ()
+    targets: Optional[TargetFacts] = None
 
 
 _SYNTHETIC = re.compile(r"synthetic(?::(\d+)x(\d+)x(\d+)x(\d+))?")
@@ -185,7 +187,8 @@ def user_dataset(spec: str, factory=None) -> Workload:
     if num_classes < 1:
         raise AutobatchError(f"dataset factory {spec!r}: num_classes must be at least 1, got {num_classes}")
     facts = check_data(spec, train, val, num_classes)
-    return Workload(spec, facts.train, facts.val, num_classes, facts.input_shape, facts.vocab_size, facts.notes)
+    return Workload(spec, facts.train, facts.val, num_classes, facts.input_shape, facts.vocab_size, facts.notes,
+                    facts.targets)
 
 
 def load_workload(spec: str, *, data_dir: Optional[Path] = None, seed: int = 0) -> Workload:
