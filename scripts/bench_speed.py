@@ -134,6 +134,7 @@ def render_trainer(groups: dict[str, list[dict]]) -> list[str]:
 # --- tune: everything outside training and evaluation ------------------------------------------
 
 TUNE_ARGS = ("--model", "small_cnn", "--dataset", "digits", "--n-trials", "12", "--epochs", "2", "--json")
+TUNE_ROUNDS = 3  # interleaved rounds of the 12-trial tune, per checkout and storage: the spread shows
 STUDY_BUDGET = "10m"  # the issue's whole-study case: the tuner's share of a 10-minute small_cnn/digits study
 SHARE_GOAL = 0.03
 
@@ -413,7 +414,9 @@ def tune_rows(code: pathlib.Path, urls: list[str], budget: str = "") -> list[dic
 def render_tune(rows: dict[str, list[dict]]) -> list[str]:
     lines = ["", "### Everything outside training and evaluation in `tune`", "",
              f"`autobatch tune {' '.join(TUNE_ARGS)}` in a fresh interpreter (`cli.main` in-process, so "
-             "interpreter start-up is excluded), one per storage, small_cnn on digits, one worker. "
+             "interpreter start-up is excluded), small_cnn on digits, one worker, per storage and checkout "
+             f"{TUNE_ROUNDS} runs, interleaved (the checkouts' order rotating each round); median [min, max] over "
+             "the runs. "
              "*Outside* = the JSON's `wall_time_s` less the probes and less training + evaluation. "
              "*Probes*: the gradient-noise probe (`measure_critical_batch`, which every `tune` runs first) and "
              "the memory + throughput probe, each timed whole. *Training + evaluation*: each `train_trial` "
@@ -432,19 +435,24 @@ def render_tune(rows: dict[str, list[dict]]) -> list[str]:
              "main thread from the study being ready to the end (the final answer's reads included), "
              "statements as the database runs them (an executemany counts each row: psycopg2 sends each). "
              "*before* = the main branch this work started from, measured the same way (`$AUTOBATCH_BENCH_BEFORE`).", "",
-             "| code | storage | trials | wall s | probes s | imports at first use s | training + evaluation s | "
+             "| code | storage | trials × runs | wall s | probes s | imports at first use s | training + evaluation s | "
              "outside s | outside per trial, ms | outside / (training + evaluation) (goal ≤25%) | the same, "
              "imports counted as outside | statements / trial | commits / trial "
              "| process CPU s | outside, CPU s | outside / trainer, CPU |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, group in rows.items():
-        for r in group:
-            imports = r.get("imports_s", 0.0)
-            lines.append(f"| {label} | {r['backend']} | {r['trials']} | {r['wall_s']:.1f} | {r['probe_s']:.1f} | "
-                         f"{imports:.1f} | {r['trainer_s']:.1f} | {r['outside_s']:.2f} | {r['outside_ms_per_trial']:.0f} | "
-                         f"{r['share']:.0%} | {(r['outside_s'] + imports) / r['trainer_s']:.0%} | "
-                         f"{r['statements_per_trial']:.0f} | {r['commits_per_trial']:.1f} | "
-                         f"{r['process_cpu_s']:.1f} | {_outside_cpu(r):.1f} | {_outside_cpu(r) / r['trainer_cpu_s']:.0%} |")
+        for backend in dict.fromkeys(r["backend"] for r in group):
+            runs = [r for r in group if r["backend"] == backend]
+            cell = lambda f, fmt: Spread.of([f(r) for r in runs]).show(fmt)  # noqa: E731
+            lines.append(
+                f"| {label} | {backend} | {runs[0]['trials']} × {len(runs)} | {cell(lambda r: r['wall_s'], '{:.1f}')} | "
+                f"{cell(lambda r: r['probe_s'], '{:.1f}')} | {cell(lambda r: r.get('imports_s', 0.0), '{:.2f}')} | "
+                f"{cell(lambda r: r['trainer_s'], '{:.2f}')} | {cell(lambda r: r['outside_s'], '{:.2f}')} | "
+                f"{cell(lambda r: r['outside_ms_per_trial'], '{:.0f}')} | **{cell(lambda r: r['share'], '{:.0%}')}** | "
+                f"{cell(lambda r: (r['outside_s'] + r.get('imports_s', 0.0)) / r['trainer_s'], '{:.0%}')} | "
+                f"{cell(lambda r: r['statements_per_trial'], '{:.0f}')} | {cell(lambda r: r['commits_per_trial'], '{:.1f}')} | "
+                f"{cell(lambda r: r['process_cpu_s'], '{:.1f}')} | {cell(_outside_cpu, '{:.2f}')} | "
+                f"{cell(lambda r: _outside_cpu(r) / r['trainer_cpu_s'], '{:.0%}')} |")
     return lines + render_breakdown(rows)
 
 
@@ -475,13 +483,22 @@ def render_study(rows: list[dict]) -> list[str]:
 
 def render_breakdown(rows: dict[str, list[dict]]) -> list[str]:
     """The runs above by component (``Breakdown``): wall seconds, and SQL statements per trial."""
-    runs = [(label, r) for label, group in rows.items() for r in group if "parts_wall_s" in r]
+    runs = []
+    for label, group in rows.items():  # a code's runs on one storage: their mean
+        for backend in dict.fromkeys(r["backend"] for r in group if "parts_wall_s" in r):
+            same = [r for r in group if r["backend"] == backend and "parts_wall_s" in r]
+            names_ = {k for r in same for k in r["parts_wall_s"]}
+            runs.append((label, {"backend": backend, "trials": same[0]["trials"],
+                                 "parts_wall_s": {k: sum(r["parts_wall_s"].get(k, 0.0) for r in same) / len(same)
+                                                  for k in names_},
+                                 "parts_statements": {k: sum(r["parts_statements"].get(k, 0) for r in same) / len(same)
+                                                      for k in names_}}))
     if not runs:
         return []
     names: list[str] = []
     for _, r in runs:
         names += [k for k in sorted(r["parts_wall_s"], key=lambda k: -r["parts_wall_s"][k]) if k not in names]
-    lines = ["", "By component (the same runs): each wrapped function's own wall time in seconds (time in a "
+    lines = ["", "By component (the same runs, the mean of each code's runs): each wrapped function's own wall time in seconds (time in a "
              "component it calls is that component's), and its SQL statements per trial in brackets. "
              "*Other* is the rest of `wall_time_s`: events, progress output, bookkeeping between the components.", "",
              "| component | booked as | " + " | ".join(f"{label} {r['backend']}" for label, r in runs) + " |",
@@ -648,10 +665,13 @@ def run(quick: bool, out_dir: pathlib.Path) -> str:
         trainer = {"before": trainer_rows_of(BEFORE, quick), **trainer}
     tune_codes = {"before": BEFORE, "after": ROOT} if BEFORE.exists() else {"after": ROOT}
     tune: dict[str, list[dict]] = {label: [] for label in tune_codes}
-    for backend in ("sqlite", "postgresql"):  # the checkouts interleaved, storage by storage
-        for label, code in tune_codes.items():
-            url = f"sqlite:///{tmp / (label + '.db')}" if backend == "sqlite" else POSTGRES
-            tune[label] += tune_rows(code, [url])
+    for round_ in range(TUNE_ROUNDS):  # the checkouts interleaved, their order rotating each round
+        order = list(tune_codes.items())
+        order = order[round_ % len(order):] + order[:round_ % len(order)]
+        for backend in ("sqlite", "postgresql"):
+            for label, code in order:
+                url = f"sqlite:///{tmp / f'{label}-{round_}.db'}" if backend == "sqlite" else POSTGRES
+                tune[label] += tune_rows(code, [url])
     study = tune_rows(ROOT, [f"sqlite:///{tmp / 'study.db'}"], budget=STUDY_BUDGET)
     codes = {"before": BEFORE, "after": ROOT} if BEFORE.exists() else {"after": ROOT}
     recommend = recommend_rows(f"sqlite:///{tmp / 'recommend.db'}", (60, 200), 3 if quick else 5, codes)

@@ -65,7 +65,7 @@ def main() -> None:
         sections[name] = Section(f"{body.rstrip()}\n\n_Section took {took:.0f}s._\n", mode,
                                  str(datetime.date.today()), commit)
         print(f"   {took:.0f}s", file=sys.stderr)
-        _write(target, sections)  # after each section: a crash loses nothing done
+        _write(target, {**previous, **sections})  # after each section: a crash loses nothing done or kept
     _write(target, sections)
 
 
