@@ -61,6 +61,7 @@ MEASURED_EVAL_PEAK_BYTES = "measured_eval_peak_bytes"    # its first evaluation
 EVAL_BATCH_SIZE = "eval_batch_size"                      # evaluation batch used
 PEAK_RSS_BYTES = "peak_rss_bytes"                        # CPU: the process's peak resident set
 MEMORY_FAILED_PHASE = "memory_failed_phase"              # "train" | "eval": ran out of / over the cap
+MEMORY_MEASURED_IN = "memory_measured_in_trial"          # CPU: the trial whose exact peaks these are (reused)
 MEMORY_PREDICTION_ERROR = "memory_prediction_error"      # (predicted - measured) / measured
 THROUGHPUT = "throughput"                     # training samples / s, evaluation excluded
 TRAIN_TIME_S = "train_time_s"                 # training time, evaluation excluded

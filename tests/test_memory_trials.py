@@ -234,3 +234,83 @@ def test_a_trained_trial_stores_its_memory_records_with_its_results(tmp_path, mo
     assert calls["write_trial"] == sum(2 + len(t.intermediate_values) for t in trained)
     assert calls["get_study_user_attrs"] <= 5  # the worker's start and the answer's reads (its stored verification one); was 2 per trial
     assert calls["_get_stale_trial_ids"] <= 2
+
+
+# --- CPU peaks measured once per micro-batch setting ------------------------------------------
+
+def test_cpu_peaks_are_the_same_at_the_same_shapes_whatever_the_seed_and_rate(digits):
+    """What reusing an earlier trial's peaks rests on: on CPU the accounting is exact, so two
+    trials at the same micro-batch, accumulation and evaluation batch measure the same bytes
+    (other seeds, learning rates and models' initial weights)."""
+    first = train_trial(mlp(digits), digits, TrialConfig(batch_size=16, learning_rate=0.05, accumulation_steps=2),
+                        train_samples=6 * 32, checkpoints=(64,), device=CPU, seed=1, eval_batch_size=64)
+    torch.manual_seed(7)
+    again = train_trial(build_model("mlp", num_classes=digits.num_classes, input_shape=digits.input_shape), digits,
+                        TrialConfig(batch_size=16, learning_rate=0.3, accumulation_steps=2),
+                        train_samples=6 * 32, checkpoints=(64,), device=CPU, seed=2, eval_batch_size=64)
+    assert (first.peaks.train_bytes, first.peaks.eval_bytes) == (again.peaks.train_bytes, again.peaks.eval_bytes)
+    assert first.peaks.train_bytes > 0 and first.peaks.eval_bytes > 0
+
+
+def _frozen(number: int, **attrs):
+    import optuna
+
+    base = {R.BATCH_SIZE: 16, R.ACCUMULATION_STEPS: 1, R.EVAL_BATCH_SIZE: 64, R.DEVICE: "cpu",
+            R.MEASURED_TRAIN_PEAK_BYTES: 1000 + number, R.MEASURED_EVAL_PEAK_BYTES: 500 + number}
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={**base, **attrs})
+    trial.number = number
+    return trial
+
+
+def test_known_peaks_are_a_measured_trial_at_exactly_the_same_setting():
+    from autobatch.tuning._memcheck import known_peaks
+
+    trials = [_frozen(0), _frozen(1), _frozen(2, **{R.MEMORY_MEASURED_IN: 1}),
+              _frozen(3, **{R.ACCUMULATION_STEPS: 2}), _frozen(4, **{R.EVAL_BATCH_SIZE: 128}),
+              _frozen(5, **{R.DEVICE: "cuda:0"}), _frozen(6, **{R.MEMORY_FAILED_PHASE: "eval"}),
+              _frozen(7, **{R.MEASURED_EVAL_PEAK_BYTES: None})]
+    found = known_peaks(trials, 16, 1, 64, cap=None)
+    assert (found.number, found.train_bytes, found.eval_bytes) == (1, 1001, 501)  # the latest measured, not a copy
+    assert known_peaks(trials, 16, 2, 64, cap=None).number == 3
+    assert known_peaks(trials, 32, 1, 128, cap=None) is None      # never measured there
+    assert known_peaks(trials, 16, 1, 64, cap=1000) is None       # over the cap: measured (and enforced) again
+    assert known_peaks([], 16, 1, 64, cap=None) is None
+
+
+def test_only_in_memory_tensors_count_as_fixed_shapes(digits):
+    from torch.utils.data import Dataset, Subset
+
+    from autobatch.tuning._memcheck import fixed_shapes
+
+    class Ragged(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(i + 1), 0
+
+    assert fixed_shapes(digits.train, digits.val)
+    assert fixed_shapes(Subset(digits.train, [0, 1]), Subset(Subset(digits.val, [0, 1, 2]), [0]))
+    assert not fixed_shapes(Ragged(), digits.val) and not fixed_shapes(digits.train, Ragged())
+
+
+def test_a_study_profiles_each_cpu_micro_batch_setting_once(tmp_path):
+    """Trials at a micro-batch setting already measured run without the profiler and store the
+    measuring trial's exact peaks, saying which trial measured them; the estimate is unchanged."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = SearchSpace(batch_size_min=16, batch_size_max=16, accumulation_steps=(1,),
+                        lr_multiplier_min=0.5, lr_multiplier_max=2.0)
+    tune(TuneSettings(model="mlp", dataset="digits", device="cpu", epochs=0.2, n_trials=4, storage=url,
+                      study_name="s", baselines=False, space=space, pruner="none", verify_runs=0, noise_probe=False))
+    trials = [t for t in optuna.load_study(study_name="s", storage=url).trials if t.user_attrs.get(R.SAMPLES_SEEN)]
+    assert len(trials) == 4
+    measured = [t for t in trials if R.MEMORY_MEASURED_IN not in t.user_attrs]
+    reused = [t for t in trials if R.MEMORY_MEASURED_IN in t.user_attrs]
+    assert len(measured) == 1 and len(reused) == 3
+    keys = (R.MEASURED_TRAIN_PEAK_BYTES, R.MEASURED_EVAL_PEAK_BYTES, R.MEASURED_PEAK_BYTES, R.EVAL_BATCH_SIZE)
+    for t in reused:
+        assert t.user_attrs[R.MEMORY_MEASURED_IN] == measured[0].number
+        assert [t.user_attrs[k] for k in keys] == [measured[0].user_attrs[k] for k in keys]
+        assert R.MEMORY_PREDICTION_ERROR in t.user_attrs

@@ -5,11 +5,13 @@ so that later proposals use corrected predictions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
 import optuna
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .. import records as R
 from ..memory import MemoryEstimate, TrialPeaks, refit, relative_error
@@ -105,3 +107,59 @@ def refit_study_memory(study: optuna.Study, attrs: Optional[dict] = None,
     if updated != data:
         study.set_user_attr(R.STUDY_MEMORY_MODEL, updated)
     return MemoryEstimate.from_dict(updated)
+
+
+@dataclass(frozen=True)
+class KnownPeaks:
+    """A CPU trial's exact peaks (bytes) at one micro-batch, accumulation and evaluation batch,
+    measured by trial ``number``."""
+
+    number: int
+    train_bytes: int
+    eval_bytes: int
+
+
+def known_peaks(trials: Sequence[optuna.trial.FrozenTrial], batch_size: int, accumulation_steps: int,
+                eval_batch_size: int, cap: Optional[int]) -> Optional[KnownPeaks]:
+    """The peaks an earlier CPU trial measured at exactly this micro-batch, accumulation and
+    evaluation batch (the latest such trial, whose own figures were measured, not reused), or
+    None. On CPU the peaks are an exact accounting of tensor allocations, the same for the same
+    shapes (``memory.TrialMeter``), so measuring them again under the profiler (~6 ms a trial)
+    gives the same numbers; a trial whose phase failed, or whose peak is over ``cap``, is not
+    used (a trial measures again and the cap is enforced)."""
+    for trial in reversed(trials):
+        a = trial.user_attrs
+        if (a.get(R.BATCH_SIZE) == batch_size and a.get(R.ACCUMULATION_STEPS) == accumulation_steps
+                and a.get(R.EVAL_BATCH_SIZE) == eval_batch_size and a.get(R.DEVICE) == "cpu"
+                and a.get(R.MEMORY_MEASURED_IN) is None and not a.get(R.MEMORY_FAILED_PHASE)
+                and a.get(R.MEASURED_TRAIN_PEAK_BYTES) and a.get(R.MEASURED_EVAL_PEAK_BYTES)):
+            train, evaluation = int(a[R.MEASURED_TRAIN_PEAK_BYTES]), int(a[R.MEASURED_EVAL_PEAK_BYTES])
+            if cap is not None and max(train, evaluation) > cap:
+                return None
+            return KnownPeaks(trial.number, train, evaluation)
+    return None
+
+
+def fixed_shapes(train: Dataset, val: Dataset) -> bool:
+    """Whether every batch of the splits has the same shape at a given size: in-memory tensors
+    (``TensorDataset``, or subsets of one), where a micro-batch's peak does not depend on which
+    samples it holds. A dataset of variable-size items is measured in every trial."""
+    def tensors(dataset: Dataset) -> bool:
+        while isinstance(dataset, Subset):
+            dataset = dataset.dataset
+        return isinstance(dataset, TensorDataset)
+    return tensors(train) and tensors(val)
+
+
+def with_known_peaks(result: TrialResult, known: KnownPeaks, eval_batch_size: int) -> TrialResult:
+    """``result`` (trained without memory accounting) with ``known``'s peaks for the phases it
+    reached: the training peak once its first optimizer steps ran, the evaluation peak once it
+    evaluated."""
+    config = result.config
+    trained = result.samples_seen >= 2 * config.batch_size * config.accumulation_steps
+    train = known.train_bytes if trained else None
+    evaluation = known.eval_bytes if result.curve else None
+    peaks = dataclasses.replace(result.peaks, train_bytes=train, eval_bytes=evaluation,
+                                eval_batch_size=eval_batch_size)
+    measured = max((v for v in (train, evaluation) if v is not None), default=None)
+    return dataclasses.replace(result, peaks=peaks, measured_peak_bytes=measured)

@@ -23,14 +23,15 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import records as R
 from .._optuna_internals import backend, cached_frozen, storage_routed, study_id, tell, trial_id, trials_from_cache
 from ..errors import AutobatchError, UserCodeError
-from ..memory import MemoryEstimate
+from ..memory import EVAL_BATCH_FACTOR, MemoryEstimate
 from ..records import EvalPoint, TrialConfig
 from ..search import VALUES, StudySpec, suggest
 from ..storage import TrialWrites, hold_writes
 from ..train import check_device, train_trial
 from ..workloads import Workload, build_model
 from ._events import TrialProgress, TrialStarted, TuneRun
-from ._memcheck import current_estimate, measured_memory, over_memory, refit_study_memory
+from ._memcheck import (current_estimate, fixed_shapes, known_peaks, measured_memory, over_memory,
+                        refit_study_memory, with_known_peaks)
 from ._readable import readable_attrs
 
 FAILURES_TO_STOP = 3  # trials failed by the user's code in a row, none completed: stop the study
@@ -163,13 +164,21 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run:
         R.write_attrs(trial, _readable(trial, {R.STOP_REASON: R.STOP_ERROR, R.STOP_DETAIL: str(exc),
                                                R.USER_ERROR: str(exc), R.SAMPLES_SEEN: 0}))
         return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
+    eval_batch = estimate.eval_batch(config.batch_size) if estimate else config.batch_size * EVAL_BATCH_FACTOR
+    # CPU peaks are exact and the same at the same shapes: measured once per micro-batch setting
+    known = (known_peaks(ctx.trials, config.batch_size, config.accumulation_steps, eval_batch, cap)
+             if ctx.device.type == "cpu" and ctx.trials is not None
+             and fixed_shapes(ctx.workload.train, ctx.workload.val) else None)
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
                          checkpoints=spec.eval_points, device=ctx.device, recipe=spec.recipe,
                          seed=seed, on_eval=on_eval, deadline=ctx.deadline, step=spec.step,
                          step_eval=spec.step_eval, num_workers=ctx.num_workers,
-                         eval_batch_size=estimate.eval_batch(config.batch_size) if estimate else None,
-                         memory_cap=cap)
+                         eval_batch_size=eval_batch, memory_cap=cap, measure_memory=known is None)
+    if known is not None:
+        result = with_known_peaks(result, known, eval_batch)
     measured = R.result_attrs(result, train_size=spec.train_size)
+    if known is not None:
+        measured[R.MEMORY_MEASURED_IN] = known.number
     measured[R.EVAL_TIME_S] = max(0.0, result.eval_time_s - timings["report"])  # evaluation, not storage
     # memory: the measured peak against the cap and the prediction, in the same one write
     memory_attrs, system_attrs, over_cap = measured_memory(result, predicted, cap)
