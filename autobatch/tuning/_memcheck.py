@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from .. import records as R
 from ..memory import MemoryEstimate, TrialPeaks, refit, relative_error
 from ..records import TrialResult
+from ..train import MEASURED_STEPS
 from ..units import format_bytes
 
 
@@ -153,10 +154,10 @@ def fixed_shapes(train: Dataset, val: Dataset) -> bool:
 
 def with_known_peaks(result: TrialResult, known: KnownPeaks, eval_batch_size: int) -> TrialResult:
     """``result`` (trained without memory accounting) with ``known``'s peaks for the phases it
-    reached: the training peak once its first optimizer steps ran, the evaluation peak once it
+    reached: the training peak once its first ``MEASURED_STEPS`` optimizer steps ran, the evaluation peak once it
     evaluated."""
     config = result.config
-    trained = result.samples_seen >= 2 * config.batch_size * config.accumulation_steps
+    trained = result.samples_seen >= MEASURED_STEPS * config.batch_size * config.accumulation_steps
     train = known.train_bytes if trained else None
     evaluation = known.eval_bytes if result.curve else None
     peaks = dataclasses.replace(result.peaks, train_bytes=train, eval_bytes=evaluation,
