@@ -16,8 +16,8 @@ from ._throughput import measure_throughput
 from ._trial import EVAL_BATCH_FACTOR, MEASURED_STEPS, OnEval, eval_points, resident_bytes, sync, train_trial
 
 __all__ = ["Batch", "ComputeLoss", "DIVERGENCE_FACTOR", "EVAL_BATCH_FACTOR", "FP32", "LOSS_READ_EVERY", "LRFactor",
-           "LossFn", "LossTrend", "MEASURED_STEPS", "MIN_PROBE_STEPS", "Metric", "MicroBatches", "OnEval", "PROBE_ACCUMULATION",
-           "PROBE_MICRO_BATCH", "PROBE_STEPS",
+           "LossFn", "LossTrend", "MEASURED_STEPS", "MIN_PROBE_STEPS", "Metric", "MicroBatches", "OnEval",
+           "PROBE_ACCUMULATION", "PROBE_MICRO_BATCH", "PROBE_STEPS",
            "Precision", "Predict", "autocast", "check_device", "check_recipe", "clip_gradients", "copy_to",
            "default_num_workers", "eval_batches", "eval_points", "eval_runner", "evaluate", "index_stream",
            "load_function", "make_compute_loss", "make_grad_scaler", "make_loss", "make_metric", "make_optimizer",
