@@ -134,6 +134,29 @@ def test_profiled_steps_are_kept_out_of_the_training_time(digits, monkeypatch):
     assert [p.metric for p in bare.curve] == [p.metric for p in measured.curve]  # the same training
 
 
+def test_the_profiled_evaluation_is_counted_at_the_unprofiled_rate(digits, monkeypatch):
+    """The first evaluation runs under the profiler (its peak is measured): the evaluation time
+    counts it at the rate of the unprofiled evaluations, the wall time keeps it (here a profiler
+    made it 0.4 s slower). With no unprofiled evaluation to compare with, it is counted as it ran."""
+    from autobatch.memory import TrialMeter
+
+    phase = TrialMeter.phase
+
+    @contextlib.contextmanager
+    def slow_phase(self, name, live_bytes):
+        with phase(self, name, live_bytes):
+            yield
+            if name == "eval":
+                time.sleep(0.4)
+    monkeypatch.setattr(TrialMeter, "phase", slow_phase)
+    config = TrialConfig(batch_size=32, learning_rate=0.05)
+    measured = train_trial(_model(), digits, config, train_samples=32 * 12, checkpoints=(128, 256, 384), device=CPU)
+    assert measured.peaks.eval_bytes > 0
+    assert measured.eval_time_s < 0.4 < measured.wall_time_s - measured.train_time_s
+    once = train_trial(_model(), digits, config, train_samples=32 * 4, checkpoints=(128,), device=CPU)
+    assert once.eval_time_s > 0.4
+
+
 def test_pruning_callback_stops(digits):
     result = train_trial(_model(), digits, TrialConfig(batch_size=16, learning_rate=0.05),
                          train_samples=1000, checkpoints=(250, 500, 1000), device=CPU, on_eval=lambda p: True)

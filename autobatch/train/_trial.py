@@ -105,7 +105,8 @@ def train_trial(
 
     Time: ``train_time_s`` (and each checkpoint's) is the wall time of the training steps;
     the steps the CPU profiler measured (slowed down by it) are counted at the rate of the
-    unprofiled steps, their real wall time stays in ``wall_time_s``. Divergence (a non-finite
+    unprofiled steps, and likewise the evaluation it measured (``eval_time_s``) at the mean of the
+    unprofiled evaluations; their real wall time stays in ``wall_time_s``. Divergence (a non-finite
     loss, or the smoothed loss over ``DIVERGENCE_FACTOR`` times its start: ``LossTrend``) is
     judged on losses read every ``LOSS_READ_EVERY`` steps, at checkpoints and at the end.
 
@@ -137,6 +138,7 @@ def train_trial(
     profiled = MEASURED_STEPS if measure_memory else 0  # steps run inside the memory meter
     excluded = profiled if meter.profiles else 0        # ... of which the profiler slowed down
     profile_time = 0.0
+    evals: list[tuple[float, bool]] = []  # (seconds, under the profiler) of each evaluate() call
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
@@ -189,9 +191,11 @@ def train_trial(
                 now = time.perf_counter()
                 train_time += now - segment
                 phase = "eval"
+                profiling = not curve and measure_memory and meter.profiles
                 with meter.phase("eval", live) if not curve and measure_memory else nullcontext():
                     value, val_loss = evaluate(model, workload.val, eval_batch, device, recipe, step=step,
                                                step_eval=step_eval, num_workers=num_workers)
+                evals.append((time.perf_counter() - now, profiling))
                 if over := _over_cap(meter, "eval", memory_cap):
                     stop, detail = STOP_OVER_CAP, f"evaluation at batch {eval_batch} {over}"
                     break
@@ -230,6 +234,7 @@ def train_trial(
     end = time.perf_counter()
     train_time += end - segment
     train_time = trained_seconds()
+    eval_time -= _profiler_excess(evals)
     failed = phase if stop in (STOP_OUT_OF_MEMORY, STOP_OVER_CAP) else None
     peaks = PeakReadings(train_bytes=meter.peaks.get("train"), eval_bytes=meter.peaks.get("eval"),
                          eval_batch_size=eval_batch, rss_bytes=meter.rss_bytes, failed_phase=failed)
@@ -239,6 +244,17 @@ def train_trial(
         stop_reason=stop, stop_detail=detail, metric=recipe.metric, direction=recipe.direction, peaks=peaks,
         noise_scale=noise.to_dict() if noise is not None and noise.series else None,
     )
+
+
+def _profiler_excess(evals: Sequence[tuple[float, bool]]) -> float:
+    """Seconds the profiler added to the evaluations it measured: each one's time less the mean
+    of the unprofiled ones (the same work: the whole validation set at the same batch); 0 when
+    none ran unprofiled."""
+    plain = [seconds for seconds, profiled in evals if not profiled]
+    if not plain:
+        return 0.0
+    rate = sum(plain) / len(plain)
+    return sum(max(0.0, seconds - rate) for seconds, profiled in evals if profiled)
 
 
 def _over_cap(meter: TrialMeter, phase: str, cap: Optional[int]) -> str:
