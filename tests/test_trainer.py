@@ -108,10 +108,8 @@ def test_the_trial_loop_reads_no_value_off_the_device_per_step(digits, monkeypat
     assert reads == {"item": 0, "tolist": 4}  # after steps 16, 32, 48 and the last
 
 
-def test_profiled_steps_are_kept_out_of_the_training_time(digits, monkeypatch):
-    """The CPU profiler slows the measured steps down; the training time counts them at the
-    unprofiled steps' rate, and the wall time keeps what they really took (here a profiler
-    made 0.4 s slower per measured step)."""
+def _slow_profiler(monkeypatch, slowed: str, seconds: float = 0.4) -> None:
+    """The memory meter's ``slowed`` phase ("train" or "eval") made ``seconds`` slower."""
     from autobatch.memory import TrialMeter
 
     phase = TrialMeter.phase
@@ -120,9 +118,16 @@ def test_profiled_steps_are_kept_out_of_the_training_time(digits, monkeypatch):
     def slow_phase(self, name, live_bytes):
         with phase(self, name, live_bytes):
             yield
-            if name == "train":
-                time.sleep(0.4)
+            if name == slowed:
+                time.sleep(seconds)
     monkeypatch.setattr(TrialMeter, "phase", slow_phase)
+
+
+def test_profiled_steps_are_kept_out_of_the_training_time(digits, monkeypatch):
+    """The CPU profiler slows the measured steps down; the training time counts them at the
+    unprofiled steps' rate, and the wall time keeps what they really took (here a profiler
+    made 0.4 s slower per measured step)."""
+    _slow_profiler(monkeypatch, "train")
     config = TrialConfig(batch_size=8, learning_rate=0.05)
     measured = train_trial(_model(), digits, config, train_samples=8 * 40, checkpoints=(160, 320), device=CPU)
     assert measured.peaks.train_bytes > 0 and measured.measured_peak_bytes > 0
@@ -138,17 +143,7 @@ def test_the_profiled_evaluation_is_counted_at_the_unprofiled_rate(digits, monke
     """The first evaluation runs under the profiler (its peak is measured): the evaluation time
     counts it at the rate of the unprofiled evaluations, the wall time keeps it (here a profiler
     made it 0.4 s slower). With no unprofiled evaluation to compare with, it is counted as it ran."""
-    from autobatch.memory import TrialMeter
-
-    phase = TrialMeter.phase
-
-    @contextlib.contextmanager
-    def slow_phase(self, name, live_bytes):
-        with phase(self, name, live_bytes):
-            yield
-            if name == "eval":
-                time.sleep(0.4)
-    monkeypatch.setattr(TrialMeter, "phase", slow_phase)
+    _slow_profiler(monkeypatch, "eval")
     config = TrialConfig(batch_size=32, learning_rate=0.05)
     measured = train_trial(_model(), digits, config, train_samples=32 * 12, checkpoints=(128, 256, 384), device=CPU)
     assert measured.peaks.eval_bytes > 0
