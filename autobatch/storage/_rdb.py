@@ -25,6 +25,7 @@ from ..records import finish_in_rdb, write_in_rdb
 from ._claim import Claim, StudyState, claim_in_rdb, study_state_in_rdb
 from ._sqlite import (BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, read_only_engine_kwargs, read_only_url,
                       sqlite_path)
+from ._reads import read_trials_in_rdb
 from ._stale import requeue
 from ._writes import write_trial_in_rdb
 from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
@@ -237,6 +238,12 @@ class _RetryingRDBStorage(optuna.storages.RDBStorage):
     def write_trial(self, study_id: int, trial_id: int, **kwargs) -> None:
         return write_trial_in_rdb(self, study_id, trial_id, **kwargs)
 
+    # Optuna's reads of many trials (``get_all_trials`` and its ``_CachedStorage``'s refreshes)
+    # go through this one method: the same trials from the same rows, without its ORM objects.
+    def _get_trials(self, study_id: int, states, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[optuna.trial.FrozenTrial]:
+        return read_trials_in_rdb(self, study_id, states, included_trial_ids, trial_id_greater_than)
+
     _local = threading.local()  # retry only at the outermost call (entry points nest)
     _warned_at = 0.0
 
@@ -245,7 +252,7 @@ _OWN = ("claim_trial", "study_state", "finish_trial", "write_trial_attrs", "writ
 
 
 def _retrying(name: str):
-    method = getattr(optuna.storages.RDBStorage, name, None) or _RetryingRDBStorage.__dict__[name]
+    method = _RetryingRDBStorage.__dict__.get(name) or getattr(optuna.storages.RDBStorage, name)
 
     @functools.wraps(method)
     def call(self: _RetryingRDBStorage, *args, **kwargs):
