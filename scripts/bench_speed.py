@@ -605,8 +605,11 @@ def _answer_main(url: str, name: str, repeats: int, answer: str) -> None:
 
     from autobatch.recommender import recommend, recommend_from_frame, recommend_study  # noqa: F401 - imports
 
+    from autobatch.recommender import _accuracy
+
     answers, cpus = [], []
     for _ in range(repeats):
+        getattr(_accuracy, "forget_fits", lambda: None)()  # each answer fits: none reuses the last one's fit
         study = optuna.load_study(study_name=name, storage=url) if answer == "fitted" else None
         started, cpu = time.perf_counter(), time.process_time()
         if study is not None:

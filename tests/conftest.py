@@ -31,6 +31,15 @@ def pytest_collection_finish(session) -> None:
     gc.freeze()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accuracy_fits():
+    """No test takes a fitted accuracy model another test left (``AccuracyModel.fit`` reuses
+    the fitted state of the same data in one process; a test may have patched the fit)."""
+    accuracy = sys.modules.get("autobatch.recommender._accuracy")
+    if accuracy is not None:
+        accuracy.forget_fits()
+
+
 # A tune in a test that is not about them skips the gradient-noise probe and the verification
 # re-training (each at least seconds); tests/test_verify.py and tests/test_critical_batch.py keep them.
 LEAN = ("--no-verify", "--no-noise-probe")

@@ -10,6 +10,7 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, Matern, WhiteKernel
 
 from autobatch.recommender import AccuracyModel, accuracy_features
+from autobatch.recommender._accuracy import forget_fits
 from autobatch.recommender._likelihood import FusedLBFGS, matern52_ard_lml
 
 
@@ -59,6 +60,7 @@ def test_a_covariance_that_is_not_positive_definite_has_no_likelihood():
 def test_the_accuracy_model_fits_what_scikit_learns_own_optimizer_fits(n, seed, monkeypatch):
     X, y = _data(n, seed)
     Xt, _ = _data(50, seed + 100)
+    forget_fits()
     fused = AccuracyModel().fit(X, y)
     if n <= 48:  # above it, the kernel fitted on 48 trials is conditioned on all of them unoptimized
         assert fused.gp_.optimizer.fallbacks == 0  # every start ran on the fused objective
@@ -73,7 +75,11 @@ def test_the_accuracy_model_fits_what_scikit_learns_own_optimizer_fits(n, seed, 
             return result.x, float(result.fun)
 
     monkeypatch.setattr("autobatch.recommender._accuracy.FusedLBFGS", Default)
+    forget_fits()  # a fit of the same data would take the fused fit's state
     default = AccuracyModel().fit(X, y)
+    if n <= 48:
+        assert type(default.gp_.optimizer) is Default
+    assert default.gp_ is not fused.gp_
     assert fused.gp_.log_marginal_likelihood_value_ == pytest.approx(default.gp_.log_marginal_likelihood_value_, abs=1e-6)
     np.testing.assert_allclose(fused.predict(Xt), default.predict(Xt), atol=1e-5)
     for mine, theirs in zip(fused.predict_interval(Xt), default.predict_interval(Xt)):
@@ -90,3 +96,25 @@ def test_another_kernel_falls_back_to_the_regressors_own_objective():
                                          random_state=0).fit(X, y)
     assert optimizer.fallbacks == 1
     assert gp.log_marginal_likelihood_value_ == pytest.approx(reference.log_marginal_likelihood_value_, rel=1e-6)
+
+
+def test_a_fit_of_the_same_data_takes_the_last_fits_state_and_nothing_else_does():
+    X, y = _data(12, 7)
+    Xt, _ = _data(30, 8)
+    first = AccuracyModel().fit(X, y)
+    again = AccuracyModel().fit(X.copy(), y.copy())
+    assert again.gp_ is first.gp_  # not fitted again
+    forget_fits()
+    fresh = AccuracyModel().fit(X, y)  # the premise: a fit of the same data gives the same model
+    assert fresh.gp_ is not first.gp_
+    np.testing.assert_array_equal(fresh.predict_interval(Xt), first.predict_interval(Xt))
+    assert fresh.std_scale_ == first.std_scale_
+    # anything the fit depends on differing fits anew: the data, a parameter, no fixed seed
+    y2 = y.copy()
+    y2[3] += 1e-12
+    assert AccuracyModel().fit(X, y2).gp_ is not first.gp_
+    assert AccuracyModel(noise_floor=1e-4).fit(X, y).gp_ is not first.gp_
+    assert AccuracyModel(n_restarts_optimizer=1).fit(X, y).gp_ is not first.gp_
+    assert AccuracyModel(random_state=1).fit(X, y).gp_ is not first.gp_
+    unseeded = AccuracyModel(random_state=None).fit(X, y)
+    assert AccuracyModel(random_state=None).fit(X, y).gp_ is not unseeded.gp_
