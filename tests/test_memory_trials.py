@@ -4,6 +4,8 @@ study's estimate refit from measured peaks. Small data, a few steps, CPU."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -314,3 +316,40 @@ def test_a_study_profiles_each_cpu_micro_batch_setting_once(tmp_path):
         assert t.user_attrs[R.MEMORY_MEASURED_IN] == measured[0].number
         assert [t.user_attrs[k] for k in keys] == [measured[0].user_attrs[k] for k in keys]
         assert R.MEMORY_PREDICTION_ERROR in t.user_attrs
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_measured_steps_are_measured_in_one_window(digits, optimizer):
+    """The trial measures its first ``MEASURED_STEPS`` steps in one profiler window (a window's
+    start, stop and event read cost ~6 ms), as the probe measures its steps: the training peak
+    is what one window around those steps measures (everything they hold, the batch and the
+    step's loss included), never less than each step measured in its own window with the
+    state alive before it; an evaluation within them ends the window before it."""
+    from autobatch.memory import TrialMeter, live_tensor_bytes
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train._batches import MicroBatches
+    from autobatch.train._build import make_compute_loss, make_optimizer, make_precision
+    from autobatch.train._step import train_step
+    from autobatch.train._trial import MEASURED_STEPS, state_tensors
+
+    recipe, config = TrainRecipe(optimizer=optimizer), TrialConfig(batch_size=16, learning_rate=0.01)
+    compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, CPU)
+
+    def steps_measured(steps: int, one_window: bool) -> int:
+        model = mlp(digits)
+        opt = make_optimizer(model.parameters(), config.learning_rate, recipe)
+        batches, meter, kept = MicroBatches(digits.train, 16, CPU, 3), TrialMeter(CPU), []
+        live = lambda: live_tensor_bytes(state_tensors(model, opt))  # noqa: E731
+        with meter.phase("train", live) if one_window else contextlib.nullcontext():
+            for _ in range(steps):
+                with contextlib.nullcontext() if one_window else meter.phase("train", live):
+                    kept.append(train_step(model, opt, batches.next, accumulation_steps=1,
+                                           compute_loss=compute_loss, precision=precision))
+        batches.close()
+        return meter.peaks["train"]
+
+    for first_checkpoint, steps in ((16, 1), (160, MEASURED_STEPS)):
+        result = train_trial(mlp(digits), digits, config, train_samples=160, checkpoints=(first_checkpoint, 160),
+                             device=CPU, recipe=recipe, seed=3)
+        assert result.peaks.train_bytes == steps_measured(steps, one_window=True), (optimizer, first_checkpoint)
+        assert result.peaks.train_bytes >= steps_measured(steps, one_window=False)

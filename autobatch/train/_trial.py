@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
@@ -96,8 +96,8 @@ def train_trial(
     ``EVAL_BATCH_FACTOR * batch_size``).
 
     Memory (``autobatch.memory.TrialMeter``): on CUDA the allocator's peak over the whole trial;
-    on CPU the exact tensor accounting of the first ``MEASURED_STEPS`` optimizer steps and of the
-    first evaluation, each plus the tensors alive before it. A measured phase over
+    on CPU the exact tensor accounting of the first ``MEASURED_STEPS`` optimizer steps (one
+    window) and of the first evaluation, each window plus the tensors alive before it. A measured phase over
     ``memory_cap`` stops the trial as ``over_cap``; an allocation failure on any device
     (``is_out_of_memory``, also when the user's code raised it) stops it as ``out_of_memory``;
     either names the phase. ``measure_memory=False`` measures nothing (no peaks, no cap
@@ -139,6 +139,9 @@ def train_trial(
     excluded = profiled if meter.profiles else 0        # ... of which the profiler slowed down
     profile_time = 0.0
     evals: list[tuple[float, bool]] = []  # (seconds, under the profiler) of each evaluate() call
+    # The measured steps run in one window (each window costs the CPU profiler's start, stop and
+    # event read, ~6 ms): the phase's peak is the largest over them, as one window per step gave.
+    measured = ExitStack()
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
@@ -155,26 +158,27 @@ def train_trial(
     try:
         for step_index in range(total_steps):
             check_interrupt()  # a recorded Ctrl-C that a callback swallowed: raised here
+            begun = time.perf_counter()
+            if step_index == 0 and profiled:
+                measured.enter_context(meter.phase("train", live))
+            step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
+                                   compute_loss=compute_loss, precision=precision,
+                                   grad_norms=noise.pending if noise else None)
             if step_index < profiled:
-                begun = time.perf_counter()
-                with meter.phase("train", live):
-                    step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
-                                           compute_loss=compute_loss, precision=precision,
-                                           grad_norms=noise.pending if noise else None)
                 profile_time += time.perf_counter() - begun
-            else:
-                step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
-                                       compute_loss=compute_loss, precision=precision,
-                                       grad_norms=noise.pending if noise else None)
             scheduler.step()
             samples += b * k
             steps_done += 1
-            if step_index < profiled and (over := _over_cap(meter, "train", memory_cap)):
-                stop, detail = STOP_OVER_CAP, f"training step at micro-batch {b} {over}"
-                break
+            due = bool(pending) and samples >= pending[0]
+            if step_index < profiled and (steps_done == profiled or due or steps_done == total_steps):
+                begun = time.perf_counter()
+                measured.close()  # the measured steps' window ends: the profiler's events are read here
+                profile_time += time.perf_counter() - begun
+                if over := _over_cap(meter, "train", memory_cap):
+                    stop, detail = STOP_OVER_CAP, f"training step at micro-batch {b} {over}"
+                    break
 
             losses.append(step_loss)
-            due = bool(pending) and samples >= pending[0]
             if due or len(losses) >= LOSS_READ_EVERY or steps_done == total_steps:
                 trend = trend.after(read_losses(losses), read_upto)  # one transfer for these steps
                 read_upto += len(losses)
@@ -216,6 +220,7 @@ def train_trial(
                     stop, detail = STOP_PRUNED, f"pruned at {point.samples_seen} samples seen"
                     break
     except Exception as exc:
+        measured.__exit__(type(exc), exc, exc.__traceback__)  # a failed phase records no peak
         if is_out_of_memory(exc):  # an allocation failure on any device, in the user's code too
             where = f"training step at micro-batch {b}" if phase == "train" else f"evaluation at batch {eval_batch}"
             stop, detail = STOP_OUT_OF_MEMORY, f"{where}: {_first_line(exc)}"
@@ -228,6 +233,7 @@ def train_trial(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     finally:
+        measured.close()  # cut off inside the measured steps (a deadline, Ctrl-C): what ran is measured
         batches.close()
 
     sync(device)
