@@ -14,6 +14,7 @@ the write lock from its start (``BEGIN IMMEDIATE``); on PostgreSQL the study row
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -72,37 +73,59 @@ def claim_trial(storage: optuna.storages.BaseStorage, study_id: int, *, limit_ke
     return taken
 
 
+@functools.lru_cache(maxsize=None)
+def _claim_statements() -> dict[str, Any]:
+    """The claim's statements on Optuna's tables, built once (SQLAlchemy Core, no ORM objects:
+    building them and the ORM's objects cost more than running them). Bound parameters:
+    ``study_id``, ``keys`` (expanding), ``queued_id``, the row's values (an UPDATE reserves its
+    columns' names)."""
+    models = rdb_models()
+    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+    attrs = models.StudyUserAttributeModel.__table__
+    study_id = sqlalchemy.bindparam("study_id")
+    return {
+        "lock": sqlalchemy.select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update(),
+        "attrs": sqlalchemy.select(attrs.c.key, attrs.c.value_json).where(
+            attrs.c.study_id == study_id, attrs.c.key.in_(sqlalchemy.bindparam("keys", expanding=True))),
+        "queued": sqlalchemy.select(trials.c.trial_id, trials.c.number).where(
+            trials.c.study_id == study_id, trials.c.state == TrialState.WAITING).order_by(trials.c.trial_id).limit(1),
+        "create": trials.insert(),
+        "start": trials.update().where(trials.c.trial_id == sqlalchemy.bindparam("queued_id")).values(
+            state=sqlalchemy.bindparam("running"), datetime_start=sqlalchemy.bindparam("now")),
+        "counts": sqlalchemy.select(trials.c.state, sqlalchemy.func.count(trials.c.trial_id))
+                  .where(trials.c.study_id == study_id).group_by(trials.c.state),
+    }
+
+
 def claim_in_rdb(rdb: optuna.storages.RDBStorage, study_id: int, *, limit_key: str, deadline_key: str,
                  seconds_needed: float = 0.0, final_fail_key: Optional[str] = None,
                  keys: tuple[str, ...] = ()) -> Claim:
-    models = rdb_models()
+    models, statements = rdb_models(), _claim_statements()
     with rdb_session(rdb) as session:
-        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-        rows = (session.query(models.StudyUserAttributeModel)
-                .filter(models.StudyUserAttributeModel.study_id == study_id,
-                        models.StudyUserAttributeModel.key.in_((limit_key, deadline_key, *keys))).all())
-        attrs = {row.key: json.loads(row.value_json) for row in rows}
+        if session.execute(statements["lock"], {"study_id": study_id}).first() is None:
+            raise KeyError(models.NOT_FOUND_MSG)  # as Optuna's ``find_or_raise_by_id``
+        rows = session.execute(statements["attrs"], {"study_id": study_id,
+                                                     "keys": [limit_key, deadline_key, *keys]}).all()
+        attrs = {key: json.loads(value) for key, value in rows}
         counts = _counts_in(session, models, study_id, final_fail_key)
         why = _refusal(counts, attrs.get(limit_key), attrs.get(deadline_key), seconds_needed)
         if why:
             return Claim(None, None, why, counts, attrs)
-        trial = (session.query(models.TrialModel)
-                 .filter(models.TrialModel.study_id == study_id,
-                         models.TrialModel.state == TrialState.WAITING)
-                 .order_by(models.TrialModel.trial_id).first())
+        queued = session.execute(statements["queued"], {"study_id": study_id}).first()
         now = datetime.datetime.now()
-        if trial is None:  # numbered as Optuna numbers it: the study's trials before it (the study is locked)
-            trial = models.TrialModel(study_id=study_id, number=sum(counts[s.name.lower()] for s in TrialState),
-                                      state=TrialState.RUNNING, datetime_start=now)
-            session.add(trial)
-        trial.state = TrialState.RUNNING
-        trial.datetime_start = now
-        session.flush()
+        if queued is None:  # numbered as Optuna numbers it: the study's trials before it (the study is locked)
+            number = sum(counts[s.name.lower()] for s in TrialState)
+            trial_id = session.execute(statements["create"], {
+                "study_id": study_id, "number": number, "state": TrialState.RUNNING,
+                "datetime_start": now}).inserted_primary_key[0]
+        else:
+            trial_id, number = queued
+            session.execute(statements["start"], {"queued_id": trial_id, "running": TrialState.RUNNING, "now": now})
         if rdb.get_heartbeat_interval():
             # The first heartbeat with the state: Optuna never fails a RUNNING trial that has no
             # heartbeat at all, so a worker killed right after taking it would block the study.
-            _first_beat(rdb, session, models, trial.trial_id)
-        return Claim(trial.trial_id, trial.number, "", counts, attrs)
+            _first_beat(rdb, session, models, trial_id)
+        return Claim(int(trial_id), int(number), "", counts, attrs)
 
 
 def _first_beat(rdb: optuna.storages.RDBStorage, session: Any, models: Any, trial_id: int) -> None:
@@ -134,8 +157,7 @@ def _refusal(counts: dict[str, int], limit: Optional[int], deadline: Optional[fl
 
 
 def _counts_in(session: Any, models: Any, study_id: int, final_fail_key: Optional[str] = None) -> dict[str, int]:
-    rows = (session.query(models.TrialModel.state, sqlalchemy.func.count(models.TrialModel.trial_id))
-            .filter(models.TrialModel.study_id == study_id).group_by(models.TrialModel.state).all())
+    rows = session.execute(_claim_statements()["counts"], {"study_id": study_id}).all()
     found = {TrialState(state) if not isinstance(state, TrialState) else state: n for state, n in rows}
     counts = {state.name.lower(): found.get(state, 0) for state in TrialState}
     if final_fail_key and counts["fail"]:
