@@ -80,7 +80,8 @@ def test_the_accuracy_model_fits_what_scikit_learns_own_optimizer_fits(n, seed, 
     if n <= 48:
         assert type(default.gp_.optimizer) is Default
     assert default.gp_ is not fused.gp_
-    assert fused.gp_.log_marginal_likelihood_value_ == pytest.approx(default.gp_.log_marginal_likelihood_value_, abs=1e-6)
+    assert fused.gp_.log_marginal_likelihood_value_ == pytest.approx(
+        default.gp_.log_marginal_likelihood_value_, abs=1e-6)
     np.testing.assert_allclose(fused.predict(Xt), default.predict(Xt), atol=1e-5)
     for mine, theirs in zip(fused.predict_interval(Xt), default.predict_interval(Xt)):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)

@@ -90,8 +90,9 @@ class AccuracyModel(RegressorMixin, BaseEstimator):
     do not hold; a smooth surface with one ridge in lr is what a GP prior describes, and
     trees' steps move the recommended setting between grid cells. The GP also fits in ~50 ms
     against ~250 ms (~15 ms since its likelihood is computed in one pass, ``_likelihood``: the
-    same optimizer from the same starts, the same fitted model). On large studies the kernel's hyperparameters are fitted on
-    ``max_fit_points`` trials (``_fit_subset``), so a 200-trial study fits in a tenth of the time.
+    same optimizer from the same starts, the same fitted model). On large studies the kernel's
+    hyperparameters are fitted on ``max_fit_points`` trials (``_fit_subset``), so a 200-trial
+    study fits in a tenth of the time.
     """
 
     def __init__(self, kind: str = "gp", coverage: float = COVERAGE,

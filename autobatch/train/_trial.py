@@ -97,8 +97,8 @@ def train_trial(
 
     Memory (``autobatch.memory.TrialMeter``): on CUDA the allocator's peak over the whole trial;
     on CPU the exact tensor accounting of the first ``MEASURED_STEPS`` optimizer steps (one
-    window) and of the first evaluation, each window plus the tensors alive before it. A measured phase over
-    ``memory_cap`` stops the trial as ``over_cap``; an allocation failure on any device
+    window) and of the first evaluation, each window plus the tensors alive before it. A
+    measured phase over ``memory_cap`` stops the trial as ``over_cap``; an allocation failure on any device
     (``is_out_of_memory``, also when the user's code raised it) stops it as ``out_of_memory``;
     either names the phase. ``measure_memory=False`` measures nothing (no peaks, no cap
     enforced), for re-training a configuration whose memory is known.
@@ -139,8 +139,8 @@ def train_trial(
     excluded = profiled if meter.profiles else 0        # ... of which the profiler slowed down
     profile_time = 0.0
     evals: list[tuple[float, bool]] = []  # (seconds, under the profiler) of each evaluate() call
-    # The measured steps run in one window (each window costs the CPU profiler's start, stop and
-    # event read, ~6 ms): the phase's peak is the largest over them, as one window per step gave.
+    # The measured steps run in one window, as the probe measures its steps (a window costs the CPU
+    # profiler's start, stop and event read, ~6 ms): its peak counts everything they hold.
     measured = ExitStack()
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
