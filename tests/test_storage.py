@@ -285,6 +285,66 @@ def test_mask_url_hides_passwords():
     assert "p{a}ss" not in mask_url("postgresql://u:p{a}ss@h/db")
     assert "hunter2" not in mask_url("not a url://bob:hunter2@")
     assert mask_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    # an unencoded "@" in the password: SQLAlchemy would show the rest of it as the host
+    assert "ret" not in mask_url("postgresql://bob:sec@ret@db.example/db")
+    assert mask_url("notaurl") == "notaurl"  # not a URL: shown as typed, there is no password in it
+
+
+@pytest.mark.parametrize("given,says", [
+    ("", "--storage is empty"),
+    ("  ", "--storage is empty"),
+    ("notaurl", "malformed storage URL 'notaurl': use sqlite:///PATH"),
+    ("sqlite:/relative.db", "malformed storage URL 'sqlite:/relative.db'"),
+    ("sqlite://", "sqlite:// is an in-memory database"),
+    ("sqlite:///:memory:", "in-memory database"),
+    ("postgresql://", "storage URL postgresql:// names no database"),
+    ("postgresql://bob:hunter2@db.example", "postgresql://bob:***@db.example names no database"),
+])
+def test_a_storage_url_naming_no_lasting_storage_is_refused_as_typed(given, says, tmp_path, monkeypatch):
+    """Refused, not run somewhere else: an empty --storage would write to the default file,
+    sqlite:// to memory that ends with the command, a URL without a database to libpq's
+    default one. The message shows the URL as typed, less its password, and nothing is made."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOBATCH_STORAGE", raising=False)
+    for kwargs in ({}, {"create_tables": False}, {"read_only": True}):
+        with pytest.raises(AutobatchError) as caught:
+            open_storage(given, **kwargs)
+        assert says in str(caught.value) and "hunter2" not in str(caught.value), caught.value
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unset_or_empty_environment_storage_means_the_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for value in (None, ""):
+        if value is None:
+            monkeypatch.delenv("AUTOBATCH_STORAGE", raising=False)
+        else:
+            monkeypatch.setenv("AUTOBATCH_STORAGE", value)
+        assert resolve_url(None) == f"sqlite:///{tmp_path / 'autobatch-studies' / 'autobatch.db'}"
+    monkeypatch.setenv("AUTOBATCH_STORAGE", "postgresql://u@h/db")
+    assert resolve_url(None) == "postgresql://u@h/db"  # as given: messages show what the user wrote
+
+
+def test_a_tune_stopped_by_a_user_error_leaves_no_study_file(tmp_path):
+    """Nothing made is left behind when tune stops before its study exists; a file that holds
+    a study is kept."""
+    proc = run_cli("tune", *FAST, "--model", "no_such_model", "--n-trials", "1", cwd=tmp_path)
+    nested = run_cli("tune", *FAST, "--model", "no_such_model", "--storage", f"sqlite:///{tmp_path / 'a/b/s.db'}",
+                     cwd=tmp_path)
+    for done in (proc, nested):
+        assert done.returncode == 2 and "unknown model 'no_such_model'" in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())
+
+    from autobatch.storage import discard_if_unused, parts_to_create
+
+    url = f"sqlite:///{tmp_path / 'kept' / 's.db'}"
+    parts = parts_to_create(url)
+    assert parts == [tmp_path / "kept" / "s.db", tmp_path / "kept"]
+    storage = open_storage(url)
+    optuna.create_study(storage=storage, study_name="someone's")
+    assert not discard_if_unused(storage, parts) and (tmp_path / "kept" / "s.db").is_file()
+    optuna.delete_study(study_name="someone's", storage=storage)
+    assert discard_if_unused(storage, parts) and not list(tmp_path.iterdir())
 
 
 def test_braces_in_a_password_are_encoded_for_optuna_and_decoded_for_the_driver(postgres_url, unique_name):

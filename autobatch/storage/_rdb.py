@@ -28,7 +28,7 @@ from ._sqlite import (BUSY_TIMEOUT_S, check_file, configure_engine, enable_wal, 
 from ._reads import read_trials_in_rdb
 from ._stale import requeue
 from ._writes import write_trial_in_rdb
-from ._urls import _encode_password, _first_line, _where, mask_url, resolve_url
+from ._urls import _encode_password, _first_line, _where, check_target, driver_url, mask_url, resolve_url
 
 ENV_HEARTBEAT = "AUTOBATCH_HEARTBEAT_S"
 # A worker records a heartbeat every HEARTBEAT_S; a RUNNING trial without one for
@@ -60,12 +60,14 @@ def open_storage(url: Optional[str], *, create_tables: bool = True,
     turns out dead, or made while the database is down, is retried for up to ``$AUTOBATCH_DB_RETRY_S`` (60 s), so a database restart costs
     a pause, not a crash. Heartbeats are on (``$AUTOBATCH_HEARTBEAT_S``, 10 s). Processes that
     start together and race to create the schema retry until one has made it."""
-    url = resolve_url(url)
+    shown = mask_url(resolve_url(url))
+    url = driver_url(resolve_url(url))
     try:
         parsed = make_url(url)
     except Exception:
-        raise AutobatchError(f"malformed storage URL {mask_url(url)!r}") from None
-    shown = mask_url(url)
+        raise AutobatchError(f"malformed storage URL {shown!r}: use sqlite:///PATH (three slashes, then the "
+                             "path) or postgresql://USER@HOST/DB") from None
+    check_target(parsed, shown)
     create = create_tables and not read_only
     path = sqlite_path(parsed)
     target = url

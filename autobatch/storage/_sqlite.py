@@ -47,9 +47,11 @@ def check_file(path: Path, shown: str, *, create: bool) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise AutobatchError(f"cannot create {path.parent}: {exc.strerror}; pass --storage") from None
+            raise AutobatchError(f"cannot create the folder {path.parent} for the study file: {exc.strerror}; "
+                                 "choose a --storage path in a folder that can be made or written") from None
     elif not path.is_file():
-        raise NoStudiesError(f"no autobatch studies in {shown} (no such file)")
+        raise NoStudiesError(f"no autobatch studies in {shown} (no such file); create one with autobatch tune "
+                             "(or tune --create-only)")
     if path.is_file() and path.stat().st_size > 0:
         try:
             with path.open("rb") as handle:
@@ -135,3 +137,44 @@ def configure_engine(engine: sqlalchemy.engine.Engine, *, read_only: bool) -> No
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened while creating the schema predate the hooks
+
+
+def absent_parts(path: Path) -> list[Path]:
+    """What creating ``path`` would make: the file and each missing folder above it, the
+    file first and the outermost folder last (the order to remove them in)."""
+    parts, current = [], path.resolve()
+    while not current.exists():
+        parts.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    return parts
+
+
+def remove_if_no_studies(parts: list[Path]) -> bool:
+    """Remove the study file ``parts[0]`` (with its ``-wal``/``-shm``) and the folders after it
+    that this process created, when the file holds no study: a ``tune`` stopped by a user
+    error before creating its study leaves nothing behind. A file holding a study (another
+    process's, or this one's) is kept, and so is a folder that is not empty. Returns whether
+    the file was removed."""
+    if not parts or not parts[0].is_file():
+        return False
+    try:
+        connection = sqlite3.connect(f"file:{urllib.parse.quote(str(parts[0]))}?mode=ro", uri=True,
+                                     timeout=BUSY_TIMEOUT_S)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "studies" in tables and connection.execute("SELECT count(*) FROM studies").fetchone()[0]:
+                return False
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    for suffix in ("-wal", "-shm", ""):
+        Path(f"{parts[0]}{suffix}").unlink(missing_ok=True)
+    for folder in parts[1:]:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: keep what is there
+            break
+    return True

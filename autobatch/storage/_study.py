@@ -51,8 +51,8 @@ def open_study(storage: StudyLike, study_name: Optional[str] = None, *,
         try:
             backend_ = open_storage(storage, create_tables=False, read_only=read_only)
         except NoStudiesError as exc:
-            raise AutobatchError(f"no study named {study_name!r}: {exc}; create it with autobatch tune, "
-                                 "or pass --storage (or set $AUTOBATCH_STORAGE) to look elsewhere") from None
+            raise AutobatchError(f"no study named {study_name!r}: {exc}, or pass --storage (or set "
+                                 "$AUTOBATCH_STORAGE) to look elsewhere") from None
     try:
         return optuna.load_study(study_name=study_name, storage=backend_)
     except KeyError:

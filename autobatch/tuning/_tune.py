@@ -21,7 +21,8 @@ from ..recipe import metric_label
 from ..recommender import Recommendation, answer_key, confirmed_key, publish, recommend_study
 from ..search import (StudySpec, TuneSettings, dashboard_command, fit_reserve, password_note, resume_command,
                       search_deadline, worker_command)
-from ..storage import ENV_STORAGE, fail_stale_trials, find_study, mask_url, open_storage, resolve_url
+from ..storage import (ENV_STORAGE, discard_if_unused, fail_stale_trials, find_study, mask_url, open_storage,
+                       parts_to_create, resolve_url)
 from ..train import resolve_device
 from ..workloads import check_model_name, load_workload, split_holdout
 from ._events import Callback, Note, RecommendationMade, StudyReady, TuneRun
@@ -69,7 +70,17 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     run = TuneRun(callbacks)
     started = time.time()
     url = resolve_url(settings.storage)
+    made = parts_to_create(url)
     storage = open_storage(url)
+    try:
+        return _tune(settings, storage, url, run, started)
+    except BaseException:
+        discard_if_unused(storage, made)  # a file this run made and stored no study in
+        raise
+
+
+def _tune(settings: TuneSettings, storage: optuna.storages.BaseStorage, url: str, run: TuneRun,
+          started: float) -> TuneOutcome:
     name = settings.study_name or default_study_name(settings.model, settings.dataset)
     existing = stored_spec(find_study(storage, name))
     if existing is not None:  # resuming: what was not given is the study's own
@@ -86,7 +97,8 @@ def tune(settings: TuneSettings, *, callbacks: Sequence[Callback] = ()) -> TuneO
     results = _results(study)
     if settings.n_trials and results >= settings.n_trials and not settings.create_only:
         more = resume_command(name, settings.storage, "--n-trials", str(results + settings.n_trials))
-        run.emit(Note(text=f"study {name!r} is complete: {results} trials have results, --n-trials is "
+        have = "trial has" if results == 1 else "trials have"
+        run.emit(Note(text=f"study {name!r} is complete: {results} {have} results, --n-trials is "
                            f"{settings.n_trials}; to run more: {more}"))
         return _answer(study, settings, name, url, started, run, verify)
     deadline = deadline_of(settings, started)
