@@ -205,12 +205,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .storage import open_study
     from .tuning import TuneRun, allowed_imports, run_worker
 
-    if not args.study_name:
-        raise AutobatchError("worker needs --study-name (the study created by autobatch tune)")
+    study_name = _study_name(args)
     values = load_config(args.config) if args.config else {}  # the user's own study file: its paths are allowed
     named = [values.get(k) for k in ("model", "dataset", "step", "step_eval")] + list((values.get("recipe") or {}).values())
     given = list(args.allow_import) + [p for p in named if isinstance(p, str) and ":" in p]
-    study = open_study(args.storage, args.study_name)  # writable; never creates the schema or a file
+    study = open_study(args.storage, study_name)  # writable; never creates the schema or a file
     with live_or_plain(False, _say) as progress:
         n = run_worker(study, device_name=args.device, data_dir=args.data_dir, worker_seed=args.seed,
                        run=TuneRun([progress]), num_workers=args.num_workers, allowed=allowed_imports(given))
@@ -256,9 +255,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _study_name(args: argparse.Namespace) -> str:
-    if not args.study_name:
-        raise AutobatchError(f"{args.command} needs --study-name")
-    return args.study_name
+    """``--study-name``, else the storage's only study (said on stderr)."""
+    if args.study_name:
+        return args.study_name
+    from .storage import describe, only_study_name
+
+    name = only_study_name(args.storage, args.command)
+    _say(f"reading study {name!r}, the only one in {describe(args.storage)}")
+    return name
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from importlib.metadata import version
@@ -53,9 +54,28 @@ def test_version_and_help_true_to_behaviour(tmp_path):
     assert "default: MODEL-DATASET" in tune_help.replace("\n", " ").replace("  ", " ")
     for command in ("recommend", "report", "worker", "show"):
         text = run_cli(command, "--help", cwd=tmp_path).stdout
-        assert "MODEL-DATASET" not in text and "(required" in text, command
-        refused = run_cli(command, "--storage", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
-        assert refused.returncode == 2 and "needs --study-name" in refused.stderr, (command, refused.stderr)
+        assert "MODEL-DATASET" not in text and "(default: the storage's only study" in text, command
+        missing = run_cli(command, "--storage", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+        assert missing.returncode == 2 and "no studies in" in missing.stderr, (command, missing.stderr)
+        assert missing.stderr.count("\n") == 1 and not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("command", ["recommend", "show", "report"])
+def test_without_study_name_the_only_study_is_read_and_several_are_named(study_url, tmp_path, command):
+    extra = ("--out", str(tmp_path / "out")) if command == "report" else ()
+    several = run_cli(command, "--storage", study_url, *extra, cwd=tmp_path)
+    assert several.returncode == 2, several.stderr
+    assert f"{command} needs --study-name" in several.stderr and "2 studies (conventions, plain-optuna)" in several.stderr
+    assert several.stderr.count("\n") == 1, several.stderr
+    one = tmp_path / "one.db"
+    with sqlite3.connect(study_url.removeprefix("sqlite:///")) as source, sqlite3.connect(one) as copy:
+        source.backup(copy)  # the file and its write-ahead log
+    optuna.delete_study(study_name="plain-optuna", storage=f"sqlite:///{one}")
+    done = run_cli(command, "--storage", f"sqlite:///{one}", *extra, cwd=tmp_path)
+    named = run_cli(command, "--storage", f"sqlite:///{one}", "--study-name", NAME, *extra, cwd=tmp_path)
+    assert done.returncode == 0 and named.returncode == 0, done.stderr + named.stderr
+    assert f"reading study {NAME!r}, the only one in sqlite:///{one}" in done.stderr
+    assert done.stdout == named.stdout
 
 
 @pytest.fixture(scope="module")

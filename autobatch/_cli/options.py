@@ -75,10 +75,11 @@ def storage_option(p: argparse.ArgumentParser) -> None:
 
 
 def study_options(p: argparse.ArgumentParser, *, required_name: bool) -> None:
-    """``--storage`` and ``--study-name``; the name is needed by every command but ``tune``."""
+    """``--storage`` and ``--study-name``; commands but ``tune`` default to the storage's only study."""
     storage_option(p)
     if required_name:
-        p.add_argument("--study-name", metavar="NAME", help="the study to read (required; see autobatch studies)")
+        p.add_argument("--study-name", metavar="NAME", help=(
+            "the study to read (default: the storage's only study; see autobatch studies)"))
     else:
         p.add_argument("--study-name", metavar="NAME",
                        help="study to create or resume (default: MODEL-DATASET, e.g. resnet18-digits)")

@@ -34,12 +34,7 @@ def list_studies(storage: Optional[str]) -> list[StudySummary]:
     """The studies in ``storage`` (a URL; None: the default storage), by name. Opens it
     read-only; one aggregate read per study. Raises ``AutobatchError`` when the storage
     holds no studies or cannot be reached."""
-    url = resolve_url(storage)
-    try:
-        backend = open_storage(url, create_tables=False, read_only=True)
-    except NoStudiesError:
-        raise AutobatchError(f"no studies in {mask_url(url)} yet; create one with autobatch tune, "
-                             "or pass --storage") from None
+    backend = _open_to_list(storage)
     rows = []
     for frozen in sorted(backend.get_all_studies(), key=lambda s: s.study_name):
         maximize = frozen.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -51,3 +46,25 @@ def list_studies(storage: Optional[str]) -> list[StudySummary]:
             answer=frozen.user_attrs.get(R.STUDY_RECOMMENDATION),
             autobatch=R.STUDY_SPEC in frozen.user_attrs))
     return rows
+
+
+def only_study_name(storage: Optional[str], command: str) -> str:
+    """The name of the one study in ``storage``, for a command given no ``--study-name``.
+    Raises ``AutobatchError`` when the storage holds none, or several (naming them)."""
+    names = sorted(optuna.get_all_study_names(_open_to_list(storage)))
+    if len(names) == 1:
+        return names[0]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    raise AutobatchError(f"{command} needs --study-name: {mask_url(resolve_url(storage))} holds "
+                         f"{len(names)} studies ({shown})" if names else
+                         f"no studies in {mask_url(resolve_url(storage))} yet; create one with autobatch tune, "
+                         "or pass --storage")
+
+
+def _open_to_list(storage: Optional[str]) -> optuna.storages.RDBStorage:
+    url = resolve_url(storage)
+    try:
+        return open_storage(url, create_tables=False, read_only=True)
+    except NoStudiesError:
+        raise AutobatchError(f"no studies in {mask_url(url)} yet; create one with autobatch tune, "
+                             "or pass --storage") from None
