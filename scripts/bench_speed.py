@@ -530,7 +530,8 @@ def recommend_rows(url: str, sizes: tuple[int, ...], repeats: int, codes: dict[s
     fresh interpreter (wall time and the child's CPU time, ``resource.getrusage``), the same
     under ``python -X importtime`` (the import share), and the answer after its imports in one
     more interpreter (``--answer``: wall and CPU of each of ``repeats`` answers; *fitted*:
-    ``recommend_study`` on a freshly loaded study; *stored*: ``recommend`` opening the study)."""
+    ``recommend_study`` on the study opened as the command opens it; *stored*: ``recommend``
+    opening the study)."""
     import contextlib
     import io
     import resource
@@ -597,20 +598,21 @@ def _user_env(code: pathlib.Path) -> dict[str, str]:
 
 def _answer_main(url: str, name: str, repeats: int, answer: str) -> None:
     """The answer ``repeats`` times after the imports (the fit's included): JSON of the wall and
-    CPU seconds of each. ``answer``: ``fitted``, ``recommend_study`` on a freshly loaded study;
-    ``stored``, ``recommend(name, url)`` (opening the study, then its stored answer or a fit)."""
+    CPU seconds of each. ``answer``: ``fitted``, ``recommend_study`` on the study opened as
+    ``autobatch recommend`` opens it (``open_study``, read-only: its trials are read inside the
+    timed answer); ``stored``, ``recommend(name, url)`` (opening the study, then its stored answer
+    or a fit)."""
     import time
 
-    import optuna
-
     from autobatch.recommender import recommend, recommend_from_frame, recommend_study  # noqa: F401 - imports
+    from autobatch.storage import open_study
 
     from autobatch.recommender import _accuracy
 
     answers, cpus = [], []
     for _ in range(repeats):
         getattr(_accuracy, "forget_fits", lambda: None)()  # each answer fits: none reuses the last one's fit
-        study = optuna.load_study(study_name=name, storage=url) if answer == "fitted" else None
+        study = open_study(url, name, read_only=True) if answer == "fitted" else None
         started, cpu = time.perf_counter(), time.process_time()
         if study is not None:
             recommend_study(study)
@@ -644,8 +646,9 @@ def render_recommend(rows: list[dict]) -> list[str]:
              "without stored answers fits). *Command*: `autobatch recommend --study-name S "
              "--storage URL --json` in a fresh interpreter, wall and the child's CPU time; *imports*: the "
              "top-level modules' cumulative times under `python -X importtime` (the same command); *answer "
-             "s*: after the imports (the fit's included), fitted: `recommend_study` on a freshly loaded study "
-             "(the study's trials are read from the storage inside it), stored: `recommend(S, URL)` (opening "
+             "s*: after the imports (the fit's included), fitted: `recommend_study` on the study opened as "
+             "`autobatch recommend` opens it (`open_study`, read-only; the study's trials are read from the "
+             "storage inside the answer), stored: `recommend(S, URL)` (opening "
              "the study too); wall and CPU. Median [min, max] over the repeats; "
              "the checkouts interleaved; the thread pools at their defaults, as a user runs it. Goals: the command under 2 s, the "
              "answer under 0.5 s on 200 trials.", "",
