@@ -170,8 +170,11 @@ def remove_if_no_studies(parts: list[Path]) -> bool:
             connection.close()
     except sqlite3.Error:
         return False
-    for suffix in ("-wal", "-shm", ""):
-        Path(f"{parts[0]}{suffix}").unlink(missing_ok=True)
+    try:
+        for suffix in ("-wal", "-shm", ""):
+            Path(f"{parts[0]}{suffix}").unlink(missing_ok=True)
+    except OSError:  # never raised over the error that stopped the run
+        return False
     for folder in parts[1:]:
         try:
             folder.rmdir()
