@@ -179,11 +179,13 @@ def test_balanced_rationale_never_names_one_setting_as_both_ends():
     from autobatch.recommender._choice import rationale
 
     cands = pd.DataFrame({"batch_size": [16, 64], "accumulation_steps": [1, 2], "learning_rate": [0.03, 0.1],
-                          "accuracy": [0.823, 0.815], "epoch_time_s": [1.0, 0.5]})
+                          "accuracy": [0.823, 0.815], "accuracy_lo": [0.801, 0.79], "epoch_time_s": [1.0, 0.5]})
     one = rationale("balanced", cands, {"speed": 0, "accuracy": 0, "balanced": 0}, {"feasible": 2})
     assert one.count("batch 16 x 1") == 1 and "no trade-off" in one and "82.3%" in one
     two = rationale("balanced", cands, {"speed": 1, "accuracy": 0, "balanced": 1}, {"feasible": 2})
-    assert "batch 64 x 2 accumulation, lr 0.1: 81.5%, 0.5 s" in two and "batch 16 x 1 accumulation, lr 0.03: 82.3%" in two
+    assert "batch 64 x 2 accumulation, lr 0.1: 81.5%, pessimistic 79.0%, 0.5 s" in two
+    assert "batch 16 x 1 accumulation, lr 0.03: 82.3%, pessimistic 80.1%" in two
+    assert "compared at their intervals' pessimistic ends" in two  # what the picks compared
     assert "1 percentage point" in two  # the tolerance in the units the accuracies are shown in
 
 

@@ -308,6 +308,36 @@ def test_priority_order_on_random_studies(seed):
     assert front == sorted(front) and all(a1 < a2 for (_, a1), (_, a2) in zip(front, front[1:]))
 
 
+def test_the_answer_stays_inside_the_lr_range_the_trials_tested():
+    """Trials that tested multipliers 1.0-1.3 only, on a surface whose optimum is far below
+    (0.3): the slope pulls the model toward lower lrs, but no answer leaves the tested range
+    (the rule once let one go a factor of 2 beyond it, where it re-trained at 0%)."""
+    law = Law(best_multiplier=0.3, curvature_lr=0.05)
+    df = trials_frame(make_study(law, n=30, seed=5)).copy()
+    span = (np.log(df["lr_multiplier"]) - math.log(0.1)) / math.log(100)      # 0..1 over the drawn range
+    df["lr_multiplier"] = 1.3 ** span
+    df["learning_rate"] = [SPEC.space.learning_rate(m, e) for m, e in zip(df["lr_multiplier"], df["effective_batch_size"])]
+    done = df["state"] == "COMPLETE"
+    df.loc[done, "val_metric"] = np.clip(law.accuracy(df.loc[done, "batch_size"], df.loc[done, "accumulation_steps"],
+                                                      df.loc[done, "lr_multiplier"]), 0, 1)
+    tested = df.loc[done, "lr_multiplier"]
+    for priority in PRIORITIES:
+        rec = _recommend(df, priority=priority)
+        assert tested.min() - 1e-12 <= rec.lr_multiplier <= tested.max() + 1e-12, (priority, rec.lr_multiplier)
+
+
+def test_the_rationale_shows_the_pessimistic_ends_it_compared():
+    """Settings are ranked by their interval's pessimistic end: the text shows that end beside
+    each prediction, so a faster pick with a higher prediction does not read as a contradiction."""
+    df = trials_frame(make_study(Law(), n=30, seed=2))
+    recs = {p: _recommend(df, priority=p) for p in PRIORITIES}
+    low = {p: r.diagnostics["calibration"]["model_interval"][0] for p, r in recs.items()}
+    assert low["accuracy"] >= low["speed"]
+    assert "at the interval's pessimistic end" in recs["accuracy"].rationale
+    assert "compared at their intervals' pessimistic ends" in recs["speed"].rationale
+    assert recs["speed"].rationale.count("pessimistic ") >= 2
+
+
 def test_diverged_region_is_avoided():
     law = replace(Law(best_multiplier=4.0), diverge_above=5.0)   # optimum next to the cliff
     df = trials_frame(make_study(law, n=45, seed=3))

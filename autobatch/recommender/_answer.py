@@ -61,10 +61,11 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             + (f": {more_trials}" if more_trials else f" (autobatch tune --study-name {study_name})"))
     fit = fit_tradeoff(df, spec, memory_model, random_state=RANDOM_STATE, calibrate=calibrate,
                        extra_repeats=extra_repeats, observations=observations)
-    # Candidates need local support: the accuracy model is not trusted to extrapolate into a
-    # corner no completed trial has seen (there it once predicted 110%, and an untested lr
-    # edge re-trained 22.8 points worse than predicted).
-    grid = candidates(fit, spec)
+    # Candidates need local support, and lrs inside the range trials tested: the accuracy
+    # model is not trusted to extrapolate into a corner no completed trial has seen (there it
+    # once predicted 110%, and an untested lr edge re-trained 22.8 points worse than predicted).
+    tested = completed["lr_multiplier"].to_numpy(dtype=float)
+    grid = candidates(fit, spec, (float(tested.min()), float(tested.max())))
     grid = grid[supported(grid, completed)].reset_index(drop=True)
     feasible, constraints = apply_constraints(grid, fit, cap, max_epoch_time, min_accuracy)
     front = pareto_front(feasible)
@@ -102,7 +103,8 @@ def recommend_from_frame(df: pd.DataFrame, spec: StudySpec, memory_model: Option
             multipliers=completed["lr_multiplier"].to_numpy(dtype=float), batch_size=int(chosen["batch_size"]),
             lr_multiplier=float(chosen["lr_multiplier"]),
             space_batch=(min(spec.space.batch_sizes), max(spec.space.batch_sizes)),
-            space_multiplier=(spec.space.lr_multiplier_min, spec.space.lr_multiplier_max)))
+            space_multiplier=(spec.space.lr_multiplier_min, spec.space.lr_multiplier_max),
+            train_size=spec.train_size or None))
 
 
 def _model_intervals(chosen: pd.Series) -> dict:

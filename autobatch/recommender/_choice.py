@@ -54,12 +54,18 @@ def supported(grid: pd.DataFrame, completed: pd.DataFrame) -> np.ndarray:
     return near.all(axis=2).any(axis=1)
 
 
-def candidates(fit: TradeoffFit, spec: StudySpec) -> pd.DataFrame:
+def candidates(fit: TradeoffFit, spec: StudySpec,
+               tested: Optional[tuple[float, float]] = None) -> pd.DataFrame:
     """Predictions for the search grid: every micro-batch size and accumulation step of the
     space times ``N_LR_MULTIPLIERS`` log-spaced lr multipliers; never an effective batch larger
-    than the training set (the trials refuse those too)."""
+    than the training set (the trials refuse those too). ``tested``: the lowest and highest lr
+    multiplier of the completed trials; the grid's multipliers are then those inside that
+    range, and its two ends (the accuracy model is not trusted beyond the lrs trials tested)."""
     space = spec.space
     multipliers = np.geomspace(space.lr_multiplier_min, space.lr_multiplier_max, N_LR_MULTIPLIERS)
+    if tested is not None:
+        low, high = tested
+        multipliers = np.concatenate([multipliers[(multipliers >= low) & (multipliers <= high)], [low, high]])
     b, a, m = (g.ravel() for g in np.meshgrid(space.batch_sizes, space.accumulation_steps,
                                                np.unique(multipliers), indexing="ij"))
     if spec.train_size > 0 and (b * a <= spec.train_size).any():
@@ -165,31 +171,37 @@ def _setting(row: pd.Series) -> str:
 
 def rationale(priority: str, cands: pd.DataFrame, picks: dict[str, int], constraints: dict,
               fit: Optional[TradeoffFit] = None) -> str:
-    """Why the pick: the priority's rule with the numbers it compared. A balanced pick names the
-    two ends of the front it lies between, or says there is one setting when the fastest near the
-    best is the best itself (never one setting as both ends)."""
+    """Why the pick: the priority's rule with the numbers it compared. Settings are compared
+    at the pessimistic end of their interval (``RANK_BY``), so each is shown with that end beside
+    its prediction: a faster pick may have the higher prediction and a wider interval. A balanced
+    pick names the two ends of the front it lies between, or says there is one setting when the
+    fastest near the best is the best itself (never one setting as both ends)."""
     fast, top = cands.loc[picks["speed"]], cands.loc[picks["accuracy"]]
     name = fit.metric_name if fit is not None else "accuracy"
 
+    def text_of(value: float) -> str:
+        return metric_text(fit, value) if fit is not None else f"{value:.1%}"
+
     def score(row: pd.Series) -> str:
-        return metric_text(fit, row["accuracy"]) if fit is not None else f"{row['accuracy']:.1%}"
+        return f"{text_of(row['accuracy'])}, pessimistic {text_of(row[RANK_BY])}"
 
     best = score(top)
     tolerance = (f"{100 * SPEED_TOLERANCE:g} percentage point" if fit is None or fit.bounded
                  else f"{100 * SPEED_TOLERANCE:g}%")
+    basis = "compared at their intervals' pessimistic ends"
     if picks["speed"] == picks["accuracy"]:
-        balanced = (f"the best predicted {name} ({_setting(top)}: {best}, {top['epoch_time_s']:.3g} s) is also "
-                    f"the fastest setting within {tolerance} of it, so there is no trade-off to balance")
+        balanced = (f"the best {name} ({_setting(top)}: {best}, {top['epoch_time_s']:.3g} s) is also "
+                    f"the fastest setting within {tolerance} of it ({basis}), so there is no trade-off to balance")
     else:
         balanced = (f"knee of the {name}/epoch-time front between the fastest setting within {tolerance} "
-                    f"of the best ({_setting(fast)}: {score(fast)}, "
-                    f"{fast['epoch_time_s']:.3g} s) and the best ({_setting(top)}: {best}, "
+                    f"of the best, {basis} ({_setting(fast)}: {score(fast)}, "
+                    f"{fast['epoch_time_s']:.3g} s), and the best ({_setting(top)}: {best}, "
                     f"{top['epoch_time_s']:.3g} s)")
     text = {
-        "accuracy": f"{'lowest' if fit is not None and fit.sign < 0 else 'highest'} predicted {name} "
-                    f"({best}) of {constraints['feasible']} feasible settings",
-        "speed": f"shortest predicted epoch ({fast['epoch_time_s']:.3g} s) within {tolerance} "
-                 f"of the best predicted {name} ({best})",
+        "accuracy": f"{'lowest' if fit is not None and fit.sign < 0 else 'highest'} {name} at the interval's "
+                    f"pessimistic end ({best}) of {constraints['feasible']} feasible settings",
+        "speed": f"shortest predicted epoch ({fast['epoch_time_s']:.3g} s; {score(fast)}) within {tolerance} "
+                 f"of the best {name}, {basis} ({best})",
         "balanced": balanced,
     }[priority]
     applied = [f"{k}={v}" for k, v in constraints.items() if k in _USER and v is not None]
