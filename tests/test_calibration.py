@@ -185,6 +185,15 @@ def test_low_confidence_says_why_and_what_would_fix_it():
     assert "largest micro-batch searched (256)" in edge and "a larger --batch-size-max" in edge
     assert "largest lr multiplier searched (10)" in edge and "a larger lr_multiplier_max ([space] table of a --config study file)" in edge
     assert "\n" not in edge
+    # the training set is the bound: 32 would not fit in 24 samples, so no larger --batch-size-max helps
+    data = confidence_note(completed=20, effective_batches=[2, 8, 16], multipliers=[0.2, 1.0, 5.0],
+                           batch_size=16, lr_multiplier=1.3, space_batch=(2, 16), space_multiplier=(0.1, 10.0),
+                           train_size=24)
+    assert data == "low confidence: the answer is at the largest micro-batch the 24 training samples allow (16)"
+    roomy = confidence_note(completed=20, effective_batches=[2, 8, 16], multipliers=[0.2, 1.0, 5.0],
+                            batch_size=16, lr_multiplier=1.3, space_batch=(2, 16), space_multiplier=(0.1, 10.0),
+                            train_size=1000)
+    assert "a larger --batch-size-max" in roomy
 
 
 def test_recommendation_carries_the_confidence_note():

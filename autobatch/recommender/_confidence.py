@@ -12,14 +12,16 @@ NARROW_DOUBLINGS = 2.0   # completed trials spanning fewer doublings of effectiv
 
 def confidence_note(*, completed: int, effective_batches: Sequence[float], multipliers: Sequence[float],
                     batch_size: int, lr_multiplier: float, space_batch: tuple[int, int],
-                    space_multiplier: tuple[float, float]) -> Optional[str]:
+                    space_multiplier: tuple[float, float], train_size: Optional[int] = None) -> Optional[str]:
     """One line saying why confidence in the answer is low and what would fix it, or None.
 
     Low when: fewer than ``LOW_TRIALS`` completed trials (fix: more budget); the completed
     trials span fewer than ``NARROW_DOUBLINGS`` doublings of effective batch or of lr multiplier
     (fix: a wider range, or more budget so the search leaves its start); the answer's micro-batch
     or lr multiplier is at a bound of the searched space (``space_batch``, ``space_multiplier``:
-    (min, max)), where the best may lie beyond (fix: widen that bound)."""
+    (min, max)), where the best may lie beyond (fix: widen that bound; none for the largest
+    micro-batch when the next power of two would exceed the ``train_size`` training samples:
+    the training set is the bound there)."""
     why, fix = [], []
     if completed < LOW_TRIALS:
         why.append(f"only {completed} completed trials")
@@ -34,6 +36,9 @@ def confidence_note(*, completed: int, effective_batches: Sequence[float], multi
              ("lr multiplier", lr_multiplier, space_multiplier, "lr_multiplier")]
     for name, value, (lo, hi), key in edges:
         if lo < hi and math.isclose(value, hi, rel_tol=1e-6):
+            if key == "batch_size" and train_size and 2 * hi > train_size:
+                why.append(f"the answer is at the largest micro-batch the {train_size} training samples allow ({hi:g})")
+                continue
             why.append(f"the answer is at the largest {name} searched ({hi:g})")
             fix.append(f"a larger {_where(key, 'max')}")
         elif lo < hi and math.isclose(value, lo, rel_tol=1e-6):
@@ -42,7 +47,7 @@ def confidence_note(*, completed: int, effective_batches: Sequence[float], multi
     if not why:
         return None
     fixes = list(dict.fromkeys(fix))
-    return f"low confidence: {'; '.join(why)}; would help: {', '.join(fixes)}"
+    return f"low confidence: {'; '.join(why)}" + (f"; would help: {', '.join(fixes)}" if fixes else "")
 
 
 def _where(key: str, end: str) -> str:
