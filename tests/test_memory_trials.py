@@ -5,6 +5,7 @@ study's estimate refit from measured peaks. Small data, a few steps, CPU."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -257,7 +258,7 @@ def test_cpu_peaks_are_the_same_at_the_same_shapes_whatever_the_seed_and_rate(di
 def _frozen(number: int, **attrs):
     import optuna
 
-    base = {R.BATCH_SIZE: 16, R.ACCUMULATION_STEPS: 1, R.EVAL_BATCH_SIZE: 64, R.DEVICE: "cpu",
+    base = {R.BATCH_SIZE: 16, R.ACCUMULATION_STEPS: 1, R.EVAL_BATCH_SIZE: 64, R.DEVICE: "cpu", R.SAMPLES_SEEN: 96,
             R.MEASURED_TRAIN_PEAK_BYTES: 1000 + number, R.MEASURED_EVAL_PEAK_BYTES: 500 + number}
     trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={**base, **attrs})
     trial.number = number
@@ -267,16 +268,74 @@ def _frozen(number: int, **attrs):
 def test_known_peaks_are_a_measured_trial_at_exactly_the_same_setting():
     from autobatch.tuning._memcheck import known_peaks
 
+    def config(batch_size: int, accumulation: int = 1) -> TrialConfig:
+        return TrialConfig(batch_size=batch_size, learning_rate=0.05, accumulation_steps=accumulation)
+
     trials = [_frozen(0), _frozen(1), _frozen(2, **{R.MEMORY_MEASURED_IN: 1}),
               _frozen(3, **{R.ACCUMULATION_STEPS: 2}), _frozen(4, **{R.EVAL_BATCH_SIZE: 128}),
               _frozen(5, **{R.DEVICE: "cuda:0"}), _frozen(6, **{R.MEMORY_FAILED_PHASE: "eval"}),
-              _frozen(7, **{R.MEASURED_EVAL_PEAK_BYTES: None})]
-    found = known_peaks(trials, 16, 1, 64, cap=None)
+              _frozen(7, **{R.MEASURED_EVAL_PEAK_BYTES: None}),
+              _frozen(8, **{R.SAMPLES_SEEN: 16})]   # stopped after one of its two measured steps
+    found = known_peaks(trials, config(16), 64, cap=None, train_samples=96)
     assert (found.number, found.train_bytes, found.eval_bytes) == (1, 1001, 501)  # the latest measured, not a copy
-    assert known_peaks(trials, 16, 2, 64, cap=None).number == 3
-    assert known_peaks(trials, 32, 1, 128, cap=None) is None      # never measured there
-    assert known_peaks(trials, 16, 1, 64, cap=1000) is None       # over the cap: measured (and enforced) again
-    assert known_peaks([], 16, 1, 64, cap=None) is None
+    assert known_peaks(trials, config(16, 2), 64, cap=None, train_samples=96).number == 3
+    assert known_peaks(trials, config(32), 128, cap=None, train_samples=96) is None      # never measured there
+    assert known_peaks(trials, config(16), 64, cap=1000, train_samples=96) is None       # over the cap: measured again
+    assert known_peaks([], config(16), 64, cap=None, train_samples=96) is None
+    # a one-step study: trial 8's one step is all its measured steps
+    assert known_peaks(trials, config(16), 64, cap=None, train_samples=16).number == 8
+
+
+@pytest.mark.parametrize("batch_size, accumulation, checkpoints, train_samples", [
+    (16, 1, (16, 96), 96),   # the first evaluation comes after one step, inside the measured steps
+    (8, 2, (16, 96), 96),    # ... with accumulation
+    (16, 1, (16,), 16),      # a one-step trial
+    (16, 1, (32, 96), 96),   # the evaluation after the measured steps
+])
+def test_a_trial_reusing_known_peaks_stores_what_a_measuring_trial_stores(digits, batch_size, accumulation,
+                                                                           checkpoints, train_samples):
+    """A trial that reuses the peaks measured at its shape stores the same training and evaluation
+    peaks, and the same ``measured_peak_bytes`` (their max), as a trial measuring there; stopped
+    at the first evaluation, never less than a measuring trial stopped there (which measured
+    only the steps it ran)."""
+    from autobatch.tuning._memcheck import KnownPeaks, with_known_peaks
+
+    config = TrialConfig(batch_size=batch_size, learning_rate=0.05, accumulation_steps=accumulation)
+
+    def run(measure: bool, **kwargs):
+        return train_trial(mlp(digits), digits, config, train_samples=train_samples, checkpoints=checkpoints,
+                           device=CPU, seed=1, eval_batch_size=64, measure_memory=measure, **kwargs)
+
+    source, bare = run(True), run(False)  # the earlier trial whose peaks are known, and one reusing them
+    known = KnownPeaks(0, source.peaks.train_bytes, source.peaks.eval_bytes)
+    assert bare.peaks.train_bytes is None
+    reused = with_known_peaks(bare, known, 64)
+    assert reused.peaks.train_bytes == source.peaks.train_bytes > 0
+    assert reused.peaks.eval_bytes == source.peaks.eval_bytes > 0
+    assert reused.measured_peak_bytes == source.measured_peak_bytes == max(known.train_bytes, known.eval_bytes)
+    pruned, pruned_bare = run(True, on_eval=lambda point: True), run(False, on_eval=lambda point: True)
+    assert pruned.samples_seen == pruned_bare.samples_seen
+    stopped = with_known_peaks(pruned_bare, known, 64)
+    assert stopped.peaks.train_bytes == source.peaks.train_bytes >= pruned.peaks.train_bytes > 0
+    assert stopped.measured_peak_bytes >= pruned.measured_peak_bytes
+
+
+def test_a_trial_cut_off_before_its_first_step_is_given_no_known_peak(digits):
+    """The known training peak is the shape's once a step ran (``measured_train_samples``: the
+    measured steps, all of a shorter trial's); a reusing trial cut off before any step stores
+    no peak, and one cut off after a step stores the training peak but no evaluation peak."""
+    from autobatch.tuning._memcheck import KnownPeaks, measured_train_samples, with_known_peaks
+
+    config = TrialConfig(batch_size=16, learning_rate=0.05)
+    assert measured_train_samples(config, 96) == 32 and measured_train_samples(config, 16) == 16
+    assert measured_train_samples(TrialConfig(batch_size=16, learning_rate=0.05, accumulation_steps=4), 96) == 128
+    cut = train_trial(mlp(digits), digits, config, train_samples=96, checkpoints=(32, 96), device=CPU,
+                      measure_memory=False, deadline=0.0)
+    assert cut.stop_reason == R.STOP_BUDGET and cut.samples_seen == 16
+    reused = with_known_peaks(cut, KnownPeaks(0, 1000, 500), 64)
+    assert reused.peaks.train_bytes == 1000 and reused.peaks.eval_bytes is None and reused.measured_peak_bytes == 1000
+    none = with_known_peaks(dataclasses.replace(cut, samples_seen=0), KnownPeaks(0, 1000, 500), 64)
+    assert none.peaks.train_bytes is None and none.measured_peak_bytes is None
 
 
 def test_only_in_memory_tensors_count_as_fixed_shapes(digits):
@@ -324,7 +383,8 @@ def test_the_measured_steps_are_measured_in_one_window(digits, optimizer):
     start, stop and event read cost ~6 ms), as the probe measures its steps: the training peak
     is what one window around those steps measures (everything they hold, the batch and the
     step's loss included), never less than each step measured in its own window with the
-    state alive before it; an evaluation within them ends the window before it."""
+    state alive before it; an evaluation within them ends the window before it, and the steps
+    left are measured in a window of their own."""
     from autobatch.memory import TrialMeter, live_tensor_bytes
     from autobatch.recipe import TrainRecipe
     from autobatch.train._batches import MicroBatches
@@ -332,24 +392,40 @@ def test_the_measured_steps_are_measured_in_one_window(digits, optimizer):
     from autobatch.train._step import train_step
     from autobatch.train._trial import MEASURED_STEPS, state_tensors
 
-    recipe, config = TrainRecipe(optimizer=optimizer), TrialConfig(batch_size=16, learning_rate=0.01)
+    # micro-batch 128: the activations are large enough that the second step, the first with the
+    # optimizer's state, peaks above the first
+    recipe, config = TrainRecipe(optimizer=optimizer), TrialConfig(batch_size=128, learning_rate=0.01)
     compute_loss, precision = make_compute_loss(recipe), make_precision(recipe, CPU)
 
-    def steps_measured(steps: int, one_window: bool) -> int:
+    def steps_measured(steps: int, one_window: bool, first: int = 0) -> int:
+        """The peak of ``steps`` steps, in one window or one each; ``first``: that many steps
+        in a window of their own before them."""
         model = mlp(digits)
         opt = make_optimizer(model.parameters(), config.learning_rate, recipe)
-        batches, meter, kept = MicroBatches(digits.train, 16, CPU, 3), TrialMeter(CPU), []
+        batches, meter, kept = MicroBatches(digits.train, 128, CPU, 3), TrialMeter(CPU), []
         live = lambda: live_tensor_bytes(state_tensors(model, opt))  # noqa: E731
+
+        def step() -> None:
+            kept.append(train_step(model, opt, batches.next, accumulation_steps=1,
+                                   compute_loss=compute_loss, precision=precision))
+        with meter.phase("train", live) if first else contextlib.nullcontext():
+            for _ in range(first):
+                step()
         with meter.phase("train", live) if one_window else contextlib.nullcontext():
             for _ in range(steps):
                 with contextlib.nullcontext() if one_window else meter.phase("train", live):
-                    kept.append(train_step(model, opt, batches.next, accumulation_steps=1,
-                                           compute_loss=compute_loss, precision=precision))
+                    step()
         batches.close()
         return meter.peaks["train"]
 
-    for first_checkpoint, steps in ((16, 1), (160, MEASURED_STEPS)):
-        result = train_trial(mlp(digits), digits, config, train_samples=160, checkpoints=(first_checkpoint, 160),
-                             device=CPU, recipe=recipe, seed=3)
-        assert result.peaks.train_bytes == steps_measured(steps, one_window=True), (optimizer, first_checkpoint)
-        assert result.peaks.train_bytes >= steps_measured(steps, one_window=False)
+    result = train_trial(mlp(digits), digits, config, train_samples=640, checkpoints=(640,),
+                         device=CPU, recipe=recipe, seed=3)
+    assert result.peaks.train_bytes == steps_measured(MEASURED_STEPS, one_window=True), optimizer
+    assert result.peaks.train_bytes >= steps_measured(MEASURED_STEPS, one_window=False)
+    # an evaluation after the first step ends the window; a new one measures the second step,
+    # the first with the optimizer's state
+    split = train_trial(mlp(digits), digits, config, train_samples=640, checkpoints=(128, 640),
+                        device=CPU, recipe=recipe, seed=3)
+    assert split.peaks.train_bytes == steps_measured(MEASURED_STEPS - 1, one_window=True, first=1), optimizer
+    assert split.peaks.train_bytes >= steps_measured(MEASURED_STEPS, one_window=False)
+    assert split.peaks.train_bytes > steps_measured(1, one_window=True)  # the second step was measured

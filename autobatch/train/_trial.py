@@ -140,8 +140,10 @@ def train_trial(
     profile_time = 0.0
     evals: list[tuple[float, bool]] = []  # (seconds, under the profiler) of each evaluate() call
     # The measured steps run in one window, as the probe measures its steps (a window costs the CPU
-    # profiler's start, stop and event read, ~6 ms): its peak counts everything they hold.
-    measured = ExitStack()
+    # profiler's start, stop and event read, ~6 ms): its peak counts everything they hold. An
+    # evaluation within them ends the window before it and a new one measures the steps left
+    # (the second step is the first with the optimizer's state: it must be measured).
+    measured, window_open = ExitStack(), False
     stop, detail = STOP_COMPLETED, ""
     pending = list(checkpoints)
     started = segment = time.perf_counter()
@@ -159,8 +161,9 @@ def train_trial(
         for step_index in range(total_steps):
             check_interrupt()  # a recorded Ctrl-C that a callback swallowed: raised here
             begun = time.perf_counter()
-            if step_index == 0 and profiled:
+            if step_index < profiled and not window_open:  # the first step, or the first after an evaluation
                 measured.enter_context(meter.phase("train", live))
+                window_open = True
             step_loss = train_step(model, optimizer, batches.next, accumulation_steps=k,
                                    compute_loss=compute_loss, precision=precision,
                                    grad_norms=noise.pending if noise else None)
@@ -173,6 +176,7 @@ def train_trial(
             if step_index < profiled and (steps_done == profiled or due or steps_done == total_steps):
                 begun = time.perf_counter()
                 measured.close()  # the measured steps' window ends: the profiler's events are read here
+                window_open = False
                 profile_time += time.perf_counter() - begun
                 if over := _over_cap(meter, "train", memory_cap):
                     stop, detail = STOP_OVER_CAP, f"training step at micro-batch {b} {over}"

@@ -6,6 +6,7 @@ so that later proposals use corrected predictions."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .. import records as R
 from ..memory import MemoryEstimate, TrialPeaks, refit, relative_error
-from ..records import TrialResult
+from ..records import TrialConfig, TrialResult
 from ..train import MEASURED_STEPS
 from ..units import format_bytes
 
@@ -120,17 +121,21 @@ class KnownPeaks:
     eval_bytes: int
 
 
-def known_peaks(trials: Sequence[optuna.trial.FrozenTrial], batch_size: int, accumulation_steps: int,
-                eval_batch_size: int, cap: Optional[int]) -> Optional[KnownPeaks]:
+def known_peaks(trials: Sequence[optuna.trial.FrozenTrial], config: TrialConfig, eval_batch_size: int,
+                cap: Optional[int], train_samples: int) -> Optional[KnownPeaks]:
     """The peaks an earlier CPU trial measured at exactly this micro-batch, accumulation and
     evaluation batch (the latest such trial, whose own figures were measured, not reused), or
     None. On CPU the peaks are an exact accounting of tensor allocations, the same for the same
     shapes (``memory.TrialMeter``), so measuring them again under the profiler (~6 ms a trial)
-    gives the same numbers; a trial whose phase failed, or whose peak is over ``cap``, is not
-    used (a trial measures again and the cap is enforced)."""
+    gives the same numbers; a trial whose phase failed, whose peak is over ``cap``, or that
+    stopped before its measured steps were done (``measured_train_samples`` of the study's
+    ``train_samples``: its peak is not the shape's) is not used (a trial measures again and
+    the cap is enforced)."""
+    complete = measured_train_samples(config, train_samples)
     for trial in reversed(trials):
         a = trial.user_attrs
-        if (a.get(R.BATCH_SIZE) == batch_size and a.get(R.ACCUMULATION_STEPS) == accumulation_steps
+        if (a.get(R.BATCH_SIZE) == config.batch_size and a.get(R.ACCUMULATION_STEPS) == config.accumulation_steps
+                and (a.get(R.SAMPLES_SEEN) or 0) >= complete
                 and a.get(R.EVAL_BATCH_SIZE) == eval_batch_size and a.get(R.DEVICE) == "cpu"
                 and a.get(R.MEMORY_MEASURED_IN) is None and not a.get(R.MEMORY_FAILED_PHASE)
                 and a.get(R.MEASURED_TRAIN_PEAK_BYTES) and a.get(R.MEASURED_EVAL_PEAK_BYTES)):
@@ -152,12 +157,21 @@ def fixed_shapes(train: Dataset, val: Dataset) -> bool:
     return tensors(train) and tensors(val)
 
 
+def measured_train_samples(config: TrialConfig, train_samples: int) -> int:
+    """Samples seen when a measuring trial's training peak is complete (``train.train_trial``
+    measures its first ``MEASURED_STEPS`` optimizer steps, an evaluation between them or not):
+    those steps, or all of a shorter trial's."""
+    step = config.effective_batch_size
+    return min(MEASURED_STEPS, max(1, math.ceil(train_samples / step))) * step
+
+
 def with_known_peaks(result: TrialResult, known: KnownPeaks, eval_batch_size: int) -> TrialResult:
     """``result`` (trained without memory accounting) with ``known``'s peaks for the phases it
-    reached: the training peak once its first ``MEASURED_STEPS`` optimizer steps ran, the evaluation peak once it
-    evaluated."""
-    config = result.config
-    trained = result.samples_seen >= MEASURED_STEPS * config.batch_size * config.accumulation_steps
+    reached: the training peak once it ran an optimizer step (``known``'s covers the measured
+    steps, ``measured_train_samples``: a trial stopped after one step stores the peak its shape
+    reaches, never less than a measuring trial stopped there, which measured one step), the
+    evaluation peak once it evaluated; ``measured_peak_bytes`` the larger of the two."""
+    trained = result.samples_seen >= result.config.effective_batch_size
     train = known.train_bytes if trained else None
     evaluation = known.eval_bytes if result.curve else None
     peaks = dataclasses.replace(result.peaks, train_bytes=train, eval_bytes=evaluation,

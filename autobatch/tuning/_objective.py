@@ -166,7 +166,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext, run:
         return _failed(study, _tell(timings, study, trial, state=TrialState.FAIL))
     eval_batch = estimate.eval_batch(config.batch_size) if estimate else config.batch_size * EVAL_BATCH_FACTOR
     # CPU peaks are exact and the same at the same shapes: measured once per micro-batch setting
-    known = (known_peaks(ctx.trials, config.batch_size, config.accumulation_steps, eval_batch, cap)
+    known = (known_peaks(ctx.trials, config, eval_batch, cap, spec.train_samples)
              if ctx.device.type == "cpu" and ctx.trials is not None
              and fixed_shapes(ctx.workload.train, ctx.workload.val) else None)
     result = train_trial(model, ctx.workload, config, train_samples=spec.train_samples,
