@@ -185,3 +185,94 @@ def test_targets_that_fit_the_loss_pass_the_check():
     facts = check_data("soft", TensorDataset(x, soft), TensorDataset(x, soft), 3)
     for recipe in (TrainRecipe(), TrainRecipe(loss="bce")):
         check_recipe(userland.linear(3, (6,)), facts.val, cpu, recipe, targets=facts.targets)
+
+
+def test_multi_hot_targets_are_refused_with_cross_entropy_and_train_with_bce(tmp_path, capsys):
+    """Rows of 0/1 summing to more than 1 (class 0 always on) are not probabilities: before, they
+    trained with cross-entropy and every trial scored accuracy 1.0 (the argmax of each row is
+    class 0). Now one line and exit 2 before anything is stored, naming the fix (--loss bce);
+    with bce the same targets pass the check. Integer multi-hot rows, all-zero rows and rows off
+    1 by more than float error are refused too, and so is an accuracy with a user's loss."""
+    from autobatch.cli import main
+    from autobatch.recipe import RecipeError, TrainRecipe
+    from autobatch.train import check_recipe
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = ["tune", "--model", "tests.userland:linear", "--dataset", "tests.userland:multi_hot_dataset",
+            "--n-trials", "1", "--storage", url]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith(
+        "autobatch: error: loss: the targets are float vectors whose rows sum from 1 to 2, not probabilities"), lines
+    assert "non-negative and sum to 1" in lines[-1] and "pass --loss bce" in lines[-1]
+    assert not any("error" in line or "Traceback" in line for line in lines[:-1]), lines
+    if (tmp_path / "studies.db").exists():
+        import optuna
+
+        assert optuna.get_all_study_names(url) == []
+
+    multi, cpu, model = load_workload("tests.userland:multi_hot_dataset"), torch.device("cpu"), userland.linear(3, (6,))
+    assert multi.targets.row_sums == (1.0, 2.0) and not multi.targets.probability_rows
+    check_recipe(model, multi.val, cpu, TrainRecipe(loss="bce"), targets=multi.targets)
+    with pytest.raises(RecipeError, match=r"^metric: accuracy needs class targets, these are float vectors"):
+        check_recipe(model, multi.val, cpu, TrainRecipe(loss="tests.recipe_userfns:l1_loss", metric="accuracy"),
+                     targets=multi.targets)
+    x, y = userland.blobs(40)
+    one_hot = torch.nn.functional.one_hot(y, 3)
+    for targets, words in [(one_hot | torch.tensor([1, 0, 0]), "integer vectors whose rows sum from 1 to 2"),
+                           (one_hot.float() * (y[:, None] != 0), "rows sum from 0 to 1"),
+                           (one_hot.float() * 0.99 + 0.02 / 3, "rows sum to 1.01")]:
+        facts = check_data("rows", TensorDataset(x, targets), TensorDataset(x, targets), 3)
+        with pytest.raises(RecipeError, match=f"^loss: the targets are .*{words}.*--loss bce"):
+            check_recipe(model, facts.val, cpu, TrainRecipe(), targets=facts.targets)
+
+
+@pytest.mark.parametrize("form", ["int64", "bool", "float64", "soft", "soft float error", "soft smoothed", "scanned"])
+def test_one_hot_and_probability_rows_pass_the_check(form):
+    """One-hot targets of any dtype, soft labels (with label smoothing, and rows summing to 1
+    only within float error) are probabilities: cross-entropy and accuracy take them."""
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train import check_recipe
+
+    x, y = userland.blobs(60)
+    one_hot, g = torch.nn.functional.one_hot(y, 3), torch.Generator().manual_seed(0)
+    targets = {"int64": one_hot, "bool": one_hot.bool(), "float64": one_hot.double(),
+               "soft": one_hot * 0.8 + 0.2 / 3, "soft smoothed": one_hot * 0.8 + 0.2 / 3,
+               "soft float error": torch.softmax(torch.randn(60, 3, generator=g), 1) * (1 + 2e-4 * torch.randn(60, 1, generator=g)),
+               "scanned": one_hot.float()}[form]
+    train = val = TensorDataset(x, targets)
+    if form == "scanned":  # item by item, as any map-style dataset is checked
+        train = val = [(x[i], targets[i]) for i in range(len(x))]
+    facts = check_data(form, train, val, 3)
+    assert facts.targets.probability_rows and facts.targets.shape == (3,)
+    recipe = TrainRecipe(label_smoothing=0.1 if form == "soft smoothed" else 0.0)
+    check_recipe(userland.linear(3, (6,)), facts.val, torch.device("cpu"), recipe, targets=facts.targets)
+
+
+def test_numpy_items_are_read_as_the_default_collate_makes_them_tensors():
+    """Items of NumPy arrays (float64 inputs, numpy int64 labels; float64 soft labels) are
+    batched as tensors by PyTorch's default collate, as the README says: the check at load takes
+    them (before: "inputs must be tensors ..., got ndarray"), float64 is trained as float32 as
+    for tensors, and the loader's batches and the recipe's check work on them."""
+    import numpy as np
+
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train import check_recipe, sample_batch
+
+    w = load_workload("tests.userland:numpy_items_dataset")
+    assert w.input_shape == (6,) and w.vocab_size is None
+    assert w.notes == ("dataset tests.userland:numpy_items_dataset: float64 inputs are trained as float32",)
+    assert w.targets.whole and (w.targets.low, w.targets.high) == (0, 2) and w.targets.shape == ()
+    x, y = sample_batch(w.train, 8)
+    assert x.dtype == torch.float32 and x.shape == (8, 6) and y.dtype == torch.int64
+    check_recipe(userland.linear(3, (6,)), w.val, torch.device("cpu"), TrainRecipe(), targets=w.targets)
+
+    xs, ys = userland.blobs(30)
+    soft = (torch.nn.functional.one_hot(ys, 3).double() * 0.9 + 0.1 / 3).numpy()
+    items = [(xs[i].numpy(), soft[i]) for i in range(30)]
+    facts = check_data("numpy soft", items, items, 3)
+    assert facts.targets.shape == (3,) and facts.targets.probability_rows
+    check_recipe(userland.linear(3, (6,)), facts.val, torch.device("cpu"), TrainRecipe(), targets=facts.targets)
+    strings = [(np.array(["a", "b"]), 0)] * 4  # not numbers: still refused, naming the type
+    with pytest.raises(AutobatchError, match="inputs must be tensors .*got ndarray"):
+        check_data("strings", strings, strings, 2)

@@ -265,6 +265,27 @@ def test_a_model_that_fails_at_the_first_size_still_raises_its_one_line():
         probe(runner(model), device=CPU, cap_bytes=2**40, space_max=256)
 
 
+def test_a_size_too_small_for_the_model_is_a_lower_bound_and_the_probe_moves_up():
+    # raises below 4 samples (a statistic over the batch): 2 is too small, not the end of the probe
+    model = userland.MinBatch(3 * 16 * 16, 10, least=4)
+    result = probe(runner(model), device=CPU, cap_bytes=2**40, space_max=256, run_eval=eval_run(model))
+    first, second = result.points[:2]
+    assert first.batch_size == 2 and first.too_small and not first.fits and first.peak_bytes is None
+    assert first.refused == "forward of MinBatch raised RuntimeError: need at least 4 samples per batch, got 2"
+    assert second.batch_size == 4 and second.fits                   # the next size up
+    assert result.too_small == first and result.refused is None      # a lower bound, not an upper one
+    assert result.boundary == 256 and result.estimate.too_big is None and result.converged
+    assert MemoryEstimate.from_dict(result.to_dict()).refused_batch_size is None
+    assert result.eval_points and all(p.fits for p in result.eval_points) and result.eval_note is None
+    # a searched range from 8: nothing below it is measured
+    inside = probe(runner(model), device=CPU, cap_bytes=2**40, space_min=8, space_max=256)
+    assert inside.points[0].batch_size == 8 and all(p.fits for p in inside.points)
+    # too small below 4 and out of memory from 4 on: nothing runs, both bounds in one line
+    with pytest.raises(AutobatchError, match=r"^micro-batch 3 is too small for this model \(forward of Sequential "
+                                             r"raised RuntimeError: need at least 4 .*\) and 4 does not fit in cpu"):
+        probe(runner(nn.Sequential(Blowup(3), model)), device=CPU, cap_bytes=2**40, space_max=256)
+
+
 def test_out_of_memory_classifier():
     with pytest.raises(RuntimeError) as cpu:
         torch.empty(2**50, dtype=torch.uint8)

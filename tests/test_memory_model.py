@@ -318,6 +318,17 @@ def test_nothing_fits():
     assert one.boundary == 1
 
 
+def test_planner_moves_up_past_sizes_too_small_for_the_model():
+    assert plan_probe([], cap_bytes=None, space_max=64, floor=2).next_size == 4          # twice the floor
+    assert plan_probe([], cap_bytes=None, space_max=64, start=8, floor=2).next_size == 8  # never below start
+    # out of memory at 8 and too small at 4: bisect above the floor, never down to it
+    assert plan_probe([(8, None)], cap_bytes=None, space_max=64, floor=4).next_size == 6
+    done = plan_probe([(8, None), (6, None)], cap_bytes=None, space_max=64, floor=5)
+    assert done.done and done.boundary == 0 and "too small" in done.reason
+    top = plan_probe([], cap_bytes=None, space_max=64, floor=64)  # the model fails up to the largest size
+    assert top.done and top.boundary == 0 and not top.converged and top.model is None
+
+
 def test_planner_state_is_a_pure_function_of_its_inputs():
     measured = [(2, c20(2)), (8, c20(8)), (32, c20(32))]
     a = plan_probe(measured, cap_bytes=320 * KiB, space_max=1024)

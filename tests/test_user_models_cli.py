@@ -58,6 +58,16 @@ def test_hugging_face_samples_and_own_loss_tune(tmp_path, sqlite_url):
     assert len(_completed(sqlite_url, "hf")) == 2
 
 
+def test_items_of_numpy_arrays_tune_as_the_default_collate_batches_them(tmp_path, sqlite_url):
+    """float64 NumPy inputs and numpy int64 labels per item (before: refused at load, "inputs must
+    be tensors ..., got ndarray"): trained as float32, said once."""
+    proc = run_cli("tune", "--model", "mlp", "--dataset", "tests.userland:numpy_items_dataset", *QUICK,
+                   "--n-trials", "1", "--storage", sqlite_url, "--study-name", "np", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("float64 inputs are trained as float32") == 1
+    assert len(_completed(sqlite_url, "np")) == 1
+
+
 def test_a_step_hook_with_its_evaluation_function_tunes(tmp_path, sqlite_url):
     proc = run_cli("tune", "--model", "tests.userland:linear", "--dataset", "tests.userland:blobs_dataset",
                    "--step", "tests.userland:contrastive_step", "--step-eval", "tests.userland:step_accuracy",
@@ -100,6 +110,27 @@ def test_a_micro_batch_the_model_refuses_bounds_the_study_which_goes_on(tmp_path
     shown = run_cli("probe", "--model", "tests.userland:size_limited", "--dataset", "tests.userland:blobs_dataset",
                     "--device", "cpu", cwd=tmp_path)
     assert shown.returncode == 0 and f"  refused          micro-batch {refused} cannot train" in shown.stdout
+
+
+def test_micro_batches_too_small_for_the_model_are_a_lower_bound_and_the_study_goes_on(tmp_path, sqlite_url):
+    # tests.userland:min_batch4 raises below 4 samples: the probe's first size (2) is too small
+    # for it, a lower bound the probe moves up past, as BatchNorm at 1 is left to the trials
+    proc = run_cli("tune", "--model", "tests.userland:min_batch4", "--dataset", "tests.userland:blobs_dataset",
+                   *QUICK, "--n-trials", "3", "--seed", "0", "--batch-size-min", "2", "--batch-size-max", "8",
+                   "--storage", sqlite_url, "--study-name", "least", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "training step at 2: too small for the model" in proc.stderr
+    told = [line for line in proc.stderr.splitlines() if "cannot train this model" in line]
+    assert told == ["micro-batch 2 cannot train this model (forward of MinBatch raised RuntimeError: need at least "
+                    "4 samples per batch, got 2); trials at it are recorded infeasible"], proc.stderr
+    study = optuna.load_study(study_name="least", storage=sqlite_url)
+    estimate = study.user_attrs[R.STUDY_MEMORY_MODEL]
+    assert estimate["sizes"][:2] == [2, 4] and estimate["points"][0]["too_small"]
+    assert estimate["refused_batch_size"] is None and estimate["max_batch_size"] >= 8  # not an upper bound
+    assert len(_completed(sqlite_url, "least")) == 3
+    for t in study.trials:  # any trial at 2 (the sampler may propose it) is infeasible, never a failure
+        if t.user_attrs[R.BATCH_SIZE] < 4:
+            assert t.user_attrs[R.STOP_REASON] == R.STOP_INFEASIBLE, t.user_attrs
 
 
 def _main(capsys, *argv):

@@ -158,6 +158,24 @@ def size_limited(num_classes, input_shape):
     return SizeLimited(int(torch.tensor(input_shape).prod()), num_classes, limit=24)
 
 
+class MinBatch(nn.Module):
+    """A model's minimum batch (a statistic over the batch's samples): raises for fewer than
+    ``least`` samples (training or evaluation)."""
+
+    def __init__(self, features, num_classes, least):
+        super().__init__()
+        self.linear, self.least = nn.Linear(features, num_classes), least
+
+    def forward(self, x):
+        if x.shape[0] < self.least:
+            raise RuntimeError(f"need at least {self.least} samples per batch, got {x.shape[0]}")
+        return self.linear(x.flatten(1))
+
+
+def min_batch4(num_classes, input_shape):
+    return MinBatch(int(torch.tensor(input_shape).prod()), num_classes, least=4)
+
+
 def broken_factory(num_classes, input_shape):
     raise RuntimeError("cannot build: weights file missing")
 
@@ -235,6 +253,36 @@ def unbounded_multi_hot_dataset():
     x, y = blobs()
     tr, va = split(x, 2.0 * torch.nn.functional.one_hot(y, 3).float() - 0.5)
     return tr, va, 3
+
+
+def multi_hot_dataset():
+    """Multi-label targets (N, 3) of 0/1 floats: the sample's class, and class 0 always on (rows
+    summing to 1 or 2): for bce, not cross-entropy (whose accuracy would be the argmax, class 0)."""
+    x, y = blobs()
+    targets = torch.nn.functional.one_hot(y, 3).float()
+    targets[:, 0] = 1.0
+    tr, va = split(x, targets)
+    return tr, va, 3
+
+
+# --- items of NumPy arrays, as a dataset over a pandas frame or sklearn arrays returns them -----
+
+class NumpyItems(Dataset):
+    """``(float64 array, numpy int64 scalar)`` items: the default collate makes them tensors."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x.double().numpy(), y.numpy()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def numpy_items_dataset():
+    x, y = blobs()
+    return NumpyItems(x[:180], y[:180]), NumpyItems(x[180:], y[180:]), 3
 
 
 # --- a training-step hook and its evaluation function ---------------------------------------

@@ -34,9 +34,12 @@ class ProbeStep:
 
 def plan_probe(measured: Measured, *, cap_bytes: Optional[float], space_max: int,
                dataset_max: Optional[int] = None, start: int = 2, growth: int = 4,
-               max_sizes: int = 5, tol: float = 0.05) -> ProbeStep:
+               max_sizes: int = 5, tol: float = 0.05, floor: int = 0) -> ProbeStep:
     """Next micro-batch to measure, from ``measured`` = ``(b, peak_bytes or None)`` in the order
     measured (None: out of memory). ``cap_bytes`` None: no cap (boundary = the space's limit).
+    ``floor``: sizes at or below it cannot run at all (the user's code refused them, too small
+    for the model: not in ``measured``, not counted in ``max_sizes``); the plan starts at twice
+    it when that is above ``start``, and never bisects down to it.
 
     Policy (issue 14): start at ``start`` and grow by ``growth`` (never past the current boundary)
     until 3 sizes are measured and either the peak has at least doubled over the smallest one
@@ -78,8 +81,14 @@ def plan_probe(measured: Measured, *, cap_bytes: Optional[float], space_max: int
         return ProbeStep(next_size=next_size, boundary=boundary, model=model, converged=converged,
                          reason=reason, validation_error=validation)
 
-    if bisecting and hi - lo <= 1:
-        return step(None, True, f"{lo} fits, {hi} does not" if lo else "micro-batch 1 does not fit")
+    base = max(lo, floor)  # the largest size known to fit or known too small: nothing below it is asked
+    if floor >= upper:  # nothing the study searches can run
+        return ProbeStep(next_size=None, boundary=0, model=model, converged=False, validation_error=validation,
+                         reason=f"micro-batch {floor} is too small for the model and nothing larger is searched")
+    if bisecting and hi - base <= 1:
+        return step(None, True, f"{lo} fits, {hi} does not" if lo else
+                    f"micro-batch {floor} is too small for the model, {hi} does not fit" if floor else
+                    "micro-batch 1 does not fit")
     confirm = boundary in under and not bisecting  # measured; is boundary + 1 really over?
     if confirm and (validated or boundary == upper or hi - boundary <= 1):
         return step(None, True, f"measured at the boundary {boundary}")
@@ -91,9 +100,9 @@ def plan_probe(measured: Measured, *, cap_bytes: Optional[float], space_max: int
     if len(tried) >= max_sizes:
         return step(None, False, f"probe budget of {max_sizes} sizes spent")
     if not measured:
-        nxt = min(start, upper)
+        nxt = min(max(start, 2 * floor), upper)
     elif bisecting or confirm:
-        nxt = (lo + hi) // 2 if hi <= upper else boundary + 1 if lo else hi // 2
+        nxt = (base + hi) // 2 if hi <= upper else boundary + 1 if lo else hi // 2
     else:
         ys = [y for _, y in fits]
         largest = max(b for b, _ in fits)
@@ -102,6 +111,6 @@ def plan_probe(measured: Measured, *, cap_bytes: Optional[float], space_max: int
         growing = (largest < boundary and len(tried) < max_sizes - 1
                    and ((len(tried) < 3 and not (doubled and near)) or (not doubled and not validated)))
         nxt = min(largest * growth, boundary) if growing else boundary
-    if nxt < 1 or nxt in tried:
+    if nxt <= floor or nxt in tried:
         return step(None, False, f"nothing left to measure between {lo} and {hi}")
     return step(nxt, False, "bisect" if bisecting else "grow" if nxt != boundary else "measure")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -43,15 +44,18 @@ class ProbePoint:
     seconds: float
     rss_bytes: Optional[int] = None  # CPU: the process's peak resident set during it (all of it)
     phase: str = "train"            # "train" (training steps) or "eval" (evaluation batch)
-    refused: Optional[str] = None   # the user's code raised at this size (after smaller ones ran): its line
+    refused: Optional[str] = None   # the user's code raised at this size: its line
+    too_small: bool = False         # refused before any smaller size of the phase ran: a lower bound
+                                    # (too small for the model, as BatchNorm at 1), the plan moves up
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def smallest_refused(points: Sequence[ProbePoint]) -> Optional[ProbePoint]:
-    """The smallest size the user's code refused (``ProbePoint.refused``), or None."""
-    return min((p for p in points if p.refused), key=lambda p: p.batch_size, default=None)
+    """The smallest size the user's code refused (``ProbePoint.refused``) after smaller ones ran
+    (an upper bound; not one ``too_small``), or None."""
+    return min((p for p in points if p.refused and not p.too_small), key=lambda p: p.batch_size, default=None)
 
 
 OnPoint = Callable[[ProbePoint, ProbeStep], None]  # progress: the point and the plan after it
@@ -139,6 +143,12 @@ class ProbeResult:
         return smallest_refused(self.points)
 
     @property
+    def too_small(self) -> Optional[ProbePoint]:
+        """The largest micro-batch the user's code refused before any smaller one ran (too small
+        for the model: the probe measured above it), or None."""
+        return max((p for p in self.points if p.too_small), key=lambda p: p.batch_size, default=None)
+
+    @property
     def eval_refused(self) -> Optional[ProbePoint]:
         """The smallest evaluation batch the user's code refused, or None."""
         return smallest_refused(self.eval_points)
@@ -172,19 +182,25 @@ class _Phase:
     step: ProbeStep
     too_big: Optional[int]       # smallest size not to use: measured out of memory or over the
                                  # cap, or above the largest fitting size when the fit misses that
+    floor: int                   # largest size refused as too small for the model (0: none)
 
 
 def _run_plan(measure: Callable[[int], ProbePoint], on_point: Optional[OnPoint], cap: Optional[int],
               **plan: Any) -> _Phase:
-    """Measure what ``plan_probe`` asks until it is done; a model even from fewer than 2 sizes."""
+    """Measure what ``plan_probe`` asks until it is done; a model even from fewer than 2 sizes. A
+    point ``too_small`` raises the plan's floor instead of bounding it from above."""
     points: list[ProbePoint] = []
     measured: list[tuple[int, Optional[float]]] = []
-    step = plan_probe(measured, cap_bytes=cap, **plan)
+    floor = 0
+    step = plan_probe(measured, cap_bytes=cap, floor=floor, **plan)
     while not step.done:
         point = measure(step.next_size)
         points.append(point)
-        measured.append((point.batch_size, point.peak_bytes))
-        step = plan_probe(measured, cap_bytes=cap, **plan)
+        if point.too_small:
+            floor = max(floor, point.batch_size)
+        else:
+            measured.append((point.batch_size, point.peak_bytes))
+        step = plan_probe(measured, cap_bytes=cap, floor=floor, **plan)
         if on_point is not None:
             on_point(point, step)
     fitted = [p for p in points if p.fits]
@@ -192,13 +208,14 @@ def _run_plan(measure: Callable[[int], ProbePoint], on_point: Optional[OnPoint],
     if model is None and fitted:  # one size measured (a one-size space): proportional, safe side
         p = max(fitted, key=lambda q: q.batch_size)
         model = Affine(fixed_bytes=float(p.peak_bytes), per_sample_bytes=p.peak_bytes / p.batch_size)
-    failed = [p.batch_size for p in points if not p.fits or (cap is not None and p.peak_bytes > cap)]
+    failed = [p.batch_size for p in points
+              if not p.too_small and (not p.fits or (cap is not None and p.peak_bytes > cap))]
     too_big = min(failed, default=None)
     if too_big is not None and model is not None and (cap is None or model.max_batch_size(cap) >= too_big):
         # The model cannot see this failure: nothing above the largest size measured to fit
         # (the plan's boundary) is known to fit.
         too_big = min(too_big, step.boundary + 1)
-    return _Phase(model=model, points=tuple(points), step=step, too_big=too_big)
+    return _Phase(model=model, points=tuple(points), step=step, too_big=too_big, floor=floor)
 
 
 def _nothing_fits(phase: _Phase, cap: Optional[int], device: torch.device, what: str) -> AutobatchError:
@@ -211,30 +228,62 @@ def _nothing_fits(phase: _Phase, cap: Optional[int], device: torch.device, what:
                           " raise --max-memory or use a smaller model or input")
 
 
+def _too_small(phase: _Phase, refusals: Sequence[UserCodeError], cap: Optional[int], device: torch.device,
+               what: str) -> Optional[AutobatchError]:
+    """Why nothing of the phase can run, when sizes were refused as too small and no size ran
+    under the cap: the first refusal itself when no larger size failed otherwise (the model
+    fails at every size: its own line), else both bounds in one line. None otherwise."""
+    if not refusals or any(p.fits and (cap is None or p.peak_bytes <= cap) for p in phase.points):
+        return None
+    if phase.too_big is None:
+        return refusals[0]
+    over_cap = cap is not None and any(p.fits and p.peak_bytes > cap for p in phase.points)
+    where = f"under the memory cap {format_bytes(cap)}" if over_cap else f"in {device} memory"
+    return AutobatchError(f"{what} {phase.floor} is too small for this model ({refusals[-1]}) and "
+                          f"{phase.too_big} does not fit {where}; raise --max-memory or use a smaller model or input")
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Release what the frames of a kept exception (and its causes) hold (on the probe's path,
+    the model's copy and its activations); its traceback still shows where it was raised."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
 def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[int] = None,
-          space_max: int = 256, dataset_max: Optional[int] = None,
+          space_max: int = 256, dataset_max: Optional[int] = None, space_min: int = 1,
           run_eval: Optional[StepRunner] = None, eval_space_max: Optional[int] = None,
           on_point: Optional[OnPoint] = None, max_sizes: int = 5) -> ProbeResult:
     """Measure the training step where the study will use it, fit, and invert under the cap;
     then the same for evaluation.
 
-    Training: ``plan_probe`` picks the sizes (from 2, growing x4 until the activations dominate,
-    then the boundary ``min(space_max, dataset_max, predicted limit under the cap)``, bisecting
-    on out-of-memory; at most ``max_sizes``). Evaluation (when ``run_eval`` is given): the same
-    plan from batch ``2 * EVAL_BATCH_FACTOR`` up to ``EVAL_BATCH_FACTOR * boundary`` (at most
-    ``eval_space_max``, the validation set); the evaluation batch of a micro-batch ``b`` is then
-    ``min(EVAL_BATCH_FACTOR * b, the largest evaluation batch under the cap)``. ``on_point`` sees
-    every measurement with the plan after it. A size at which the user's code raises
-    (``UserCodeError``) after smaller sizes of the phase ran is refused like one out of memory:
-    the point has ``refused`` (the error's line), the plan bisects below it, and the estimate
-    keeps the smallest refused micro-batch and why (``refused_batch_size``, ``refused_reason``).
-    ``AutobatchError`` when not even batch 1 fits; the ``UserCodeError`` itself when the
-    phase's first size raised.
+    Training: ``plan_probe`` picks the sizes (from ``max(2, space_min)``, the searched range's
+    smallest micro-batch, growing x4 until the activations dominate, then the boundary
+    ``min(space_max, dataset_max, predicted limit under the cap)``, bisecting on out-of-memory;
+    at most ``max_sizes``). Evaluation (when ``run_eval`` is given): the same plan from batch
+    ``2 * EVAL_BATCH_FACTOR`` (a validation set's last batch can be small) up to
+    ``EVAL_BATCH_FACTOR * boundary`` (at most ``eval_space_max``, the validation set); the
+    evaluation batch of a micro-batch ``b`` is then ``min(EVAL_BATCH_FACTOR * b, the largest
+    evaluation batch under the cap)``. ``on_point`` sees every measurement with the plan after it.
+
+    The user's code raising (``UserCodeError``) at a size is a bound, never the end of the probe:
+    after smaller sizes of the phase ran it is refused like one out of memory (the point has
+    ``refused``, the error's line; the plan bisects below it, and the estimate keeps the smallest
+    refused micro-batch and why: ``refused_batch_size``, ``refused_reason``); before any smaller
+    size ran it is too small for the model (BatchNorm at 1, a kernel's minimum batch: the point
+    has ``refused`` and ``too_small``) and the plan moves up to twice it, not counting it in
+    ``max_sizes`` (the trials at such sizes record them infeasible). When no size of a phase
+    runs, the phase's first refusal is raised (a model that fails at every size: its line), or
+    an ``AutobatchError`` naming both bounds when a larger size did not fit; evaluation's is the
+    probe's ``eval_note``. ``AutobatchError`` when not even batch 1 fits.
     """
     start = time.perf_counter()
     device = torch.device(device)
 
-    def measure(runner: StepRunner, phase: str) -> Callable[[int], ProbePoint]:
+    def measure(runner: StepRunner, phase: str, refusals: list[UserCodeError]) -> Callable[[int], ProbePoint]:
         ran: list[int] = []  # sizes of this phase that ran
 
         def one(size: int) -> ProbePoint:
@@ -242,26 +291,37 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
             try:
                 point = measure_step_peak(runner, batch_size=size, device=device, phase=phase)
             except Exception as exc:
-                if not (isinstance(exc, UserCodeError) and any(b < size for b in ran)):
+                if not isinstance(exc, UserCodeError):
                     if size > 1:
                         raise
-                    # e.g. BatchNorm cannot train on one sample: the cap leaves nothing measurable
+                    # the cap leaves nothing measurable
                     raise AutobatchError(f"batch 2 does not fit under the cap and batch 1 cannot run "
                                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
-                # The user's code refuses this size after smaller ones ran (a kernel's or an
-                # assertion's limit): a bound like an out-of-memory, which the caller tells once.
-                refused = str(exc)
+                # After smaller sizes ran: the user's code refuses this size (a kernel's or an
+                # assertion's limit), a bound like an out-of-memory, which the caller tells once.
+                # Before any smaller one ran: too small for the model (BatchNorm at 1, a minimum
+                # batch), a lower bound; kept to raise should no size run at all.
+                refused, too_small = str(exc), not any(b < size for b in ran)
+                if too_small:
+                    _drop_frames(exc)
+                    refusals.append(exc)
             else:
                 if point.fits:
                     ran.append(size)
                 return point
             gc.collect()  # the exception's frames held the copy (the next measurement releases CUDA's cache)
             return ProbePoint(batch_size=size, peak_bytes=None, reserved_bytes=None, fits=False,
-                              seconds=time.perf_counter() - begun, phase=phase, refused=refused)
+                              seconds=time.perf_counter() - begun, phase=phase, refused=refused,
+                              too_small=too_small)
         return one
 
-    train = _run_plan(measure(run_steps, "train"), on_point, cap_bytes, space_max=space_max,
-                      dataset_max=dataset_max, max_sizes=max_sizes)
+    first = max(2, space_min)  # the searched range's smallest micro-batch
+    train_refusals: list[UserCodeError] = []
+    train = _run_plan(measure(run_steps, "train", train_refusals), on_point, cap_bytes, space_max=space_max,
+                      dataset_max=dataset_max, max_sizes=max_sizes, start=first)
+    error = _too_small(train, train_refusals, cap_bytes, device, "micro-batch")
+    if error is not None:
+        raise error
     if train.step.boundary == 0 or train.model is None:
         raise _nothing_fits(train, cap_bytes, device, "micro-batch")
     boundary = train.step.boundary
@@ -272,10 +332,15 @@ def probe(run_steps: StepRunner, *, device: torch.device, cap_bytes: Optional[in
                               refused_reason=refused.refused if refused else None)
     evaluation = None
     eval_note = None
+    eval_refusals: list[UserCodeError] = []
     try:
-        evaluation = None if run_eval is None else _run_plan(
-            measure(run_eval, "eval"), on_point, cap_bytes, space_max=EVAL_BATCH_FACTOR * boundary,
-            dataset_max=eval_space_max, start=2 * EVAL_BATCH_FACTOR, max_sizes=max_sizes)
+        if run_eval is not None:
+            evaluated = _run_plan(measure(run_eval, "eval", eval_refusals), on_point, cap_bytes,
+                                  space_max=EVAL_BATCH_FACTOR * boundary, dataset_max=eval_space_max,
+                                  start=2 * EVAL_BATCH_FACTOR, max_sizes=max_sizes)
+            if eval_refusals and not any(p.fits for p in evaluated.points):
+                raise eval_refusals[0]  # no evaluation batch ran
+            evaluation = evaluated
     except UserCodeError as exc:  # the user's evaluation code raised: the trials record it, per trial
         eval_note = f"evaluation memory not measured: {exc}"
     if evaluation is not None:

@@ -29,15 +29,28 @@ def _span(targets: TargetFacts) -> str:
     return f"from {targets.low:.4g} to {targets.high:.4g}"
 
 
+def _rows(targets: TargetFacts) -> str:
+    """Vector targets whose rows are not probabilities, in words: their row sums (and values
+    below 0)."""
+    low, high = targets.row_sums or (targets.low, targets.high)
+    low_text, high_text = f"{low:.4g}", f"{high:.4g}"
+    sums = f"sum to {low_text}" if low_text == high_text else f"sum from {low_text} to {high_text}"
+    negative = f" and hold values down to {targets.low:.4g}" if targets.low < 0 else ""
+    return f"{'float' if targets.floating else 'integer'} vectors whose rows {sums}{negative}"
+
+
 def check_targets(targets: TargetFacts, recipe: TrainRecipe) -> None:
     """Refuse, with a ``RecipeError`` naming the option and the fix, a built-in loss or metric
     that cannot learn or score these targets: cross-entropy or a top-k accuracy on real values
-    (neither whole non-negative class indices nor probabilities in [0, 1]) or on one value per
-    sample, binary cross-entropy on values outside [0, 1]. A user's loss or metric function is
+    (neither whole non-negative class indices nor probabilities in [0, 1]), on one value per
+    sample, or on vectors ``(C,)`` whose rows are not probability distributions (multi-hot
+    labels: cross-entropy would read them as unnormalised probabilities, the accuracy their
+    argmax); binary cross-entropy on values outside [0, 1]. A user's loss or metric function is
     the user's to match to the targets."""
     classes = targets.whole and targets.low >= 0
     probabilities = targets.shape != () and 0 <= targets.low and targets.high <= 1
     real = targets.floating and not (classes or probabilities)
+    not_rows = targets.row_sums is not None and not real and not targets.probability_rows
     if recipe.loss == "cross_entropy":
         if real:
             raise RecipeError(f"loss: the targets are real values ({_span(targets)}), not class indices or "
@@ -46,9 +59,17 @@ def check_targets(targets: TargetFacts, recipe: TrainRecipe) -> None:
         if targets.shape == (1,):
             raise RecipeError("loss: the targets are one value per sample (num_classes 1): cross_entropy over one "
                               "class learns nothing; pass --loss bce for 0/1 labels, --loss mse for real values")
+        if not_rows:
+            raise RecipeError(f"loss: the targets are {_rows(targets)}, not probabilities (cross_entropy needs rows "
+                              "that are non-negative and sum to 1); for multi-label (multi-hot) targets pass "
+                              "--loss bce, for soft labels make each row sum to 1")
     if recipe.loss == "bce" and not (0 <= targets.low and targets.high <= 1):
         raise RecipeError(f"loss: bce (binary cross-entropy) needs targets in [0, 1], these range {_span(targets)}; "
                           "scale them into [0, 1], or pass --loss mse for real values")
+    if topk(recipe.metric) is not None and not_rows:
+        raise RecipeError(f"metric: {recipe.metric} needs class targets, these are {_rows(targets)}, not "
+                          "probabilities (rows that are non-negative and sum to 1) to take the argmax of; "
+                          "choose --metric val_loss (with --loss bce for multi-label targets)")
     if topk(recipe.metric) is not None and (real or targets.shape == (1,)):
         these = f"real values ({_span(targets)})" if real else "one value per sample"
         raise RecipeError(f"metric: {recipe.metric} needs class targets, these are {these}; "

@@ -45,13 +45,15 @@ class ProbeProgress:
     boundary: int                      # the largest batch the fit says the study will use
     next_size: Optional[int]           # the next size to measure; None: this phase is done
     refused: Optional[str] = None      # the user's code raised at this size: its line
+    too_small: bool = False            # ... before any smaller size ran: the probe moves up
 
     @classmethod
     def of(cls, point: ProbePoint, step: ProbeStep) -> "ProbeProgress":
         """The event for ``probe``'s ``on_point(point, step)``."""
         return cls(phase=point.phase, batch_size=point.batch_size, peak_bytes=point.peak_bytes,
                    rss_bytes=point.rss_bytes, seconds=point.seconds, model=step.model,
-                   boundary=step.boundary, next_size=step.next_size, refused=point.refused)
+                   boundary=step.boundary, next_size=step.next_size, refused=point.refused,
+                   too_small=point.too_small)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,8 +45,9 @@ def over_memory(estimate: Optional[MemoryEstimate], batch_size: int, cap: Option
     predicted = estimate.predict(batch_size)
     over = (predicted - cap) / cap
     if estimate.too_big is not None and batch_size >= estimate.too_big:
-        return OverMemory(max(over, 0.01), f"micro-batch {batch_size}: micro-batch {estimate.too_big} "
-                                           "did not fit in an earlier trial (out of memory or over the cap)")
+        return OverMemory(max(over, 0.01), f"micro-batch {batch_size}: micro-batch {estimate.too_big} did not "
+                                           "fit when measured earlier, by the probe or a trial (out of memory or "
+                                           "over the cap)")
     if over > 0:
         return OverMemory(over, f"micro-batch {batch_size} predicted at {format_bytes(predicted)} "
                                 f"> cap {format_bytes(cap)}")

@@ -26,7 +26,7 @@ from ..workloads import Workload, build_model, holdout_size
 from ._events import Note, PlanMade, ProbeDone, ProbeProgress, ProbeStarted, StudyResumed, TuneRun
 from ._noise import (NOISE_PROBE_OFF, PROBE_FRACTION, centred_note, centred_settings,
                      measure_critical_batch, store_critical_batch)
-from ._progress import refused_line
+from ._progress import refused_line, small_line
 from ._worker import counts
 
 SPEC_WAIT_S = 30.0  # how long a start that lost the race to create a study waits for its spec
@@ -41,10 +41,12 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     training steps up to the largest micro-batch the study will try (the space's largest, at most
     the training set, at most what fits under the cap: ``--max-memory``, else the device's
     memory, on CPU the memory available), evaluation up to its batch; each measurement is a
-    ``ProbeProgress`` event. A smallest micro-batch the model cannot train (BatchNorm at 1) is
-    said once and left to the trials, which record it infeasible; a larger one the user's code
-    refuses (it raises there after smaller sizes trained) bounds the micro-batch like an
-    out-of-memory, is said once, and the trials at and above it are refused as infeasible.
+    ``ProbeProgress`` event. The probe starts at the space's smallest micro-batch (at least 2).
+    A small micro-batch the model cannot train (BatchNorm at 1, a model's minimum batch: the
+    probe moves up past it) is said once and left to the trials, which record it infeasible; a
+    larger one the user's code refuses (it raises there after smaller sizes trained) bounds the
+    micro-batch like an out-of-memory, is said once, and the trials at and above it are refused
+    as infeasible.
     """
     started = time.perf_counter()
     model = build_model(settings.model, num_classes=workload.num_classes, input_shape=workload.input_shape,
@@ -56,8 +58,9 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
     train = step_runner(model, dataset=workload.train, device=device, recipe=settings.recipe, step=settings.step)
     evaluation = eval_runner(model, dataset=workload.val, device=device, recipe=settings.recipe,
                              step=settings.step, step_eval=settings.step_eval)
-    result = probe(train, device=device, cap_bytes=cap, space_max=max(settings.space.batch_sizes),
-                   dataset_max=len(workload.train), run_eval=evaluation, eval_space_max=len(workload.val),
+    result = probe(train, device=device, cap_bytes=cap, space_min=min(settings.space.batch_sizes),
+                   space_max=max(settings.space.batch_sizes), dataset_max=len(workload.train),
+                   run_eval=evaluation, eval_space_max=len(workload.val),
                    on_point=lambda point, step: run.emit(ProbeProgress.of(point, step)))
     if result.refused is not None:  # said once; the trials at and above it are refused as infeasible
         run.emit(Note(text=refused_line(result.refused.batch_size, result.refused.refused)))
@@ -65,6 +68,8 @@ def probe_workload(settings: TuneSettings, workload: Workload, device: torch.dev
         refused = result.eval_refused
         run.emit(Note(text=f"evaluation batch {refused.batch_size} cannot run this model ({refused.refused}); "
                            f"evaluation runs in batches of at most {result.estimate.eval_max_batch_size}"))
+    if result.too_small is not None:  # said once; the trials at it are recorded infeasible
+        run.emit(Note(text=small_line(result.too_small.batch_size, result.too_small.refused)))
     run.emit(Note(text="measuring training throughput ..."))  # not silent between the probe and its summary
     result, sizes, measured = _measure_throughput(result, settings, workload, model, device, run, cap)
     run.emit(ProbeDone(probe=result, throughput=measured, seconds=time.perf_counter() - started,
@@ -89,16 +94,18 @@ def stored_spec(study: Optional[optuna.Study], wait_s: float = SPEC_WAIT_S) -> O
 def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: Workload, model: torch.nn.Module,
                         device: torch.device, run: TuneRun, cap: Optional[int]
                         ) -> tuple[ProbeResult, list[int], tuple[tuple[int, float], ...]]:
-    """Throughput at the smallest and largest space sizes that fit. A smallest size the model
-    cannot train (``UserCodeError``) is said once and the next one timed; a size that runs out of
-    memory here (the probe measured below it, or the cap is above what the machine holds), or a
-    largest size the user's code refuses after the smallest trained, bounds the micro-batch like
-    a probe failure, and the next smaller size is timed."""
+    """Throughput at the smallest and largest space sizes that fit, above any the probe found
+    too small for the model. A smallest size the model cannot train (``UserCodeError``) is said
+    once and the next one timed; a size that runs out of memory here (the probe measured below
+    it, or the cap is above what the machine holds), or a largest size the user's code refuses
+    after the smallest trained, bounds the micro-batch like a probe failure, and the next
+    smaller size is timed."""
     measured: dict[int, float] = {}
     skip_smallest = 0
+    small = result.too_small.batch_size if result.too_small is not None else 0  # the probe's, said once
     while True:
         limit = result.max_batch_size
-        sizes = [b for b in settings.space.batch_sizes if limit is None or b <= limit][skip_smallest:]
+        sizes = [b for b in settings.space.batch_sizes if small < b and (limit is None or b <= limit)][skip_smallest:]
         if not sizes:
             failed = f" ({result.estimate.too_big} did not fit)" if result.estimate.too_big else ""
             raise AutobatchError(
@@ -122,8 +129,7 @@ def _measure_throughput(result: ProbeResult, settings: TuneSettings, workload: W
                 result = dataclasses.replace(result, estimate=dataclasses.replace(
                     result.estimate, too_big=b, refused_batch_size=b, refused_reason=str(exc)))
             elif isinstance(exc, UserCodeError) and b == sizes[0] and len(sizes) > 1:
-                run.emit(Note(text=f"micro-batch {b} cannot train this model ({exc}); "
-                                   f"trials at it are recorded infeasible"))
+                run.emit(Note(text=small_line(b, str(exc))))
                 skip_smallest += 1
             else:
                 raise

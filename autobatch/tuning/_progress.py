@@ -69,8 +69,8 @@ def trial_line(event: TrialFinished) -> str:
 def probe_line(event: ProbeProgress) -> str:
     """``  probe train b=32: 12.0 MiB (RSS +13.1 MiB) 0.4s | fit: ... | next 128``"""
     what = "training step" if event.phase == "train" else "evaluation"
-    peak = ("refused by the model" if event.refused else "out of memory" if event.peak_bytes is None
-            else format_bytes(event.peak_bytes))
+    peak = ("too small for the model (it raised)" if event.too_small else "refused by the model"
+            if event.refused else "out of memory" if event.peak_bytes is None else format_bytes(event.peak_bytes))
     rss = f" (process RSS {format_bytes(event.rss_bytes)})" if event.rss_bytes is not None else ""
     fit = f" | fit: {event.model.describe()}" if event.model is not None else ""
     nxt = f" | next {event.next_size}" if event.next_size else f" | done, up to {event.boundary}"
@@ -103,6 +103,12 @@ def refused_line(batch_size: int, reason: str) -> str:
     return f"micro-batch {batch_size} cannot train this model ({reason}); larger micro-batches are not tried"
 
 
+def small_line(batch_size: int, reason: str) -> str:
+    """What to tell once about a small micro-batch the model cannot train (BatchNorm at 1, a
+    model's minimum batch; ``reason``: the ``UserCodeError``'s line)."""
+    return f"micro-batch {batch_size} cannot train this model ({reason}); trials at it are recorded infeasible"
+
+
 def largest_line(max_batch: Optional[int], cap_bytes: int, train_size: Optional[int]) -> str:
     """``largest micro-batch under 4.0 GiB: 512``; when the memory model's limit is the whole
     training set or more (``train_size`` samples), that the whole set fits as one micro-batch,
@@ -119,8 +125,8 @@ def probe_summary(probe: ProbeResult, title: str, cap_source: str, train_size: O
     (``train_size``: the training samples, above which no micro-batch is claimed)."""
     mm, estimate = probe.model, probe.estimate
     at = next((p for p in probe.points if p.batch_size == probe.boundary and p.fits), None)
-    sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (refused)" if p.refused else " (out of memory)")
-                      for p in probe.points)
+    sizes = ", ".join(str(p.batch_size) + ("" if p.fits else " (too small)" if p.too_small else " (refused)"
+                                           if p.refused else " (out of memory)") for p in probe.points)
     measured = (f"; at {probe.boundary}: predicted {format_bytes(mm.predict(probe.boundary))}, "
                 f"measured {format_bytes(at.peak_bytes)}" if at else "")
     lines = [title, f"  form             {mm.form}: {mm.describe()}",

@@ -3,10 +3,12 @@
 A user's splits are checked before anything trains: neither may be empty; an item must follow
 the batch conventions; integer class labels must lie in ``[0, num_classes)`` (the error names the
 largest); per-sample target vectors must have ``num_classes`` entries. Integer labels of any
-dtype are cast to int64 and float64 inputs are trained as float32 (said once, as a note). What
-the targets are (``TargetFacts``: shape, range, whole numbers or not) is recorded, so that the
-recipe's loss and metric can be checked against them before anything trains
-(``autobatch.train.check_recipe``).
+dtype are cast to int64 and float64 inputs are trained as float32 (said once, as a note). Items
+are read as PyTorch's default collate reads them: NumPy arrays and scalars in an item count as
+tensors (``default_convert``), as they become tensors in a batch. What the targets are
+(``TargetFacts``: shape, range, whole numbers or not, and for per-sample vectors whether every
+row is a probability distribution) is recorded, so that the recipe's loss and metric can be
+checked against them before anything trains (``autobatch.train.check_recipe``).
 In-memory ``TensorDataset`` splits are checked exactly; other datasets item by item, up to
 ``MAX_SCAN`` items (a larger dataset's later items are checked by the loss when they train).
 """
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset, default_convert
 
 from ..errors import AutobatchError
 from ._conventions import first_tensor, split_batch, user_code
 
 MAX_SCAN = 20_000
+ROW_SUM_TOLERANCE = 1e-3  # a probability row sums to 1 within this (or its dtype's eps: bfloat16)
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,18 @@ class TargetFacts:
     """The targets of both splits, for checking them against the recipe's loss and metric:
     ``shape`` of one sample's target (``()`` for a label or a value, ``(C,)`` for a vector; None
     when it varies), whether any is a float, the smallest and largest value, and whether every
-    value is a whole number (class indices are)."""
+    value is a whole number (class indices are). For vectors ``(C,)`` (C > 1) also the smallest
+    and largest row sum (``row_sums``, else None) and whether every row is a probability
+    distribution (``probability_rows``: non-negative values summing to 1 within
+    ``ROW_SUM_TOLERANCE``, as one-hot and soft labels are and multi-hot labels are not)."""
 
     shape: Optional[tuple[int, ...]]
     floating: bool
     low: float
     high: float
     whole: bool
+    row_sums: Optional[tuple[float, float]] = None
+    probability_rows: bool = False
 
     @classmethod
     def of(cls, targets: list[torch.Tensor], shape: Optional[tuple[int, ...]]) -> Optional["TargetFacts"]:
@@ -46,9 +54,19 @@ class TargetFacts:
         if values.numel() == 0:
             return None
         floating = values.is_floating_point()
+        dtype = values.dtype
         values = values.double() if floating else values.long()
         whole = not floating or bool(torch.equal(values, values.round()))
-        return cls(shape=shape, floating=floating, low=float(values.min()), high=float(values.max()), whole=whole)
+        low, high = float(values.min()), float(values.max())
+        row_sums, probability_rows = None, False
+        if shape is not None and len(shape) == 1 and shape[0] > 1:  # (C,) per sample: one row each
+            sums = values.reshape(-1, shape[0]).sum(1)
+            row_sums = (float(sums.min()), float(sums.max()))
+            # values rounded to the dtype (each by half its eps, relative) move a sum of 1 by eps/2 at most
+            tolerance = max(ROW_SUM_TOLERANCE, torch.finfo(dtype).eps) if floating else 0.0
+            probability_rows = low >= 0 and max(abs(row_sums[0] - 1), abs(row_sums[1] - 1)) <= tolerance
+        return cls(shape=shape, floating=floating, low=low, high=high, whole=whole,
+                   row_sums=row_sums, probability_rows=probability_rows)
 
 
 @dataclass(frozen=True)
@@ -78,7 +96,8 @@ def _item(name: str, dataset: Dataset, index: int, split: str) -> tuple[Any, Any
     with user_code(f"dataset {name} ({split} item {index})"):
         item = dataset[index]
     inputs, target, _ = split_batch(item)
-    return inputs, _as_tensor(target)
+    # as the default collate does: NumPy arrays and scalars become tensors (strings stay as they are)
+    return default_convert(inputs), _as_tensor(default_convert(target))
 
 
 def _fast(dataset: Dataset) -> bool:
