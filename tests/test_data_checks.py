@@ -276,3 +276,17 @@ def test_numpy_items_are_read_as_the_default_collate_makes_them_tensors():
     strings = [(np.array(["a", "b"]), 0)] * 4  # not numbers: still refused, naming the type
     with pytest.raises(AutobatchError, match="inputs must be tensors .*got ndarray"):
         check_data("strings", strings, strings, 2)
+
+
+def test_the_recipe_check_runs_a_model_that_needs_more_samples_than_its_first_batch():
+    """The check evaluates 4 validation samples; a model whose minimum batch is larger (16) is
+    checked again on up to 64 (here the 60 the validation set has) and passes (the probe then
+    finds its smallest micro-batch); one that fails there too gets the first failure's line."""
+    from autobatch.recipe import TrainRecipe
+    from autobatch.train import check_recipe
+
+    blobs, cpu = load_workload("tests.userland:blobs_dataset"), torch.device("cpu")
+    assert 16 <= len(blobs.val) <= 64
+    check_recipe(userland.MinBatch(6, 3, least=16), blobs.val, cpu, TrainRecipe(), targets=blobs.targets)
+    with pytest.raises(UserCodeError, match="need at least 1000 samples per batch, got 4$"):
+        check_recipe(userland.MinBatch(6, 3, least=1000), blobs.val, cpu, TrainRecipe(), targets=blobs.targets)

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..errors import AutobatchError
+from ..errors import AutobatchError, UserCodeError
 from ..recipe import RecipeError, TrainRecipe, topk
 from ..workloads import TargetFacts
 from ._build import make_optimizer, make_precision
 from ._evaluate import evaluate
 
 CHECK_SAMPLES = 4
+CHECK_RETRY_SAMPLES = 64  # ... again at this many when the user's code raised at CHECK_SAMPLES
 
 
 def _head(dataset: Dataset, n: int) -> Dataset:
@@ -96,4 +97,15 @@ def check_recipe(model: nn.Module, val: Dataset, device: torch.device,
                              "return a module with parameters that require grad")
     replica = copy.deepcopy(model).to(device)
     make_optimizer(replica.parameters(), recipe=recipe)
-    evaluate(replica, _head(val, CHECK_SAMPLES), CHECK_SAMPLES, device, recipe, step=step, step_eval=step_eval)
+    try:
+        evaluate(replica, _head(val, CHECK_SAMPLES), CHECK_SAMPLES, device, recipe, step=step, step_eval=step_eval)
+    except UserCodeError as small:
+        # A model may need more samples per batch than CHECK_SAMPLES (a kernel's minimum batch):
+        # then a larger batch runs, and the probe finds the smallest micro-batch it trains at.
+        larger = min(len(val), CHECK_RETRY_SAMPLES)
+        if larger <= CHECK_SAMPLES:
+            raise
+        try:
+            evaluate(replica, _head(val, larger), larger, device, recipe, step=step, step_eval=step_eval)
+        except UserCodeError:
+            raise small  # with its cause: the user's traceback under --debug
